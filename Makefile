@@ -1,0 +1,50 @@
+# Edge Recommender: the two commands are `make demo` and `make test`.
+PYTHON   ?= python3
+VENV     ?= .venv
+DATASETS ?= ../shared/datasets
+PY        = $(VENV)/bin/python
+STAMP     = $(VENV)/.installed
+
+export EDGE_REC_DATASETS := $(abspath $(DATASETS))
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help demo test lint typecheck install mosquitto clean
+
+help:
+	@echo "make demo   train on Online Retail, publish over MQTT, serve recommendations from an edge agent"
+	@echo "make test   lint, type checks and the test suite (real Mosquitto, real LiteRT, real HTTP)"
+	@echo "variables: DATASETS=$(DATASETS) VENV=$(VENV)"
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing edge-recommender[edge,trainer,dev]"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[edge,trainer,dev]'
+	@touch $@
+
+install: $(STAMP)
+
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> installing mosquitto (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	else \
+		echo "mosquitto is missing: install it with 'sudo apt-get install -y mosquitto' (Debian/Ubuntu)" >&2; exit 1; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check shared edge_agent cloud_trainer devtools tests scripts
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy shared edge_agent
+
+test: $(STAMP) mosquitto lint typecheck
+	$(PY) -m pytest
+
+demo: $(STAMP) mosquitto
+	$(PY) scripts/demo.py --datasets "$(EDGE_REC_DATASETS)"
+
+clean:
+	rm -rf $(VENV) var demo-work .pytest_cache .mypy_cache .ruff_cache

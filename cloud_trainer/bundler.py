@@ -1,0 +1,99 @@
+"""Builds a signed bundle from a training run: export, parity gate, catalog, manifest, signature.
+
+Bundle directory::
+
+    model.tflite  catalog.json  manifest.envelope   (signed manifest; see shared.signing)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from cloud_trainer.export import ParityError, check_parity, litert_runner, to_tflite
+from cloud_trainer.model import extract_weights
+from shared.bundle import (
+    CATALOG_FILE,
+    CHUNK_SIZE,
+    ENVELOPE_FILE,
+    MODEL_FILE,
+    Manifest,
+    ModelContract,
+    file_entry,
+    iso_utc,
+)
+from shared.catalog import parse_catalog
+from shared.signing import load_private_key, sign
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 100
+
+
+@dataclass
+class BundleOptions:
+    variant: str = "int8"
+    fleet: str = "default"
+    version: int | None = None  # default: the current Unix time, so later builds are newer
+    valid_days: int = 90
+    top_k: int = DEFAULT_TOP_K
+    force: bool = False  # publish even if the parity check fails
+
+
+def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOptions) -> Manifest:
+    import keras
+
+    model = keras.models.load_model(run_dir / "model.keras")
+    config = json.loads((run_dir / "config.json").read_text())
+    history_length = int(config["history_length"])
+    weights = extract_weights(model)
+    top_k = min(options.top_k, weights.num_items)
+    histories = np.load(run_dir / "histories.npz")
+    items, hist_weights = histories["items"], histories["weights"]
+
+    log.info("exporting %s TFLite model (%d items, top-%d in the graph)", options.variant, weights.num_items, top_k)
+    model_bytes = to_tflite(weights, history_length, top_k, options.variant, (items, hist_weights))
+    parity = check_parity(model, model_bytes, options.variant, items, hist_weights)
+    log.info(
+        "parity vs Keras on %d real histories: top-10 overlap %.3f (min %.2f), max score error %.4f (max %.4f)",
+        parity.histories, parity.mean_overlap_at_10, parity.min_overlap_at_10,
+        parity.max_relative_score_error, parity.allowed_relative_score_error,
+    )
+    if not parity.ok and not options.force:
+        raise ParityError(
+            f"the {options.variant} model differs from the Keras model beyond tolerance "
+            f"({parity.to_json()}); use --force to bundle it anyway"
+        )
+    signature, _ = litert_runner(model_bytes)
+    catalog_bytes = (run_dir / "catalog.json").read_bytes()
+    parse_catalog(catalog_bytes, weights.num_items)  # what the agent will check, checked here first
+
+    now = datetime.now(UTC)
+    manifest = Manifest(
+        fleet=options.fleet,
+        version=options.version or int(time.time()),
+        created=iso_utc(now),
+        expires=iso_utc(now + timedelta(days=options.valid_days)),
+        chunk_size=CHUNK_SIZE,
+        files={MODEL_FILE: file_entry(model_bytes), CATALOG_FILE: file_entry(catalog_bytes)},
+        model=ModelContract(
+            variant=options.variant,
+            signature=signature,
+            history_length=history_length,
+            top_k=top_k,
+            num_items=weights.num_items,
+        ),
+        training={"run": run_dir.name, "parity": parity.to_json()},
+    )
+    key = load_private_key(key_path.read_bytes())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MODEL_FILE).write_bytes(model_bytes)
+    (out_dir / CATALOG_FILE).write_bytes(catalog_bytes)
+    (out_dir / ENVELOPE_FILE).write_bytes(sign(manifest.to_json(), key))
+    return manifest

@@ -1,0 +1,153 @@
+"""``cloud-trainer`` command line: keygen, prepare, train, export, publish."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cloud_trainer import __version__
+from shared.topics import DEFAULT_PREFIX
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from shared.signing import generate_private_key, key_id, private_key_pem, public_key_pem
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = out / "signing.key", out / "signing.pub"
+    if private_path.exists() and not args.overwrite:
+        print(f"cloud-trainer: {private_path} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    key = generate_private_key()
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private_key_pem(key))
+    public_path.write_bytes(public_key_pem(key.public_key()))
+    print(f"private key: {private_path} (keep it secret; 0600)")
+    print(f"public key:  {public_path} (give it to agents: model.trusted_public_key)")
+    print(f"key id:      {key_id(key.public_key())}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from cloud_trainer.adapters import ADAPTERS
+
+    prepared = ADAPTERS[args.dataset](args.input, args.out)
+    print(f"{args.dataset}: {prepared.report.summary()}")
+    print(f"wrote {prepared.events} events to {prepared.events_path}")
+    if prepared.items_path:
+        print(f"wrote {prepared.items} items to {prepared.items_path}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cloud_trainer.train import TrainConfig, train
+
+    config = TrainConfig(
+        events=str(args.events), items=str(args.items) if args.items else None, dim=args.dim,
+        history_length=args.history_length, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, seed=args.seed,
+    )
+    metrics = train(config, args.out)
+    print(json.dumps({k: metrics[k] for k in ("users", "items", "examples", "loss", "train_seconds")}))
+    print(f"run directory: {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from cloud_trainer.bundler import BundleOptions, build_bundle
+
+    options = BundleOptions(variant=args.variant, fleet=args.fleet, version=args.version,
+                            valid_days=args.valid_days, force=args.force)
+    manifest = build_bundle(args.run, args.key, args.out, options)
+    size = manifest.files["model.tflite"].length
+    print(f"bundle version {manifest.version} for fleet {manifest.fleet}: {args.out} "
+          f"(model {size} bytes, {manifest.model.num_items} items, expires {manifest.expires})")
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from cloud_trainer.publisher import publish_bundle
+
+    report = publish_bundle(args.bundle, args.broker, prefix=args.topic_prefix,
+                            tls_files=(args.ca_file, args.cert_file, args.key_file))
+    replaced = f", replaced version {report.replaced_version}" if report.replaced_version else ""
+    print(f"published version {report.version}: {report.chunks} chunks, {report.bytes} bytes "
+          f"in {report.seconds}s{replaced}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cloud-trainer", description="Edge Recommender cloud trainer.")
+    parser.add_argument("--version", action="version", version=f"cloud-trainer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("keygen", help="make the Ed25519 key pair that signs model bundles")
+    p.add_argument("--out", type=Path, required=True, help="folder for signing.key and signing.pub")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(handler=_keygen)
+
+    p = sub.add_parser("prepare", help="convert a dataset to the events/items interchange tables")
+    p.add_argument("dataset", choices=("online-retail", "retailrocket"))
+    p.add_argument("--input", type=Path, required=True, help="the dataset's CSV (optionally .gz)")
+    p.add_argument("--out", type=Path, required=True, help="folder for events.csv.gz and items.csv")
+    p.set_defaults(handler=_prepare)
+
+    p = sub.add_parser("train", help="train the model on an events table")
+    p.add_argument("--events", type=Path, required=True)
+    p.add_argument("--items", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--history-length", type=int, default=50)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("export", help="export a run to a signed TFLite bundle")
+    p.add_argument("--run", type=Path, required=True, help="run directory from train")
+    p.add_argument("--key", type=Path, required=True, help="signing.key from keygen")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder")
+    p.add_argument("--variant", choices=("int8", "float16", "float32"), default="int8")
+    p.add_argument("--fleet", default="default")
+    p.add_argument("--version", type=int, help="bundle version (default: current Unix time)")
+    p.add_argument("--valid-days", type=int, default=90, help="manifest expiry, in days")
+    p.add_argument("--force", action="store_true", help="bundle even if the parity check fails")
+    p.set_defaults(handler=_export)
+
+    p = sub.add_parser("publish", help="publish a bundle to the fleet over MQTT")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
+    p.add_argument("--topic-prefix", default=DEFAULT_PREFIX)
+    p.add_argument("--ca-file", default="")
+    p.add_argument("--cert-file", default="")
+    p.add_argument("--key-file", default="")
+    p.set_defaults(handler=_publish)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cloud_trainer.events_io import InputError
+    from cloud_trainer.publisher import PublishError
+    from shared.bundle import BundleError
+    from shared.signing import SignatureError
+
+    try:
+        return int(args.handler(args))
+    except (InputError, PublishError, BundleError, SignatureError, OSError, ValueError) as e:
+        print(f"cloud-trainer {args.command}: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # ParityError and other refusals with a message for the user
+        print(f"cloud-trainer {args.command}: {e}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""TFLite export with scoring and top-K inside the graph, and the Keras-vs-TFLite parity check.
+
+The exported graph is built from the trained weights as constants (so the converter sees a frozen
+graph) and computes exactly what :mod:`cloud_trainer.model` computes, then ``top_k``. Variants:
+int8 (full integer quantization calibrated on real histories), float16, float32.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cloud_trainer.model import ModelWeights
+
+#: Parity tolerances per variant: mean top-10 overlap with Keras, and the largest score error on
+#: the returned items, relative to the spread (std) of Keras scores for that history.
+TOLERANCES = {
+    "float32": {"min_overlap_at_10": 0.99, "max_relative_score_error": 1e-3},
+    "float16": {"min_overlap_at_10": 0.95, "max_relative_score_error": 0.05},
+    "int8": {"min_overlap_at_10": 0.80, "max_relative_score_error": 0.25},
+}
+
+
+class ParityError(RuntimeError):
+    pass
+
+
+def _recommend_module(weights: ModelWeights, history_length: int, top_k: int) -> tf.Module:
+    class Recommend(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.h = tf.constant(weights.history_embedding)
+            self.w = tf.constant(weights.projection)
+            self.b = tf.constant(weights.projection_bias)
+            self.e = tf.constant(weights.item_vectors)
+            self.e_bias = tf.constant(weights.item_bias)
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([1, history_length], tf.int32, name="history_items"),
+                tf.TensorSpec([1, history_length], tf.float32, name="history_weights"),
+            ]
+        )
+        def recommend(self, history_items: tf.Tensor, history_weights: tf.Tensor) -> dict[str, tf.Tensor]:
+            h = tf.gather(self.h, history_items)  # [1, L, D]
+            pooled = tf.matmul(history_weights[:, None, :], h)[:, 0, :]  # [1, D]
+            user = tf.matmul(pooled, self.w) + self.b  # [1, D]
+            scores = tf.matmul(user, self.e) + self.e_bias  # [1, N]
+            top_scores, top_items = tf.math.top_k(scores, k=top_k)
+            return {"item_indices": top_items, "scores": top_scores}
+
+    return Recommend()
+
+
+def to_tflite(
+    weights: ModelWeights,
+    history_length: int,
+    top_k: int,
+    variant: str,
+    calibration: tuple[np.ndarray, np.ndarray],
+) -> bytes:
+    """The .tflite bytes; ``calibration`` is (items [n, L], weights [n, L]) of real histories."""
+    module = _recommend_module(weights, history_length, top_k)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.recommend.get_concrete_function()], module
+    )
+    if variant == "int8":
+        cal_items, cal_weights = calibration
+
+        def representative() -> Iterator[dict[str, np.ndarray]]:
+            for i in range(len(cal_items)):
+                yield {"history_items": cal_items[i : i + 1], "history_weights": cal_weights[i : i + 1]}
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    elif variant == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant != "float32":
+        raise ValueError(f"unknown variant {variant!r}; use int8, float16 or float32")
+    with warnings.catch_warnings():
+        # int8 calibration runs TensorFlow's own deprecated tf.lite.Interpreter internally
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+        return bytes(converter.convert())
+
+
+def litert_runner(model_bytes: bytes) -> tuple[str, object]:
+    """(signature name, signature runner) in LiteRT, the runtime the agents use."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model_bytes, num_threads=1)
+    (signature,) = interpreter.get_signature_list()
+    return signature, interpreter.get_signature_runner(signature)
+
+
+@dataclass
+class ParityReport:
+    variant: str
+    histories: int
+    mean_overlap_at_10: float
+    max_relative_score_error: float
+    min_overlap_at_10: float
+    allowed_relative_score_error: float
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.mean_overlap_at_10 >= self.min_overlap_at_10
+            and self.max_relative_score_error <= self.allowed_relative_score_error
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def check_parity(
+    model: keras.Model, model_bytes: bytes, variant: str, items: np.ndarray, weights: np.ndarray
+) -> ParityReport:
+    """Compare TFLite (in LiteRT) against the Keras model on the given histories."""
+    _, runner = litert_runner(model_bytes)
+    keras_scores = np.asarray(model.predict([items, weights], batch_size=256, verbose=0))
+    overlaps, errors = [], []
+    for n in range(len(items)):
+        out = runner(history_items=items[n : n + 1], history_weights=weights[n : n + 1])  # type: ignore[operator]
+        got_items, got_scores = out["item_indices"][0], out["scores"][0]
+        expected = np.argsort(-keras_scores[n], kind="stable")[:10]
+        overlaps.append(len(set(expected.tolist()) & set(got_items[:10].tolist())) / 10)
+        spread = float(np.std(keras_scores[n])) or 1.0
+        errors.append(float(np.max(np.abs(keras_scores[n][got_items] - got_scores))) / spread)
+    tolerance = TOLERANCES[variant]
+    return ParityReport(
+        variant=variant,
+        histories=len(items),
+        mean_overlap_at_10=float(np.mean(overlaps)),
+        max_relative_score_error=float(np.max(errors)),
+        min_overlap_at_10=tolerance["min_overlap_at_10"],
+        allowed_relative_score_error=tolerance["max_relative_score_error"],
+    )

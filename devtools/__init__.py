@@ -1,0 +1,1 @@
+"""Development helpers for tests, the demo and benchmarks (not installed with the product)."""

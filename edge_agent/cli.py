@@ -1,0 +1,57 @@
+"""``edge-agent`` command line: run the daemon, or validate a profile."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from edge_agent import __version__
+from edge_agent.config import ConfigError, load
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="Edge Recommender agent.")
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the agent until SIGTERM")
+    run.add_argument("--config", required=True, type=Path, help="TOML profile (firmware_configs/*.toml)")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override one setting (repeatable), e.g. --set api.port=8081")
+    check = sub.add_parser("validate-config", help="check a profile and print the effective settings")
+    check.add_argument("config", type=Path)
+    check.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load(args.config, args.set)
+    except ConfigError as e:
+        print(f"edge-agent: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    if args.command == "validate-config":
+        print(f"{args.config}: valid")
+        return 0
+    logging.basicConfig(
+        level=config.agent.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Imported here so validate-config stays fast and needs no runtime.
+    from edge_agent.daemon import Agent, StartupError
+    from edge_agent.history_store import StoreError
+    from edge_agent.master_key import MasterKeyError
+
+    try:
+        agent = Agent(config)
+    except (StartupError, StoreError, MasterKeyError) as e:
+        print(f"edge-agent: cannot start: {e}", file=sys.stderr)
+        return 2
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Agent configuration: a documented, strictly validated schema loaded from a TOML profile.
+
+Every field has a type, a default and a description; unknown keys, wrong types and out-of-range
+values are errors that name the key (``api.port: must be an integer from 1 to 65535, got 'x'``).
+Secrets are never read from these files: the master key and API token come from files with 0600
+permissions (or a systemd credential / environment variable), whose paths are configured here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.bundle import MODEL_VARIANTS
+from shared.topics import DEFAULT_PREFIX, check_name
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and what is expected."""
+
+
+def _opt(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
+         choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "lo": lo, "hi": hi, "choices": choices})
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    device_id: str = _opt("edge-1", "Unique device name; MQTT client id and status topic level.")
+    fleet: str = _opt("default", "Fleet whose models this agent installs.")
+    data_dir: Path = _opt(Path("/var/lib/edge-agent"), "Where models, history and keys live (0700).")
+    log_level: str = _opt("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    trusted_public_key: Path = _opt(
+        Path("/etc/edge-agent/model-signing.pub"), "Ed25519 public key (PEM) that must sign manifests."
+    )
+    variant: str = _opt("int8", "Model variant this box runs.", choices=MODEL_VARIANTS)
+    num_threads: int = _opt(1, "Interpreter threads.", lo=1, hi=16)
+    max_bundle_bytes: int = _opt(256 * 1024 * 1024, "Largest bundle accepted.", lo=1024, hi=4 * 1024**3)
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    url: str = _opt("mqtt://127.0.0.1:1883", "Broker URL, mqtt://host:port or mqtts://host:port.")
+    topic_prefix: str = _opt(DEFAULT_PREFIX, "Prefix of every topic.")
+    ca_file: str = _opt("", "CA certificate (PEM) for mqtts.")
+    cert_file: str = _opt("", "Client certificate (PEM) for mqtts.")
+    key_file: str = _opt("", "Client private key (PEM) for mqtts.")
+    keepalive: int = _opt(30, "MQTT keepalive in seconds.", lo=5, hi=3600)
+
+
+@dataclass(frozen=True)
+class HistorySection:
+    master_key_file: str = _opt("", "Device master key file (0600); default <data_dir>/master.key.")
+    max_events_per_user: int = _opt(200, "Events kept per shopper; older ones are deleted.", lo=1, hi=100_000)
+
+
+@dataclass(frozen=True)
+class ApiSection:
+    host: str = _opt("127.0.0.1", "Bind address of the REST API.")
+    port: int = _opt(8080, "Port of the REST API.", lo=1, hi=65535)
+    threads: int = _opt(4, "Request threads.", lo=1, hi=64)
+    token_file: str = _opt("", "Bearer token file (0600); default <data_dir>/api-token, created if absent.")
+    max_body_bytes: int = _opt(1024 * 1024, "Largest request body.", lo=1024, hi=64 * 1024 * 1024)
+    max_k: int = _opt(100, "Largest k a client may ask for.", lo=1, hi=1000)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    agent: AgentSection = field(default_factory=AgentSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
+    history: HistorySection = field(default_factory=HistorySection)
+    api: ApiSection = field(default_factory=ApiSection)
+
+    @property
+    def master_key_path(self) -> Path:
+        configured = self.history.master_key_file
+        return Path(configured) if configured else self.agent.data_dir / "master.key"
+
+    @property
+    def token_path(self) -> Path:
+        return Path(self.api.token_file) if self.api.token_file else self.agent.data_dir / "api-token"
+
+
+def _convert(key: str, value: Any, kind: Any, meta: typing.Mapping[str, Any]) -> Any:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+    elif kind is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        value = float(value)
+    elif kind in (str, Path):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string, got {value!r}")
+        value = kind(value)
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{key}: must be from {lo} to {hi}, got {value!r}")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _section(name: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}: unknown key (known: {', '.join(fields)})")
+    return cls(**{k: _convert(f"{name}.{k}", v, hints[k], fields[k].metadata) for k, v in raw.items()})
+
+
+def from_mapping(raw: dict[str, Any]) -> AgentConfig:
+    sections = {f.name: f for f in dataclasses.fields(AgentConfig)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sections)})")
+    hints = typing.get_type_hints(AgentConfig)
+    config = AgentConfig(**{name: _section(name, hints[name], value) for name, value in raw.items()})
+    for key, value in (("agent.device_id", config.agent.device_id), ("agent.fleet", config.agent.fleet)):
+        try:
+            check_name(value, key)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return config
+
+
+def _apply_override(raw: dict[str, Any], assignment: str) -> None:
+    key, sep, text = assignment.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not name:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word is a string
+    target = raw.setdefault(section, {})
+    if not isinstance(target, dict):
+        raise ConfigError(f"{section}: must be a table")
+    target[name] = value
+
+
+def load(path: Path, overrides: typing.Sequence[str] = ()) -> AgentConfig:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for assignment in overrides:
+        _apply_override(raw, assignment)
+    return from_mapping(raw)

@@ -1,0 +1,141 @@
+"""Wires the agent together and runs it until SIGTERM/SIGINT.
+
+Start-up order: config -> master key -> history store -> installed model (if any) -> REST API ->
+MQTT (asynchronous, so a missing broker never stops the agent serving its last good model).
+Shutdown: stop accepting requests, let in-flight ones finish, publish offline, close the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import waitress
+from waitress.server import BaseWSGIServer, MultiSocketServer
+
+from edge_agent.config import AgentConfig
+from edge_agent.history_store import HistoryStore
+from edge_agent.http_api import Services, create_app
+from edge_agent.master_key import load_or_create, resolve_path
+from edge_agent.model_store import ModelStore
+from edge_agent.mqtt_link import BrokerSettings, MqttLink
+from edge_agent.updater import ActiveModel, Updater
+from shared.signing import load_public_key
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The agent cannot start; the message says what to fix."""
+
+
+def load_token(path: Path) -> str:
+    env = os.environ.get("EDGE_AGENT_API_TOKEN")
+    if env:
+        return env.strip()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+        log.info("created a new API token in %s", path)
+    token = path.read_text().strip()
+    if len(token) < 16:
+        raise StartupError(f"API token in {path} is shorter than 16 characters")
+    return token
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        data_dir = config.agent.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            trusted = load_public_key(config.model.trusted_public_key.read_bytes())
+        except OSError as e:
+            raise StartupError(f"cannot read model.trusted_public_key: {e}") from None
+        master_key = load_or_create(resolve_path(config.master_key_path))
+        self.history = HistoryStore(
+            data_dir / "history.sqlite3", master_key, max_events_per_user=config.history.max_events_per_user
+        )
+        self.active = ActiveModel()
+        self.updater = Updater(
+            ModelStore(data_dir),
+            self.active,
+            trusted,
+            fleet=config.agent.fleet,
+            max_bundle_bytes=config.model.max_bundle_bytes,
+            num_threads=config.model.num_threads,
+            on_change=lambda: self.link.publish_status(),
+        )
+        self.link = MqttLink(
+            BrokerSettings(
+                url=config.mqtt.url,
+                topic_prefix=config.mqtt.topic_prefix,
+                fleet=config.agent.fleet,
+                device_id=config.agent.device_id,
+                ca_file=config.mqtt.ca_file,
+                cert_file=config.mqtt.cert_file,
+                key_file=config.mqtt.key_file,
+                keepalive=config.mqtt.keepalive,
+            ),
+            self.updater,
+            self.status,
+        )
+        services = Services(
+            active=self.active,
+            history=self.history,
+            token=load_token(config.token_path),
+            max_body_bytes=config.api.max_body_bytes,
+            max_k=config.api.max_k,
+        )
+        self.app = create_app(services)
+        self._server: BaseWSGIServer | MultiSocketServer | None = None
+        self._stopping = threading.Event()
+
+    def status(self) -> dict[str, object]:
+        model = self.active.current
+        last = self.active.last_update
+        return {
+            "device_id": self.config.agent.device_id,
+            "model_version": model.version if model else None,
+            "model_expires": model.manifest.expires if model else None,
+            "runtime": model.runtime if model else None,
+            "last_update": last.to_json() if last else None,
+        }
+
+    def run(self) -> None:
+        self.updater.boot()
+        api = self.config.api
+        self._server = waitress.create_server(
+            self.app, host=api.host, port=api.port, threads=api.threads, ident="edge-agent"
+        )
+        log.info("REST API listening on http://%s:%s", api.host, self._server.effective_port)
+        self.link.start()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            self._server.run()
+        finally:
+            self.shutdown()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        if self._server is not None:
+            self._server.close()
+        raise SystemExit(0)
+
+    def shutdown(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._server is not None:
+            self._server.task_dispatcher.shutdown()  # in-flight requests finish first
+        self.link.stop()
+        self.history.close()
+        log.info("stopped")

@@ -1,0 +1,161 @@
+"""The local REST API (Flask app factory). Served by waitress from :mod:`edge_agent.daemon`.
+
+Every error is a JSON body ``{"error": {"code": ..., "message": ...}}`` with a 4xx/5xx status;
+no traceback ever reaches a client, and no user data reaches the logs.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from edge_agent.crypto_envelope import TamperedRecord
+from edge_agent.history_store import HistoryStore
+from edge_agent.recommender import Exclude, recommend
+from edge_agent.updater import ActiveModel
+from shared.events import EventError, parse_event
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS_PER_REQUEST = 1000
+
+
+@dataclass
+class Services:
+    active: ActiveModel
+    history: HistoryStore
+    token: str
+    max_body_bytes: int = 1024 * 1024
+    max_k: int = 100
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _error(status: int, code: str, message: str) -> tuple[Response, int]:
+    return jsonify({"error": {"code": code, "message": message}}), status
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {lo} to {hi}") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {lo} to {hi}")
+    return value
+
+
+def create_app(services: Services) -> Flask:
+    app = Flask("edge_agent")
+    app.config["MAX_CONTENT_LENGTH"] = services.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    @app.before_request
+    def authenticate() -> Any:
+        if request.path == "/healthz":
+            return None
+        header = request.headers.get("Authorization", "")
+        scheme, _, supplied = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            supplied.strip().encode(), services.token.encode()
+        ):
+            response, status = _error(401, "unauthorized", "send Authorization: Bearer <token>")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response, status
+        return None
+
+    @app.errorhandler(ApiError)
+    def api_error(e: ApiError) -> Any:
+        return _error(e.status, e.code, e.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException) -> Any:
+        code = (e.name or "error").lower().replace(" ", "_")
+        return _error(e.code or 500, code, e.description or code)
+
+    @app.errorhandler(Exception)
+    def unexpected(e: Exception) -> Any:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, "internal_error", "internal error; see the agent log")
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Any:
+        model = services.active.current
+        if model is None:
+            return _error(503, "no_model", "no model installed yet")
+        return jsonify({"status": "ready", "model_version": model.version})
+
+    @app.post("/v1/events")
+    def post_events() -> Any:
+        body = request.get_json(silent=True)
+        if isinstance(body, dict) and "events" in body:
+            body = body["events"]
+        raw_events = body if isinstance(body, list) else [body] if isinstance(body, dict) else None
+        if raw_events is None:
+            raise ApiError(400, "invalid_body", "send a JSON event object, a list, or {\"events\": [...]}")
+        if not 1 <= len(raw_events) <= MAX_EVENTS_PER_REQUEST:
+            raise ApiError(400, "invalid_body", f"send 1 to {MAX_EVENTS_PER_REQUEST} events per request")
+        events = []
+        for n, raw in enumerate(raw_events):
+            if not isinstance(raw, dict):
+                raise ApiError(400, "invalid_event", f"events[{n}] must be an object")
+            try:
+                events.append(
+                    parse_event(raw.get("user_id"), raw.get("item_id"), raw.get("event"),
+                                raw.get("timestamp", time.time()))
+                )
+            except EventError as e:
+                raise ApiError(400, "invalid_event", f"events[{n}]: {e}") from None
+        stored = services.history.append(events)
+        return jsonify({"accepted": stored}), 200
+
+    @app.get("/v1/recommendations")
+    def recommendations() -> Any:
+        user_id = request.args.get("user_id", "")
+        try:
+            parse_event(user_id, "x", "view", 0)
+        except EventError as e:
+            raise ApiError(400, "invalid_parameter", str(e)) from None
+        k = _int_arg("k", 10, 1, services.max_k)
+        try:
+            exclude = Exclude(request.args.get("exclude", "none"))
+        except ValueError:
+            raise ApiError(400, "invalid_parameter", "exclude must be none, purchased or seen") from None
+        model = services.active.current  # one reference: a swap mid-request does not affect us
+        if model is None:
+            raise ApiError(503, "no_model", "no model installed yet; retry later")
+        try:
+            history = services.history.recent(user_id, model.history_length)
+        except TamperedRecord:
+            log.error("a user's history failed authentication; see the threat model in the README")
+            raise ApiError(500, "history_corrupt", "this user's stored history failed its integrity check") from None
+        result = recommend(model, history, k, exclude)
+        return jsonify(
+            {
+                "user_id": user_id,
+                "model_version": result.model_version,
+                "fallback": result.fallback,
+                "items": [
+                    {**r.item.to_json(), "score": r.score} for r in result.items
+                ],
+            }
+        )
+
+    return app

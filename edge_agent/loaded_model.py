@@ -1,0 +1,71 @@
+"""A bundle loaded into the interpreter: scores histories and carries its catalog and manifest.
+
+Instances are immutable once built, so swapping the active model is replacing one reference;
+requests already holding the old instance finish on it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from edge_agent.runtime import create_interpreter
+from shared.bundle import Manifest
+from shared.catalog import Catalog
+
+
+class ModelLoadError(RuntimeError):
+    """The model does not load, or does not answer as its contract says."""
+
+
+class LoadedModel:
+    def __init__(self, manifest: Manifest, model_bytes: bytes, catalog: Catalog, num_threads: int = 1):
+        self.manifest = manifest
+        self.catalog = catalog
+        self.item_index = catalog.index_of()
+        contract = manifest.model
+        try:
+            self.runtime, interpreter = create_interpreter(model_bytes, num_threads)
+            self._runner = interpreter.get_signature_runner(contract.signature)
+        except (ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"model does not load: {e}") from None
+        self._interpreter = interpreter  # keeps the runner's interpreter alive
+        self._lock = threading.Lock()  # a TFLite interpreter is not thread-safe
+        self.self_test()
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    def score(self, items: Sequence[int], weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """Top-K (item indices, scores), best first, for one padded history."""
+        n = self.manifest.model.history_length
+        items_arr = np.asarray(items, dtype=np.int32).reshape(1, n)
+        weights_arr = np.asarray(weights, dtype=np.float32).reshape(1, n)
+        with self._lock:
+            out = self._runner(history_items=items_arr, history_weights=weights_arr)
+        return np.array(out["item_indices"][0]), np.array(out["scores"][0])
+
+    def self_test(self) -> None:
+        """Canary query: a one-item history must give top_k distinct in-range indices, finite scores."""
+        contract = self.manifest.model
+        items = [self.catalog.popular[0] if self.catalog.popular else 0] + [0] * (contract.history_length - 1)
+        weights = [1.0] + [0.0] * (contract.history_length - 1)
+        try:
+            indices, scores = self.score(items, weights)
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise ModelLoadError(f"model failed its self-test query: {e}") from None
+        if (
+            indices.shape != (contract.top_k,)
+            or len(set(indices.tolist())) != contract.top_k
+            or indices.min() < 0
+            or indices.max() >= contract.num_items
+            or not np.all(np.isfinite(scores))
+        ):
+            raise ModelLoadError("model failed its self-test: output does not match its contract")
+
+    @property
+    def history_length(self) -> int:
+        return self.manifest.model.history_length

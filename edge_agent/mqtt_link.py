@@ -1,0 +1,152 @@
+"""The agent's MQTT adapter: subscribes to its fleet's model topics and publishes its status.
+
+paho-mqtt 2.x with VERSION2 callbacks. Messages are handed to one worker thread so model loading
+never blocks the network loop; the updater is only ever called from that thread. Connection is
+asynchronous with backoff, so the agent serves with its last good model while the broker is away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.updater import Updater
+from shared import topics
+from shared.topics import parse_broker_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    url: str
+    topic_prefix: str
+    fleet: str
+    device_id: str
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    keepalive: int = 30
+
+
+class MqttLink:
+    def __init__(
+        self, settings: BrokerSettings, updater: Updater, status: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.settings = settings
+        self.updater = updater
+        self.status = status
+        self.connected = threading.Event()
+        self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        self._bundle_sub: str | None = None
+        prefix, fleet = settings.topic_prefix, settings.fleet
+        self._manifest_topic = topics.manifest_topic(prefix, fleet)
+        self._status_topic = topics.status_topic(prefix, fleet, settings.device_id)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=settings.device_id, protocol=mqtt.MQTTv5
+        )
+        host, port, tls = parse_broker_url(settings.url)
+        self._host, self._port = host, port
+        if tls:
+            client.tls_set(
+                ca_certs=settings.ca_file or None,
+                certfile=settings.cert_file or None,
+                keyfile=settings.key_file or None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        client.will_set(self._status_topic, json.dumps({"state": "offline"}), qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=60)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self.client = client
+        self._worker = threading.Thread(target=self._work, name="model-updates", daemon=True)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._worker.start()
+        self.client.connect_async(self._host, self._port, keepalive=self.settings.keepalive)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        if self.connected.is_set():
+            info = self.client.publish(self._status_topic, json.dumps({"state": "offline"}), 1, True)
+            info.wait_for_publish(timeout=2)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._inbox.put(None)
+        self._worker.join(timeout=10)
+
+    def publish_status(self) -> None:
+        if not self.connected.is_set():
+            return
+        payload = {"state": "online", **self.status()}
+        self.client.publish(self._status_topic, json.dumps(payload), qos=1, retain=True)
+
+    # -- paho callbacks (network thread) ---------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused the connection: %s", reason_code)
+            return
+        log.info("connected to broker %s:%s", self._host, self._port)
+        self.connected.set()
+        client.subscribe(self._manifest_topic, qos=1)
+        if self._bundle_sub:
+            client.subscribe(self._bundle_sub, qos=1)
+        self.publish_status()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
+        self.connected.clear()
+        if reason_code.is_failure:
+            log.warning("lost the broker (%s); reconnecting with backoff", reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._inbox.put((message.topic, bytes(message.payload)))
+
+    # -- worker thread ---------------------------------------------------------------------
+    def _work(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            topic, payload = item
+            try:
+                self._handle(topic, payload)
+            except Exception:  # keep the update worker alive whatever one message does
+                log.exception("error while handling a message on %s", topic)
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        if topic == self._manifest_topic:
+            if not payload:
+                return  # retained manifest cleared
+            version = self.updater.on_manifest(payload)
+            if version is not None:
+                bundle = topics.bundle_topic(self.settings.topic_prefix, self.settings.fleet, version)
+                self._follow_bundle(bundle + "/#")
+            self.publish_status()
+            return
+        session = self.updater.session
+        if session is None:
+            return
+        parsed = topics.parse_chunk_topic(
+            self.settings.topic_prefix, self.settings.fleet, session.version, topic
+        )
+        if parsed is None or not payload:
+            return
+        if self.updater.on_chunk(session.version, parsed[0], parsed[1], payload):
+            self._follow_bundle(None)
+            self.publish_status()
+
+    def _follow_bundle(self, subscription: str | None) -> None:
+        if self._bundle_sub and self._bundle_sub != subscription:
+            self.client.unsubscribe(self._bundle_sub)
+        self._bundle_sub = subscription
+        if subscription:
+            self.client.subscribe(subscription, qos=1)
+

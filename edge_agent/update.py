@@ -1,0 +1,102 @@
+"""The model update state machine (pure): verify a signed manifest, then accept only its chunks.
+
+Steps, enforced in this order (a call out of order raises ``UpdateOrderError``)::
+
+    UpdateSession(envelope)  -> RECEIVING   signature, schema, fleet, contract, expiry, version, size
+    accept_chunk(...)        -> RECEIVING   each chunk checked against its length and sha256
+    staged()                 -> STAGED      every chunk present (the caller checked whole-file hashes)
+    activated()              -> ACTIVE      the caller loaded, self-tested and switched to the model
+
+Any failure raises a ``BundleError``/``SignatureError`` whose ``reason`` goes into the agent status.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from shared.bundle import ChunkRejected, Manifest, check_acceptable, parse_manifest, sha256_hex
+from shared.signing import verify
+
+
+class UpdateOrderError(RuntimeError):
+    pass
+
+
+class Step(StrEnum):
+    RECEIVING = "receiving"
+    STAGED = "staged"
+    ACTIVE = "active"
+
+
+class UpdateSession:
+    def __init__(
+        self,
+        envelope: bytes,
+        trusted_key: Ed25519PublicKey,
+        *,
+        fleet: str,
+        active_version: int | None,
+        now: datetime,
+        max_bundle_bytes: int,
+    ) -> None:
+        self.envelope = envelope
+        self.manifest: Manifest = parse_manifest(verify(envelope, trusted_key))
+        check_acceptable(
+            self.manifest,
+            fleet=fleet,
+            active_version=active_version,
+            now=now,
+            max_bundle_bytes=max_bundle_bytes,
+        )
+        self._missing = {
+            (name, i) for name, entry in self.manifest.files.items() for i in range(len(entry.chunks))
+        }
+        self.step = Step.RECEIVING
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def complete(self) -> bool:
+        return not self._missing
+
+    @property
+    def missing_count(self) -> int:
+        return len(self._missing)
+
+    def _expect(self, step: Step) -> None:
+        if self.step is not step:
+            raise UpdateOrderError(f"update is {self.step.value}, not {step.value}")
+
+    def offset(self, name: str, index: int) -> int:
+        return index * self.manifest.chunk_size
+
+    def accept_chunk(self, name: str, index: int, data: bytes) -> bool:
+        """Check one chunk; True if it is new and must be written, False for a verified duplicate."""
+        self._expect(Step.RECEIVING)
+        entry = self.manifest.files.get(name)
+        if entry is None or not 0 <= index < len(entry.chunks):
+            raise ChunkRejected(f"chunk {name}/{index} is not part of version {self.version}")
+        expected = min(self.manifest.chunk_size, entry.length - index * self.manifest.chunk_size)
+        if len(data) != expected:
+            raise ChunkRejected(f"chunk {name}/{index} has {len(data)} bytes, the manifest says {expected}")
+        if sha256_hex(data) != entry.chunks[index]:
+            raise ChunkRejected(f"chunk {name}/{index} does not match its sha256 in the manifest")
+        if (name, index) not in self._missing:
+            return False
+        self._missing.discard((name, index))
+        return True
+
+    def staged(self) -> None:
+        self._expect(Step.RECEIVING)
+        if self._missing:
+            raise UpdateOrderError(f"{len(self._missing)} chunks are still missing")
+        self.step = Step.STAGED
+
+    def activated(self) -> None:
+        self._expect(Step.STAGED)
+        self.step = Step.ACTIVE

@@ -1,0 +1,175 @@
+"""Applies model updates: drives the update state machine with the model store and the interpreter.
+
+Called from one worker thread (see :mod:`edge_agent.mqtt_link`), never concurrently. The active
+model is swapped by replacing one reference in :class:`ActiveModel`; requests in flight keep the
+model object they started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge_agent.loaded_model import LoadedModel, ModelLoadError
+from edge_agent.model_store import ModelStore
+from edge_agent.update import UpdateSession
+from shared.bundle import CATALOG_FILE, MODEL_FILE, BundleError, Manifest, check_file, parse_manifest
+from shared.catalog import parse_catalog
+from shared.signing import SignatureError, verify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UpdateResult:
+    version: int | None
+    result: str  # "activated", "rejected", "failed", "receiving"
+    reason: str
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, object]:
+        return {"version": self.version, "result": self.result, "reason": self.reason, "at": self.at}
+
+
+class ActiveModel:
+    """Holds the model serving requests; reading ``current`` is one atomic reference load."""
+
+    def __init__(self) -> None:
+        self.current: LoadedModel | None = None
+        self.last_update: UpdateResult | None = None
+
+
+def load_bundle(manifest: Manifest, files: dict[str, bytes], num_threads: int) -> LoadedModel:
+    for name in manifest.files:
+        check_file(manifest, name, files.get(name, b""))
+    catalog = parse_catalog(files[CATALOG_FILE], manifest.model.num_items)
+    return LoadedModel(manifest, files[MODEL_FILE], catalog, num_threads=num_threads)
+
+
+class Updater:
+    def __init__(
+        self,
+        store: ModelStore,
+        active: ActiveModel,
+        trusted_key: Ed25519PublicKey,
+        *,
+        fleet: str,
+        max_bundle_bytes: int,
+        num_threads: int,
+        on_change: Callable[[], None] = lambda: None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.active = active
+        self.trusted_key = trusted_key
+        self.fleet = fleet
+        self.max_bundle_bytes = max_bundle_bytes
+        self.num_threads = num_threads
+        self.on_change = on_change
+        self.clock = clock
+        self.session: UpdateSession | None = None
+        self._lock = threading.Lock()
+
+    def _report(self, result: UpdateResult) -> None:
+        self.active.last_update = result
+        log.info("model update %s: version %s: %s", result.result, result.version, result.reason)
+        self.on_change()
+
+    def _installed(self, version: int) -> LoadedModel:
+        envelope, files = self.store.read_version(version)
+        manifest = parse_manifest(verify(envelope, self.trusted_key))
+        if manifest.version != version:
+            raise BundleError(f"installed folder {version} holds version {manifest.version}")
+        return load_bundle(manifest, files, self.num_threads)
+
+    def boot(self) -> None:
+        """Load the last good model from disk: the active version, else the previous one."""
+        version, previous = self.store.pointer()
+        for candidate in (version, previous):
+            if candidate is None:
+                continue
+            try:
+                self.active.current = self._installed(candidate)
+                if candidate != version:
+                    self.store.set_active(candidate, None)
+                log.info("serving installed model version %s", candidate)
+                return
+            except (OSError, BundleError, SignatureError, ModelLoadError) as e:
+                log.error("installed model version %s is unusable: %s", candidate, e)
+        log.info("no installed model yet; waiting for the first bundle")
+
+    def on_manifest(self, envelope: bytes) -> int | None:
+        """Start receiving the bundle a manifest announces; returns its version, or None if refused."""
+        current = self.active.current
+        active_version = current.version if current else None
+        try:
+            session = UpdateSession(
+                envelope,
+                self.trusted_key,
+                fleet=self.fleet,
+                active_version=active_version,
+                now=self.clock(),
+                max_bundle_bytes=self.max_bundle_bytes,
+            )
+        except (BundleError, SignatureError) as e:
+            if current is not None and isinstance(e, BundleError) and e.reason == "rollback" and (
+                envelope == self._active_envelope()
+            ):
+                return None  # the retained manifest of the model we already run
+            self._report(UpdateResult(None, "rejected", f"{e.reason}: {e}"))
+            return None
+        if self.session is not None and self.session.version != session.version:
+            self.store.discard_staging(self.session.version)
+        self.session = session
+        self._report(UpdateResult(session.version, "receiving", f"{session.missing_count} chunks"))
+        return session.version
+
+    def _active_envelope(self) -> bytes | None:
+        current = self.active.current
+        if current is None:
+            return None
+        try:
+            return self.store.read_version(current.version)[0]
+        except OSError:
+            return None
+
+    def on_chunk(self, version: int, name: str, index: int, data: bytes) -> bool:
+        """Take one chunk; True when the bundle it belongs to was completed and handled."""
+        session = self.session
+        if session is None or session.version != version:
+            return False
+        try:
+            if session.accept_chunk(name, index, data):
+                self.store.write_chunk(version, name, session.offset(name, index), data)
+        except BundleError as e:
+            log.warning("rejected chunk for version %s: %s", version, e)
+            self._report(UpdateResult(version, "receiving", f"{e.reason}: {e}"))
+            return False
+        if not session.complete:
+            return False
+        self._activate(session)
+        return True
+
+    def _activate(self, session: UpdateSession) -> None:
+        version = session.version
+        self.session = None
+        try:
+            files = {name: self.store.read_staged(version, name) for name in session.manifest.files}
+            model = load_bundle(session.manifest, files, self.num_threads)  # verify, load, self-test
+            session.staged()
+        except (OSError, BundleError, ModelLoadError) as e:
+            self.store.discard_staging(version)
+            self._report(UpdateResult(version, "failed", f"{getattr(e, 'reason', 'load_failed')}: {e}"))
+            return
+        previous = self.active.current.version if self.active.current else None
+        self.store.promote(version, session.envelope)
+        self.store.set_active(version, previous)
+        self.active.current = model
+        session.activated()
+        self._report(UpdateResult(version, "activated", "verified, loaded and self-tested"))

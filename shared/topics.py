@@ -1,0 +1,68 @@
+"""MQTT topic names, in one place for the publisher, the agent and the broker ACL templates.
+
+Layout under a prefix (default ``edge-rec/v1``)::
+
+    <prefix>/<fleet>/manifest                          retained signed manifest of the current model
+    <prefix>/<fleet>/bundle/<version>/<file>/<index>   retained chunk <index> of a bundle file
+    <prefix>/<fleet>/status/<device_id>                retained agent status (last will: offline)
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlparse
+
+DEFAULT_PREFIX = "edge-rec/v1"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_name(value: str, what: str) -> str:
+    """Fleet, device and file names become topic levels: no wildcards, slashes or oddities."""
+    if not _NAME.match(value):
+        raise ValueError(
+            f"{what} {value!r} must be 1-64 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def manifest_topic(prefix: str, fleet: str) -> str:
+    return f"{prefix}/{check_name(fleet, 'fleet')}/manifest"
+
+
+def bundle_topic(prefix: str, fleet: str, version: int) -> str:
+    """The subtree holding every chunk of one bundle version (subscribe to ``<this>/#``)."""
+    return f"{prefix}/{check_name(fleet, 'fleet')}/bundle/{int(version)}"
+
+
+def chunk_topic(prefix: str, fleet: str, version: int, file_name: str, index: int) -> str:
+    return f"{bundle_topic(prefix, fleet, version)}/{check_name(file_name, 'file name')}/{int(index)}"
+
+
+def parse_chunk_topic(prefix: str, fleet: str, version: int, topic: str) -> tuple[str, int] | None:
+    """(file name, chunk index) for a chunk topic of this bundle, or None if it is not one."""
+    base = bundle_topic(prefix, fleet, version) + "/"
+    if not topic.startswith(base):
+        return None
+    parts = topic[len(base):].split("/")
+    if len(parts) != 2 or not _NAME.match(parts[0]) or not parts[1].isdigit() or len(parts[1]) > 9:
+        return None
+    return parts[0], int(parts[1])
+
+
+def status_topic(prefix: str, fleet: str, device_id: str) -> str:
+    return f"{prefix}/{check_name(fleet, 'fleet')}/status/{check_name(device_id, 'device id')}"
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """(host, port, tls) from mqtt://host[:port] or mqtts://host[:port]."""
+    parsed = urlparse(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname or port == -1:
+        raise ValueError(f"broker URL {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+    tls = parsed.scheme == "mqtts"
+    return parsed.hostname, port or (8883 if tls else 1883), tls

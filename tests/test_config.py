@@ -1,0 +1,65 @@
+"""Profiles validate; mistakes are errors that name the key; the CLI says so without a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import ConfigError, load
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = sorted((ROOT / "firmware_configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+def test_every_shipped_profile_is_valid(profile: Path) -> None:
+    config = load(profile)
+    assert config.api.host == "127.0.0.1"  # secure default: loopback only
+
+
+def test_shipped_profiles_cover_the_target_hardware() -> None:
+    assert {"dev.toml", "rpi4.toml", "rpi5.toml", "x86_edge.toml"} <= {p.name for p in PROFILES}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[api]\nprot = 8080\n", r"api\.prot: unknown key"),
+        ("[api]\nport = 'eighty'\n", r"api\.port: must be an integer"),
+        ("[api]\nport = 70000\n", r"api\.port: must be from 1 to 65535"),
+        ("[model]\nvariant = 'int4'\n", r"model\.variant: must be one of int8, float16, float32"),
+        ("[agent]\nfleet = 'a/b'\n", r"agent\.fleet"),
+        ("[apii]\n", r"apii: unknown section"),
+        ("api = 3\n", r"api: must be a table"),
+        ("[api\n", r"not valid TOML"),
+    ],
+)
+def test_mistakes_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load(path)
+
+
+def test_overrides_are_typed_and_validated(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    assert load(path, ["api.port=8081", "mqtt.url=mqtt://10.0.0.1:1883"]).api.port == 8081
+    with pytest.raises(ConfigError, match=r"api\.port"):
+        load(path, ["api.port=x"])
+
+
+def test_validate_config_cli(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[history]\nmax_events_per_user = -1\n")
+    result = subprocess.run([sys.executable, "-m", "edge_agent.cli", "validate-config", str(bad)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert "history.max_events_per_user: must be from 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    good = subprocess.run([sys.executable, "-m", "edge_agent.cli", "validate-config", str(PROFILES[0])],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert good.returncode == 0, good.stderr

@@ -1,0 +1,205 @@
+"""The whole path with real parts: bundle -> Mosquitto -> edge agent process -> REST over HTTP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from devtools.processes import AgentProcess, Broker
+from shared import topics
+from shared.bundle import ENVELOPE_FILE, MODEL_FILE, parse_manifest
+from shared.signing import load_private_key, sign
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILE = ROOT / "firmware_configs" / "dev.toml"
+
+
+def publish(bundle: Path, broker: Broker) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cloud_trainer.cli", "publish", "--bundle", str(bundle), "--broker", broker.url],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def resigned(bundle: Path, keys: Path, out: Path, **changes: object) -> Path:
+    """A copy of ``bundle`` whose manifest is changed and signed again with the fleet key."""
+    shutil.copytree(bundle, out)
+    manifest = parse_manifest(json.loads((bundle / ENVELOPE_FILE).read_bytes())["signed"])
+    key = load_private_key((keys / "signing.key").read_bytes())
+    (out / ENVELOPE_FILE).write_bytes(sign(replace(manifest, **changes).to_json(), key))  # type: ignore[arg-type]
+    return out
+
+
+def start_agent(broker_url: str, keys: Path, work: Path) -> AgentProcess:
+    return AgentProcess(
+        PROFILE,
+        [f'mqtt.url="{broker_url}"', f'agent.data_dir="{work / "agent"}"',
+         f'model.trusted_public_key="{keys / "signing.pub"}"'],
+        work,
+    )
+
+
+def get_json(agent: AgentProcess, path: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    status, body = agent.request("GET", path)
+    return status, json.loads(body)
+
+
+def post_events(agent: AgentProcess, events: list[dict]) -> tuple[int, dict]:  # type: ignore[type-arg]
+    status, body = agent.request("POST", "/v1/events", json.dumps({"events": events}).encode())
+    return status, json.loads(body)
+
+
+def wait_for(predicate, timeout: float = 30) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+class StatusWatcher:
+    """Subscribes to an agent's retained status topic like an operator's dashboard would."""
+
+    def __init__(self, broker: Broker, device_id: str = "dev-1") -> None:
+        self.latest: dict = {}  # type: ignore[type-arg]
+        self._got = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher", protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.subscribe(topics.status_topic(topics.DEFAULT_PREFIX, "default", device_id), qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        self.latest = json.loads(message.payload)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def agent_with_model(broker: Broker, int8_bundle: Path, keys: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    publish(int8_bundle, broker)  # before the agent exists: it must still get the model (retained)
+    agent = start_agent(broker.url, keys, tmp_path)
+    try:
+        agent.wait_ready(60)
+        yield agent
+    finally:
+        agent.stop()
+
+
+def test_late_joiner_gets_the_model_and_serves_personalised_recommendations(agent_with_model: AgentProcess) -> None:
+    agent = agent_with_model
+    status, cold = get_json(agent, "/v1/recommendations?user_id=new-shopper&k=5")
+    assert status == 200 and cold["fallback"] is True and cold["model_version"] == 1000
+    assert len(cold["items"]) == 5 and all(item["title"] for item in cold["items"])
+
+    # a purchase posted a moment ago changes the very next recommendation
+    liked = cold["items"][-1]["id"]
+    status, body = post_events(agent, [{"user_id": "new-shopper", "item_id": liked, "event": "purchase"}])
+    assert status == 200 and body == {"accepted": 1}
+    status, warm = get_json(agent, "/v1/recommendations?user_id=new-shopper&k=5")
+    assert status == 200 and warm["fallback"] is False
+    assert [i["id"] for i in warm["items"]] != [i["id"] for i in cold["items"]]
+    assert all(isinstance(i["score"], float) for i in warm["items"])
+
+
+def test_status_is_published_on_the_agents_topic(broker: Broker, agent_with_model: AgentProcess) -> None:
+    watcher = StatusWatcher(broker)
+    try:
+        assert wait_for(lambda: watcher.latest.get("model_version") == 1000, 10), watcher.latest
+        assert watcher.latest["state"] == "online" and watcher.latest["last_update"]["result"] == "activated"
+        agent_with_model.stop()
+        assert wait_for(lambda: watcher.latest.get("state") == "offline", 10), watcher.latest
+    finally:
+        watcher.close()
+
+
+def test_tampered_and_garbage_bundles_are_rejected_and_the_agent_keeps_serving(
+    broker: Broker, agent_with_model: AgentProcess, int8_bundle: Path, keys: Path, tmp_path: Path
+) -> None:
+    agent = agent_with_model
+    watcher = StatusWatcher(broker)
+    try:
+        # a correctly signed v1001 whose model file was altered after signing
+        tampered = resigned(int8_bundle, keys, tmp_path / "tampered", version=1001)
+        data = bytearray((tampered / MODEL_FILE).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (tampered / MODEL_FILE).write_bytes(bytes(data))
+        publish(tampered, broker)
+        assert wait_for(lambda: "chunk_rejected" in str(watcher.latest.get("last_update")), 15), watcher.latest
+
+        # garbage on the manifest topic
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="attacker", protocol=mqtt.MQTTv5)
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        manifest_topic = topics.manifest_topic(topics.DEFAULT_PREFIX, "default")
+        client.publish(manifest_topic, b"\x00not json", qos=1).wait_for_publish()
+        client.loop_stop()
+        client.disconnect()
+        assert wait_for(lambda: "bad_signature" in str(watcher.latest.get("last_update")), 15), watcher.latest
+
+        assert get_json(agent, "/v1/recommendations?user_id=x")[1]["model_version"] == 1000
+        installed = sorted(p.name for p in (tmp_path / "agent" / "models" / "versions").iterdir())
+        assert installed == ["1000"]  # nothing unverified where active models live
+    finally:
+        watcher.close()
+
+
+def test_newer_bundle_is_activated_while_serving(
+    broker: Broker, agent_with_model: AgentProcess, int8_bundle: Path, keys: Path, tmp_path: Path
+) -> None:
+    publish(resigned(int8_bundle, keys, tmp_path / "v1002", version=1002), broker)
+    assert wait_for(lambda: get_json(agent_with_model, "/readyz")[1].get("model_version") == 1002, 20)
+
+
+def test_bad_requests_get_json_errors_not_tracebacks(agent_with_model: AgentProcess) -> None:
+    agent = agent_with_model
+    cases = [
+        ("GET", "/v1/recommendations?user_id=u&k=0", None, 400),
+        ("GET", "/v1/recommendations?user_id=u&k=abc", None, 400),
+        ("GET", "/v1/recommendations?user_id=u&exclude=everything", None, 400),
+        ("GET", "/v1/recommendations", None, 400),
+        ("POST", "/v1/events", b"not json", 400),
+        ("POST", "/v1/events", b'{"user_id": "u", "item_id": "i", "event": "like"}', 400),
+        ("POST", "/v1/events", b'{"events": []}', 400),
+        ("POST", "/v1/events", b"[" + b'"x",' * 400_000 + b'"x"]', 413),
+        ("GET", "/v1/nothing-here", None, 404),
+    ]
+    for method, path, body, expected in cases:
+        status, raw = agent.request(method, path, body)
+        assert status == expected, (path, status, raw[:200])
+        assert "message" in json.loads(raw)["error"] and b"Traceback" not in raw
+    assert agent.request("GET", "/v1/recommendations?user_id=u", token="wrong-token")[0] == 401
+    assert agent.request("GET", "/healthz", token="")[0] == 200  # liveness needs no token
+
+
+def test_agent_restarts_on_its_last_model_without_a_broker(
+    broker: Broker, int8_bundle: Path, keys: Path, tmp_path: Path
+) -> None:
+    publish(int8_bundle, broker)
+    agent = start_agent(broker.url, keys, tmp_path)
+    try:
+        agent.wait_ready(60)
+        assert post_events(agent, [{"user_id": "u7", "item_id": "85123A", "event": "purchase"}])[0] == 200
+    finally:
+        assert agent.stop() == 0  # clean shutdown on SIGTERM
+    broker.stop()
+    agent = start_agent("mqtt://127.0.0.1:9", keys, tmp_path)  # nothing listens there
+    try:
+        agent.wait_ready(30)
+        status, body = get_json(agent, "/v1/recommendations?user_id=u7&k=3")
+        assert status == 200 and body["model_version"] == 1000 and body["fallback"] is False
+    finally:
+        agent.stop()

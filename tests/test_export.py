@@ -1,0 +1,60 @@
+"""Keras -> TFLite export: parity in LiteRT within the stated tolerance, and a gate that can fail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.bundle import CATALOG_FILE, ENVELOPE_FILE, MODEL_FILE, parse_manifest
+from shared.catalog import parse_catalog
+from shared.signing import load_public_key, verify
+
+
+@pytest.fixture(scope="module")
+def keras_model(trained_run: Path):  # type: ignore[no-untyped-def]
+    import keras
+
+    return keras.models.load_model(trained_run / "model.keras")
+
+
+@pytest.fixture(scope="module")
+def histories(trained_run: Path) -> tuple[np.ndarray, np.ndarray]:
+    data = np.load(trained_run / "histories.npz")
+    return data["items"], data["weights"]
+
+
+@pytest.mark.parametrize("variant", ["float32", "int8"])
+def test_tflite_matches_keras_within_tolerance(keras_model, histories, variant: str) -> None:  # type: ignore[no-untyped-def]
+    from cloud_trainer.export import check_parity, to_tflite
+    from cloud_trainer.model import extract_weights
+
+    weights = extract_weights(keras_model)
+    model_bytes = to_tflite(weights, histories[0].shape[1], 20, variant, histories)
+    report = check_parity(keras_model, model_bytes, variant, *histories)
+    assert report.ok, report.to_json()
+    if variant == "float32":
+        assert report.mean_overlap_at_10 == 1.0
+
+
+def test_parity_check_catches_a_wrong_model(keras_model, histories) -> None:  # type: ignore[no-untyped-def]
+    from cloud_trainer.export import check_parity, to_tflite
+    from cloud_trainer.model import extract_weights
+
+    weights = extract_weights(keras_model)
+    rng = np.random.default_rng(0)
+    weights.item_vectors = rng.permutation(weights.item_vectors, axis=1)  # scramble which item is which
+    model_bytes = to_tflite(weights, histories[0].shape[1], 20, "float32", histories)
+    assert not check_parity(keras_model, model_bytes, "float32", *histories).ok
+
+
+def test_bundle_is_signed_and_self_consistent(int8_bundle: Path, keys: Path) -> None:
+    signed = verify((int8_bundle / ENVELOPE_FILE).read_bytes(), load_public_key((keys / "signing.pub").read_bytes()))
+    manifest = parse_manifest(signed)
+    assert manifest.version == 1000 and manifest.model.variant == "int8"
+    assert manifest.files[MODEL_FILE].length == (int8_bundle / MODEL_FILE).stat().st_size
+    catalog = parse_catalog((int8_bundle / CATALOG_FILE).read_bytes(), manifest.model.num_items)
+    assert catalog.popular and catalog.items[catalog.popular[0]].title
+    assert json.loads(signed)["training"]["parity"]["ok"] is True
