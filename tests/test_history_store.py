@@ -55,7 +55,7 @@ def test_altered_or_moved_records_are_detected(tmp_path: Path) -> None:
     ours, theirs = store._envelope.user_ref(USER), store._envelope.user_ref("other-user")
     store.close()
     db = sqlite3.connect(tmp_path / "h.db")
-    # put the other user's record 0 in place of ours (same position): associated data must catch it
+    # put the other user's record 0 in place of ours (same position): sealed under their data key, so it fails
     sealed = db.execute("SELECT sealed FROM events WHERE ref=? AND seq=0", (theirs,)).fetchone()[0]
     db.execute("UPDATE events SET sealed=? WHERE ref=? AND seq=0", (sealed, ours))
     # and flip one byte of the other user's record 1
@@ -69,6 +69,24 @@ def test_altered_or_moved_records_are_detected(tmp_path: Path) -> None:
         reopened.recent(USER, 10)
     with pytest.raises(TamperedRecord, match="record 1"):
         reopened.recent("other-user", 10)
+
+
+def test_reordered_records_of_one_user_are_detected(tmp_path: Path) -> None:
+    """Same user, same data key: only the associated data (user + position) can catch this."""
+    key = os.urandom(32)
+    store = HistoryStore(tmp_path / "h.db", key)
+    store.append(_events(USER))
+    ours = store._envelope.user_ref(USER)
+    store.close()
+    db = sqlite3.connect(tmp_path / "h.db")
+    first, second = (db.execute("SELECT sealed FROM events WHERE ref=? AND seq=?", (ours, n)).fetchone()[0]
+                     for n in (3, 4))
+    db.execute("UPDATE events SET sealed=? WHERE ref=? AND seq=3", (second, ours))
+    db.execute("UPDATE events SET sealed=? WHERE ref=? AND seq=4", (first, ours))
+    db.commit()
+    db.close()
+    with pytest.raises(TamperedRecord, match="record 3"):
+        HistoryStore(tmp_path / "h.db", key).recent(USER, 10)
 
 
 def test_erasure_makes_the_user_unrecoverable(tmp_path: Path) -> None:
