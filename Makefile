@@ -9,11 +9,12 @@ export EDGE_REC_DATASETS := $(abspath $(DATASETS))
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help demo test lint typecheck install mosquitto clean
+.PHONY: help demo test lint typecheck install mosquitto bench clean
 
 help:
 	@echo "make demo   train on Online Retail, publish over MQTT, serve recommendations from an edge agent"
 	@echo "make test   lint, type checks and the test suite (real Mosquitto, real LiteRT, real HTTP)"
+	@echo "make bench  benchmarks; results in bench/results/"
 	@echo "variables: DATASETS=$(DATASETS) VENV=$(VENV)"
 
 $(STAMP): pyproject.toml
@@ -35,7 +36,7 @@ mosquitto:
 	fi
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check shared edge_agent cloud_trainer devtools tests scripts
+	$(VENV)/bin/ruff check shared edge_agent cloud_trainer devtools tests scripts bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy shared edge_agent
@@ -45,6 +46,9 @@ test: $(STAMP) mosquitto lint typecheck
 
 demo: $(STAMP) mosquitto
 	$(PY) scripts/demo.py --datasets "$(EDGE_REC_DATASETS)"
+
+bench: $(STAMP)
+	$(PY) bench/history.py
 
 clean:
 	rm -rf $(VENV) var demo-work .pytest_cache .mypy_cache .ruff_cache

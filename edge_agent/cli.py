@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("validate-config", help="check a profile and print the effective settings")
     check.add_argument("config", type=Path)
     check.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    rotate = sub.add_parser("rotate-key", help="rotate the device master key (the agent may keep running)")
+    rotate.add_argument("--config", required=True, type=Path)
+    rotate.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return parser
 
 
@@ -35,6 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate-config":
         print(f"{args.config}: valid")
         return 0
+    if args.command == "rotate-key":
+        from edge_agent.history_store import StoreError
+        from edge_agent.key_rotation import rotate
+        from edge_agent.keyring import KeyringError
+        from edge_agent.master_key import MasterKeyError
+
+        try:
+            count = rotate(config.agent.data_dir, config.master_key_path)
+        except (MasterKeyError, KeyringError, StoreError, OSError) as e:
+            print(f"edge-agent: cannot rotate the master key: {e}", file=sys.stderr)
+            return 2
+        print(f"master key rotated: {count} user keys re-wrapped, no history re-encrypted")
+        return 0
     logging.basicConfig(
         level=config.agent.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -42,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so validate-config stays fast and needs no runtime.
     from edge_agent.daemon import Agent, StartupError
     from edge_agent.history_store import StoreError
+    from edge_agent.keyring import KeyringError
     from edge_agent.master_key import MasterKeyError
 
     try:
         agent = Agent(config)
-    except (StartupError, StoreError, MasterKeyError) as e:
+    except (StartupError, StoreError, KeyringError, MasterKeyError) as e:
         print(f"edge-agent: cannot start: {e}", file=sys.stderr)
         return 2
     agent.run()

@@ -60,6 +60,8 @@ class MqttSection:
 class HistorySection:
     master_key_file: str = _opt("", "Device master key file (0600); default <data_dir>/master.key.")
     max_events_per_user: int = _opt(200, "Events kept per shopper; older ones are deleted.", lo=1, hi=100_000)
+    max_age_days: int = _opt(365, "Events older than this are deleted.", lo=1, hi=3650)
+    sweep_interval_s: int = _opt(3600, "How often expired events are removed.", lo=10, hi=86_400)
 
 
 @dataclass(frozen=True)

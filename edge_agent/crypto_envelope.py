@@ -1,11 +1,15 @@
-"""Authenticated encryption of history records and wrapping of per-user data keys (pure).
+"""Authenticated encryption for the history store (pure: bytes in, bytes out).
 
-Key hierarchy: the device master key (32 random bytes) derives, with HKDF, a lookup key (for the
-keyed hash of user ids) and a wrapping key. Each user gets a random 256-bit data key, stored only
-wrapped (AES-GCM under the wrapping key, bound to the user's lookup hash). Records are AES-GCM
-under the user's data key with associated data binding them to the user and their sequence
-number, so a record cannot be moved to another user or position, nor altered, unnoticed.
-Destroying a user's wrapped data key makes their records unreadable for good (crypto-shredding).
+Key hierarchy::
+
+    device master key (32 bytes, a 0600 file or a systemd credential)
+      └─ wraps (AES-GCM, bound to a label) ─┬─ the lookup secret: HMAC key for user references
+                                           └─ one random 256-bit data key per user
+    user data key ─ seals (AES-GCM) each history record, with associated data = user ref + position
+
+Because the lookup secret and the data keys are random and only *wrapped* by the master key,
+rotating the master key re-wraps 32-byte keys and never re-encrypts history. Destroying a user's
+wrapped data key makes every record of that user unreadable for good (crypto-shredding).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -25,57 +30,67 @@ NONCE_BYTES = 12
 
 
 class TamperedRecord(ValueError):
-    """A ciphertext failed authentication: altered, moved, or under another key."""
+    """A ciphertext failed authentication: altered, moved, or sealed under another key."""
 
 
-def _derive(master_key: bytes, purpose: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"edge-rec/" + purpose).derive(
-        master_key
-    )
+def new_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
 
 
-class Envelope:
-    """Seals and opens records and data keys under one device master key."""
+class MasterKey:
+    """Wraps and unwraps secrets under the device master key. Never logged, never stored here."""
 
-    def __init__(self, master_key: bytes) -> None:
-        if len(master_key) != MASTER_KEY_BYTES:
-            raise ValueError(f"master key must be {MASTER_KEY_BYTES} bytes, got {len(master_key)}")
-        self._lookup_key = _derive(master_key, b"user-lookup")
-        self._wrap = AESGCM(_derive(master_key, b"key-wrap"))
-        self.key_check = hmac.new(_derive(master_key, b"key-check"), b"edge-rec", hashlib.sha256).digest()
+    def __init__(self, key: bytes) -> None:
+        if len(key) != MASTER_KEY_BYTES:
+            raise ValueError(f"master key must be {MASTER_KEY_BYTES} bytes, got {len(key)}")
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=b"edge-rec/master-key/v1")
+        derived = hkdf.derive(key)
+        self._wrap = AESGCM(derived[:32])
+        #: Identifies the key without revealing it: stored beside what it wrapped.
+        self.check = hmac.new(derived[32:], b"edge-rec key check", hashlib.sha256).digest()
 
-    def user_ref(self, user_id: str) -> bytes:
-        """Keyed hash of a user id: a stable lookup key that reveals nothing without the master key."""
-        return hmac.new(self._lookup_key, user_id.encode("utf-8"), hashlib.sha256).digest()
-
-    def wrap_data_key(self, user_ref: bytes, data_key: bytes) -> bytes:
+    def wrap(self, label: bytes, secret: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
-        return nonce + self._wrap.encrypt(nonce, data_key, b"dk|" + user_ref)
+        return nonce + self._wrap.encrypt(nonce, secret, b"wrap|" + label)
 
-    def unwrap_data_key(self, user_ref: bytes, wrapped: bytes) -> bytes:
+    def unwrap(self, label: bytes, wrapped: bytes) -> bytes:
         try:
-            return self._wrap.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], b"dk|" + user_ref)
+            return self._wrap.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], b"wrap|" + label)
         except InvalidTag:
-            raise TamperedRecord("a user's data key failed authentication") from None
+            raise TamperedRecord("a wrapped key failed authentication") from None
 
-    @staticmethod
-    def new_data_key() -> bytes:
-        return AESGCM.generate_key(bit_length=256)
 
-    @staticmethod
-    def _record_aad(user_ref: bytes, seq: int) -> bytes:
-        return b"ev|" + user_ref + struct.pack(">Q", seq)
+def user_ref(lookup_secret: bytes, user_id: str) -> bytes:
+    """Keyed hash of a user id: a stable lookup key that reveals nothing without the secret."""
+    return hmac.new(lookup_secret, user_id.encode("utf-8"), hashlib.sha256).digest()
 
-    @classmethod
-    def seal_record(cls, data_key: bytes, user_ref: bytes, seq: int, plaintext: bytes) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
-        return nonce + AESGCM(data_key).encrypt(nonce, plaintext, cls._record_aad(user_ref, seq))
 
-    @classmethod
-    def open_record(cls, data_key: bytes, user_ref: bytes, seq: int, sealed: bytes) -> bytes:
-        try:
-            return AESGCM(data_key).decrypt(
-                sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], cls._record_aad(user_ref, seq)
-            )
-        except InvalidTag:
-            raise TamperedRecord(f"history record {seq} failed authentication") from None
+_SEQ = struct.Struct(">Q")
+
+
+def _record_aad(ref: bytes, seq: int) -> bytes:
+    return b"ev|" + ref + _SEQ.pack(seq)
+
+
+def seal_record(cipher: AESGCM, ref: bytes, seq: int, plaintext: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + cipher.encrypt(nonce, plaintext, _record_aad(ref, seq))
+
+
+def open_record(cipher: AESGCM, ref: bytes, seq: int, sealed: bytes) -> bytes:
+    try:
+        return cipher.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _record_aad(ref, seq))
+    except InvalidTag:
+        raise TamperedRecord(f"history record {seq} failed authentication") from None
+
+
+def open_records(cipher: AESGCM, ref: bytes, rows: Iterable[tuple[int, bytes]]) -> list[bytes]:
+    """``open_record`` over many (seq, sealed) rows: the hot path of every recommendation."""
+    prefix, pack, decrypt, out = b"ev|" + ref, _SEQ.pack, cipher.decrypt, []
+    seq = -1
+    try:
+        for seq, sealed in rows:
+            out.append(decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], prefix + pack(seq)))
+    except InvalidTag:
+        raise TamperedRecord(f"history record {seq} failed authentication") from None
+    return out

@@ -21,7 +21,8 @@ from waitress.server import BaseWSGIServer, MultiSocketServer
 from edge_agent.config import AgentConfig
 from edge_agent.history_store import HistoryStore
 from edge_agent.http_api import Services, create_app
-from edge_agent.master_key import load_or_create, resolve_path
+from edge_agent.key_rotation import finish_pending, key_loader
+from edge_agent.master_key import resolve_path
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import BrokerSettings, MqttLink
 from edge_agent.updater import ActiveModel, Updater
@@ -59,10 +60,15 @@ class Agent:
             trusted = load_public_key(config.model.trusted_public_key.read_bytes())
         except OSError as e:
             raise StartupError(f"cannot read model.trusted_public_key: {e}") from None
-        master_key = load_or_create(resolve_path(config.master_key_path))
+        key_path = resolve_path(config.master_key_path)
         self.history = HistoryStore(
-            data_dir / "history.sqlite3", master_key, max_events_per_user=config.history.max_events_per_user
+            data_dir,
+            key_loader(data_dir, key_path),
+            max_events_per_user=config.history.max_events_per_user,
+            max_age_days=config.history.max_age_days,
         )
+        if key_path == config.master_key_path:
+            finish_pending(self.history.keyring, key_path)
         self.active = ActiveModel()
         self.updater = Updater(
             ModelStore(data_dir),
@@ -93,10 +99,12 @@ class Agent:
             token=load_token(config.token_path),
             max_body_bytes=config.api.max_body_bytes,
             max_k=config.api.max_k,
+            max_history=config.history.max_events_per_user,
         )
         self.app = create_app(services)
         self._server: BaseWSGIServer | MultiSocketServer | None = None
         self._stopping = threading.Event()
+        self._sweeper: threading.Thread | None = None
 
     def status(self) -> dict[str, object]:
         model = self.active.current
@@ -117,12 +125,24 @@ class Agent:
         )
         log.info("REST API listening on http://%s:%s", api.host, self._server.effective_port)
         self.link.start()
+        self._sweeper = threading.Thread(target=self._sweep_history, name="history-retention", daemon=True)
+        self._sweeper.start()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
             self._server.run()
         finally:
             self.shutdown()
+
+    def _sweep_history(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                removed = self.history.sweep()
+                if removed:
+                    log.info("retention: removed %d expired history records", removed)
+            except Exception:
+                log.exception("retention sweep failed; will retry")
+            self._stopping.wait(self.config.history.sweep_interval_s)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("received %s; shutting down", signal.Signals(signum).name)
@@ -137,5 +157,7 @@ class Agent:
         if self._server is not None:
             self._server.task_dispatcher.shutdown()  # in-flight requests finish first
         self.link.stop()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=30)
         self.history.close()
         log.info("stopped")

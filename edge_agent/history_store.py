@@ -1,160 +1,209 @@
-"""Encrypted, durable store of each local shopper's recent events (SQLite in WAL mode).
+"""Encrypted, durable store of each local shopper's recent events.
 
-Owns the database file and its transactions; the cryptography is :mod:`edge_agent.crypto_envelope`.
-Nothing readable is written: users are found by keyed hash, records are AES-GCM sealed with
-associated data binding them to the user and sequence number. A write returns only after SQLite
-has synced it (``synchronous=FULL``), so an acknowledged event survives kill -9 and power loss.
+Owns ``history.sqlite3`` (sealed records only) and uses :mod:`edge_agent.keyring` for keys and
+:mod:`edge_agent.crypto_envelope` for the cryptography. Nothing readable is written: users are
+found by keyed hash, each record (item id, event kind, timestamp) is AES-GCM sealed under the
+user's data key with associated data binding it to the user and its position. A write returns
+only after SQLite has synced it (WAL, ``synchronous=FULL``): an acknowledged event survives kill -9
+and power loss. Retention: at most ``max_events_per_user`` per user, none older than ``max_age``.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import sqlite3
+import struct
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
-from edge_agent.crypto_envelope import Envelope, TamperedRecord
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from edge_agent.crypto_envelope import TamperedRecord, open_record, open_records, seal_record, user_ref
+from edge_agent.keyring import Keyring, KeyringError, WrongMasterKey, connect
 from shared.events import Event, EventKind
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.sqlite3"
+KEYRING_FILE = "keyring.sqlite3"
+_KINDS = list(EventKind)
+_KIND_CODES = {kind: n for n, kind in enumerate(_KINDS)}
+_RECORD = struct.Struct(">dB")  # timestamp, kind; the item id's UTF-8 bytes follow
+_RECORD_SIZE = _RECORD.size
 
 
 class StoreError(RuntimeError):
-    """The store cannot be opened or used; the message names the cause and the fix."""
+    """The store cannot be opened or written; the message names the cause and the fix."""
 
 
-class WrongMasterKey(StoreError):
+class StoreFull(StoreError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
+    """One decrypted event (a NamedTuple: built 50 times per recommendation, so it must be cheap)."""
+
     item_id: str
     kind: EventKind
     timestamp: float
 
 
+def _encode(event: Event) -> bytes:
+    return _RECORD.pack(event.timestamp, _KIND_CODES[event.kind]) + event.item_id.encode("utf-8")
+
+
+def _decode(plain: bytes) -> StoredEvent:
+    timestamp, kind = _RECORD.unpack_from(plain)
+    return StoredEvent(plain[_RECORD_SIZE:].decode("utf-8"), _KINDS[kind], timestamp)
+
+
+def _storage_error(e: sqlite3.Error, what: str) -> StoreError:
+    text = str(e)
+    if "full" in text:
+        return StoreFull(f"cannot {what}: the disk (or the store's size limit) is full; free space and retry")
+    if isinstance(e, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+        return StoreError(f"cannot {what}: the history database is corrupt ({text}); restore it or move it away")
+    return StoreError(f"cannot {what}: {text}")
+
+
+def stores_exist(folder: Path) -> bool:
+    return (folder / HISTORY_FILE).exists() or (folder / KEYRING_FILE).exists()
+
+
 class HistoryStore:
-    def __init__(self, path: Path, master_key: bytes, *, max_events_per_user: int = 200) -> None:
-        self._envelope = Envelope(master_key)
+    def __init__(
+        self,
+        folder: Path,
+        load_keys: Callable[[], list[bytes]],
+        *,
+        max_events_per_user: int = 200,
+        max_age_days: float = 365,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._cap = max_events_per_user
+        self._max_age = max_age_days * 86400.0
+        self._clock = clock
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA secure_delete=ON")
-            self._db.execute("PRAGMA temp_store=MEMORY")
-            self._init_schema()
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot open history store {path}: {e}") from None
-
-    def _init_schema(self) -> None:
-        with self._lock:
-            self._db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-                CREATE TABLE IF NOT EXISTS users (
-                    ref BLOB PRIMARY KEY, wrapped_key BLOB NOT NULL, next_seq INTEGER NOT NULL
-                ) WITHOUT ROWID;
-                CREATE TABLE IF NOT EXISTS events (
-                    ref BLOB NOT NULL, seq INTEGER NOT NULL, sealed BLOB NOT NULL,
-                    PRIMARY KEY (ref, seq)
-                ) WITHOUT ROWID;
-                """
+            self.keyring = Keyring(folder / KEYRING_FILE, load_keys)
+            self._db = connect(folder / HISTORY_FILE)
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS events (ref BLOB NOT NULL, seq INTEGER NOT NULL,"
+                " sealed BLOB NOT NULL, PRIMARY KEY (ref, seq)) WITHOUT ROWID"
             )
-            row = self._db.execute("SELECT value FROM meta WHERE key='key_check'").fetchone()
-            if row is None:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
-                    "INSERT INTO meta VALUES ('key_check', ?), ('schema', ?)",
-                    (self._envelope.key_check, str(SCHEMA_VERSION).encode()),
-                )
-                self._db.execute("COMMIT")
-            elif bytes(row[0]) != self._envelope.key_check:
-                raise WrongMasterKey(
-                    "the master key does not match this history store (wrong key file, or the "
-                    "store belongs to another device); restore the right key"
-                )
+        except WrongMasterKey:
+            raise
+        except sqlite3.Error as e:
+            raise _storage_error(e, f"open the history store in {folder}") from None
 
-    def _data_key(self, ref: bytes, *, create: bool) -> tuple[bytes, int] | None:
-        row = self._db.execute("SELECT wrapped_key, next_seq FROM users WHERE ref=?", (ref,)).fetchone()
-        if row is not None:
-            return self._envelope.unwrap_data_key(ref, bytes(row[0])), int(row[1])
-        if not create:
-            return None
-        key = Envelope.new_data_key()
-        self._db.execute(
-            "INSERT INTO users VALUES (?, ?, 0)", (ref, self._envelope.wrap_data_key(ref, key))
-        )
-        return key, 0
+    def _ref(self, user_id: str) -> bytes:
+        return user_ref(self.keyring.lookup_secret, user_id)
 
     def append(self, events: Iterable[Event]) -> int:
         """Store events durably in one transaction; returns how many were stored."""
         by_user: dict[str, list[Event]] = {}
         for event in events:
             by_user.setdefault(event.user_id, []).append(event)
-        count = 0
-        with self._lock:
-            try:
+        try:
+            ciphers = {}
+            for user_id in by_user:
+                ref = self._ref(user_id)
+                key = self.keyring.data_key(ref, create=True)
+                assert key is not None
+                ciphers[user_id] = (ref, AESGCM(key))
+            count = 0
+            with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
-                for user_id, user_events in by_user.items():
-                    ref = self._envelope.user_ref(user_id)
-                    found = self._data_key(ref, create=True)
-                    assert found is not None
-                    key, seq = found
-                    for event in sorted(user_events, key=lambda e: e.timestamp):
-                        plain = json.dumps(
-                            {"i": event.item_id, "e": event.kind.value, "t": event.timestamp},
-                            separators=(",", ":"),
-                        ).encode()
-                        sealed = Envelope.seal_record(key, ref, seq, plain)
-                        self._db.execute("INSERT INTO events VALUES (?, ?, ?)", (ref, seq, sealed))
-                        seq += 1
-                        count += 1
-                    self._db.execute("UPDATE users SET next_seq=? WHERE ref=?", (seq, ref))
-                    self._db.execute("DELETE FROM events WHERE ref=? AND seq<?", (ref, seq - self._cap))
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-        return count
+                try:
+                    for user_id, user_events in by_user.items():
+                        ref, cipher = ciphers[user_id]
+                        (last,) = self._db.execute("SELECT max(seq) FROM events WHERE ref=?", (ref,)).fetchone()
+                        seq = -1 if last is None else int(last)
+                        rows = []
+                        for event in sorted(user_events, key=lambda e: e.timestamp):
+                            seq += 1
+                            rows.append((ref, seq, seal_record(cipher, ref, seq, _encode(event))))
+                        self._db.executemany("INSERT INTO events VALUES (?, ?, ?)", rows)
+                        self._db.execute("DELETE FROM events WHERE ref=? AND seq<=?", (ref, seq - self._cap))
+                        count += len(rows)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            return count
+        except (sqlite3.Error, KeyringError) as e:
+            if isinstance(e, KeyringError):
+                raise StoreError(str(e)) from None
+            raise _storage_error(e, "store events") from None
 
     def recent(self, user_id: str, limit: int) -> list[StoredEvent]:
-        """The user's last ``limit`` events, oldest first; [] for an unknown user."""
-        ref = self._envelope.user_ref(user_id)
+        """The user's last ``limit`` events within the retention age, oldest first."""
+        ref = self._ref(user_id)
+        key = self.keyring.data_key(ref, create=False)
+        if key is None:
+            return []
         with self._lock:
-            found = self._data_key(ref, create=False)
-            if found is None:
-                return []
-            key, _ = found
             rows = self._db.execute(
                 "SELECT seq, sealed FROM events WHERE ref=? ORDER BY seq DESC LIMIT ?", (ref, limit)
             ).fetchall()
-        out = []
-        for seq, sealed in reversed(rows):
-            record = json.loads(Envelope.open_record(key, ref, int(seq), bytes(sealed)))
-            out.append(StoredEvent(item_id=record["i"], kind=EventKind(record["e"]), timestamp=record["t"]))
-        return out
+        oldest, unpack, kinds, make = self._clock() - self._max_age, _RECORD.unpack_from, _KINDS, StoredEvent
+        events = []
+        for plain in open_records(AESGCM(key), ref, reversed(rows)):
+            timestamp, kind = unpack(plain)
+            if timestamp >= oldest:
+                events.append(make(plain[_RECORD_SIZE:].decode("utf-8"), kinds[kind], timestamp))
+        return events
 
     def delete_user(self, user_id: str) -> bool:
-        """Destroy the user's data key and records; True if the user existed."""
-        ref = self._envelope.user_ref(user_id)
+        """Destroy the user's data key first (crypto-shredding), then their records."""
+        ref = self._ref(user_id)
+        existed = self.keyring.destroy(ref)
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            deleted = self._db.execute("DELETE FROM users WHERE ref=?", (ref,)).rowcount
-            self._db.execute("DELETE FROM events WHERE ref=?", (ref,))
-            self._db.execute("COMMIT")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return deleted > 0
+            existed = self._db.execute("DELETE FROM events WHERE ref=?", (ref,)).rowcount > 0 or existed
+            self._reclaim()
+        return existed
+
+    def _reclaim(self) -> None:
+        self._db.execute("PRAGMA incremental_vacuum")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def sweep(self) -> int:
+        """Delete records past the maximum age and records whose key is gone; returns how many."""
+        oldest = self._clock() - self._max_age
+        live = self.keyring.refs()
+        with self._lock:
+            refs = [bytes(r[0]) for r in self._db.execute("SELECT DISTINCT ref FROM events")]
+        removed = 0
+        for ref in refs:
+            key = self.keyring.data_key(ref, create=False) if ref in live else None
+            with self._lock:
+                rows = self._db.execute("SELECT seq, sealed FROM events WHERE ref=?", (ref,)).fetchall()
+                if key is None:
+                    doomed = [seq for seq, _ in rows]
+                else:
+                    cipher = AESGCM(key)
+                    doomed = []
+                    for seq, sealed in rows:
+                        try:
+                            if _decode(open_record(cipher, ref, seq, sealed)).timestamp < oldest:
+                                doomed.append(seq)
+                        except TamperedRecord:
+                            log.error("a history record failed authentication during the retention sweep")
+                self._db.executemany("DELETE FROM events WHERE ref=? AND seq=?", [(ref, s) for s in doomed])
+                removed += len(doomed)
+        with self._lock:
+            self._reclaim()
+        return removed
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self.keyring.close()
 
 
-__all__ = ["HistoryStore", "StoreError", "StoredEvent", "TamperedRecord", "WrongMasterKey"]
+__all__ = ["HistoryStore", "StoreError", "StoreFull", "StoredEvent", "TamperedRecord", "WrongMasterKey"]

@@ -10,13 +10,14 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from edge_agent.crypto_envelope import TamperedRecord
-from edge_agent.history_store import HistoryStore
+from edge_agent.history_store import HistoryStore, StoreError, StoreFull
 from edge_agent.recommender import Exclude, recommend
 from edge_agent.updater import ActiveModel
 from shared.events import EventError, parse_event
@@ -33,6 +34,7 @@ class Services:
     token: str
     max_body_bytes: int = 1024 * 1024
     max_k: int = 100
+    max_history: int = 200
 
 
 class ApiError(Exception):
@@ -58,6 +60,10 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
+def iso_timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def create_app(services: Services) -> Flask:
     app = Flask("edge_agent")
     app.config["MAX_CONTENT_LENGTH"] = services.max_body_bytes
@@ -80,6 +86,21 @@ def create_app(services: Services) -> Flask:
     @app.errorhandler(ApiError)
     def api_error(e: ApiError) -> Any:
         return _error(e.status, e.code, e.message)
+
+    @app.errorhandler(StoreFull)
+    def store_full(e: StoreFull) -> Any:
+        log.error("history store full: %s", e)
+        return _error(507, "storage_full", "the agent's storage is full; the request was not stored")
+
+    @app.errorhandler(StoreError)
+    def store_error(e: StoreError) -> Any:
+        log.error("history store error: %s", e)
+        return _error(503, "storage_unavailable", "the agent's history store is unavailable; see its log")
+
+    @app.errorhandler(TamperedRecord)
+    def tampered(e: TamperedRecord) -> Any:
+        log.error("a user's history failed authentication; see the threat model in the README")
+        return _error(500, "history_corrupt", "this user's stored history failed its integrity check")
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException) -> Any:
@@ -126,13 +147,34 @@ def create_app(services: Services) -> Flask:
         stored = services.history.append(events)
         return jsonify({"accepted": stored}), 200
 
-    @app.get("/v1/recommendations")
-    def recommendations() -> Any:
-        user_id = request.args.get("user_id", "")
+    def _user_id(raw: str) -> str:
         try:
-            parse_event(user_id, "x", "view", 0)
+            return parse_event(raw, "x", "view", 0).user_id
         except EventError as e:
             raise ApiError(400, "invalid_parameter", str(e)) from None
+
+    @app.get("/v1/users/<path:user_id>/history")
+    def user_history(user_id: str) -> Any:
+        user_id = _user_id(user_id)
+        events = services.history.recent(user_id, services.max_history)
+        return jsonify(
+            {
+                "user_id": user_id,
+                "events": [
+                    {"item_id": e.item_id, "event": e.kind.value, "timestamp": iso_timestamp(e.timestamp)}
+                    for e in events
+                ],
+            }
+        )
+
+    @app.delete("/v1/users/<path:user_id>")
+    def delete_user(user_id: str) -> Any:
+        user_id = _user_id(user_id)
+        return jsonify({"user_id": user_id, "deleted": services.history.delete_user(user_id)})
+
+    @app.get("/v1/recommendations")
+    def recommendations() -> Any:
+        user_id = _user_id(request.args.get("user_id", ""))
         k = _int_arg("k", 10, 1, services.max_k)
         try:
             exclude = Exclude(request.args.get("exclude", "none"))
@@ -141,11 +183,7 @@ def create_app(services: Services) -> Flask:
         model = services.active.current  # one reference: a swap mid-request does not affect us
         if model is None:
             raise ApiError(503, "no_model", "no model installed yet; retry later")
-        try:
-            history = services.history.recent(user_id, model.history_length)
-        except TamperedRecord:
-            log.error("a user's history failed authentication; see the threat model in the README")
-            raise ApiError(500, "history_corrupt", "this user's stored history failed its integrity check") from None
+        history = services.history.recent(user_id, model.history_length)
         result = recommend(model, history, k, exclude)
         return jsonify(
             {

@@ -1,7 +1,10 @@
-"""Loading (or creating, on first start) the device master key from a 0600 file.
+"""The device master key: a 32-byte file with 0600 permissions (or a systemd credential).
 
-The key never comes from the configuration file. Under systemd, ``LoadCredential=`` puts it in
-``$CREDENTIALS_DIRECTORY``; the configured path is used otherwise. The key is never logged.
+The key never comes from the configuration file and is never logged. Under systemd,
+``LoadCredential=edge-agent-master-key:...`` puts it in ``$CREDENTIALS_DIRECTORY``; otherwise the
+configured path is used. During a rotation the new key waits in ``<path>.next`` until the keyring
+has been re-wrapped, then replaces ``<path>``; a reader that finds the keyring re-wrapped before
+the rename looks in ``<path>.next`` (see :mod:`edge_agent.keyring`).
 """
 
 from __future__ import annotations
@@ -29,22 +32,27 @@ def resolve_path(configured: Path) -> Path:
     return configured
 
 
-def load_or_create(path: Path, *, create: bool = True) -> bytes:
-    """The 32-byte master key at ``path``; a new random one is written (0600) if it is absent."""
+def next_path(path: Path) -> Path:
+    return path.with_name(path.name + ".next")
+
+
+def write_new(path: Path) -> bytes:
+    """Write a new random key to ``path`` (which must not exist) with mode 0600, durably."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = os.urandom(MASTER_KEY_BYTES)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+        f.flush()
+        os.fsync(f.fileno())
+    return key
+
+
+def read(path: Path) -> bytes:
     try:
         st = path.stat()
     except FileNotFoundError:
-        if not create:
-            raise MasterKeyError(f"master key file {path} does not exist") from None
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = os.urandom(MASTER_KEY_BYTES)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-            f.flush()
-            os.fsync(f.fileno())
-        log.info("created a new master key at %s", path)
-        return key
+        raise MasterKeyError(f"master key file {path} does not exist") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise MasterKeyError(
             f"master key file {path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
@@ -54,3 +62,21 @@ def load_or_create(path: Path, *, create: bool = True) -> bytes:
     if len(key) != MASTER_KEY_BYTES:
         raise MasterKeyError(f"master key file {path} must hold exactly {MASTER_KEY_BYTES} bytes")
     return key
+
+
+def load_or_create(path: Path, *, create: bool = True) -> bytes:
+    """The key at ``path``; with ``create``, a new one is written (0600) if it is absent."""
+    if create and not path.exists():
+        key = write_new(path)
+        log.info("created a new master key at %s", path)
+        return key
+    return read(path)
+
+
+def candidates(path: Path) -> list[bytes]:
+    """The keys a reader may need: the current file, then a rotation's pending ``.next`` file."""
+    found = []
+    for candidate in (path, next_path(path)):
+        if candidate.exists():
+            found.append(read(candidate))
+    return found
