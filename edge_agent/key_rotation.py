@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 def key_loader(data_dir: Path, key_path: Path) -> Callable[[], list[bytes]]:
     """Loader of candidate master keys; a key is created only for a device with no history yet."""
+    from_env = master_key.from_environment()
+    if from_env is not None:
+        return lambda: [from_env]
     pending = master_key.next_path(key_path)
     if not key_path.exists() and not pending.exists():
         if stores_exist(data_dir):
@@ -58,9 +61,9 @@ def finish_pending(keyring: Keyring, key_path: Path) -> None:
 
 def rotate(data_dir: Path, key_path: Path) -> int:
     """Rotate the master key of the store in ``data_dir``; returns how many user keys were re-wrapped."""
-    if os.environ.get("CREDENTIALS_DIRECTORY") and master_key.resolve_path(key_path) != key_path:
+    if master_key.from_environment() is not None or master_key.resolve_path(key_path) != key_path:
         raise master_key.MasterKeyError(
-            "the master key comes from a systemd credential; rotate the credential file instead"
+            "the master key comes from the environment or a systemd credential; rotate it there instead"
         )
     keyring = Keyring(data_dir / KEYRING_FILE, key_loader(data_dir, key_path))
     try:

@@ -2,9 +2,10 @@
 
 The key never comes from the configuration file and is never logged. Under systemd,
 ``LoadCredential=edge-agent-master-key:...`` puts it in ``$CREDENTIALS_DIRECTORY``; otherwise the
-configured path is used. During a rotation the new key waits in ``<path>.next`` until the keyring
-has been re-wrapped, then replaces ``<path>``; a reader that finds the keyring re-wrapped before
-the rename looks in ``<path>.next`` (see :mod:`edge_agent.keyring`).
+configured path is used; ``EDGE_AGENT_MASTER_KEY`` (hex) overrides both. During a rotation the
+new key waits in ``<path>.next`` until the keyring has been re-wrapped, then replaces ``<path>``;
+a reader that finds the keyring re-wrapped before the rename looks in ``<path>.next`` (see
+:mod:`edge_agent.key_rotation`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from edge_agent.crypto_envelope import MASTER_KEY_BYTES
 log = logging.getLogger(__name__)
 
 CREDENTIAL_NAME = "edge-agent-master-key"
+ENVIRONMENT_VARIABLE = "EDGE_AGENT_MASTER_KEY"
 
 
 class MasterKeyError(RuntimeError):
@@ -30,6 +32,20 @@ def resolve_path(configured: Path) -> Path:
     if credentials and (Path(credentials) / CREDENTIAL_NAME).is_file():
         return Path(credentials) / CREDENTIAL_NAME
     return configured
+
+
+def from_environment() -> bytes | None:
+    """The key from ``EDGE_AGENT_MASTER_KEY`` (64 hex digits), if set."""
+    text = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
+    if not text:
+        return None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != MASTER_KEY_BYTES:
+        raise MasterKeyError(f"{ENVIRONMENT_VARIABLE} must be {2 * MASTER_KEY_BYTES} hex digits")
+    return key
 
 
 def next_path(path: Path) -> Path:

@@ -236,3 +236,18 @@ def test_concurrent_writers_and_readers_never_corrupt_the_store(tmp_path: Path) 
         t.join()
     assert not errors
     assert [len(store.recent(f"user-{n}", 1000)) for n in range(4)] == [120] * 4
+
+
+def test_master_key_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = os.urandom(32)
+    monkeypatch.setenv("EDGE_AGENT_MASTER_KEY", key.hex())
+    store = HistoryStore(tmp_path, key_loader(tmp_path, tmp_path / "unused.key"), clock=lambda: NOW)
+    store.append(_events())
+    store.close()
+    assert not (tmp_path / "unused.key").exists()
+    assert len(_open(tmp_path, key).recent(USER, 10)) == 5
+    with pytest.raises(MasterKeyError, match="rotate it there"):
+        rotate(tmp_path, tmp_path / "unused.key")
+    monkeypatch.setenv("EDGE_AGENT_MASTER_KEY", "abc")
+    with pytest.raises(MasterKeyError, match="64 hex digits"):
+        key_loader(tmp_path, tmp_path / "unused.key")
