@@ -128,3 +128,31 @@ def test_rotate_key_while_the_agent_serves(tmp_path: Path, keys: Path) -> None:
         assert [e["item_id"] for e in history(agent, "u2")] == ["i2"]
     finally:
         agent.stop()
+
+
+def _start_fails(work: Path, keys: Path) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(PROFILE),
+         "--set", f'agent.data_dir="{work / "agent"}"', "--set", f'model.trusted_public_key="{keys / "signing.pub"}"',
+         "--set", f'mqtt.url="{NO_BROKER}"'],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_bad_key_or_storage_stops_the_agent_with_a_clear_message(tmp_path: Path, keys: Path) -> None:
+    agent = start(tmp_path, keys)
+    assert agent.request("POST", "/v1/events", b'{"user_id": "u", "item_id": "i", "event": "view"}')[0] == 200
+    agent.stop()
+    key_file = tmp_path / "agent" / "master.key"
+    original = key_file.read_bytes()
+    key_file.write_bytes(os.urandom(32))
+    assert "does not match this device's keyring" in _start_fails(tmp_path, keys)
+    key_file.unlink()
+    assert "restore the key file" in _start_fails(tmp_path, keys)  # never a new key over old history
+    key_file.write_bytes(original)
+    key_file.chmod(0o600)
+    (tmp_path / "agent" / "history.sqlite3").write_bytes(b"garbage" * 1000)
+    assert "corrupt" in _start_fails(tmp_path, keys)
