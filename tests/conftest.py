@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devtools.processes import Broker  # noqa: E402
+from devtools.processes import broker as local_broker  # noqa: E402
 
 DATASETS = Path(os.environ.get("EDGE_REC_DATASETS", ROOT.parent / "shared" / "datasets"))
 ONLINE_RETAIL = DATASETS / "online_retail" / "online_retail.csv.gz"
@@ -88,8 +89,5 @@ def int8_bundle(trained_run: Path, keys: Path, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    b = Broker()
-    try:
+    with local_broker() as b:
         yield b
-    finally:
-        b.stop()
