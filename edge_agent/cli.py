@@ -39,14 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: valid")
         return 0
     if args.command == "rotate-key":
-        from edge_agent.history_store import StoreError
+        import sqlite3
+
         from edge_agent.key_rotation import rotate
         from edge_agent.keyring import KeyringError
         from edge_agent.master_key import MasterKeyError
 
         try:
             count = rotate(config.agent.data_dir, config.master_key_path)
-        except (MasterKeyError, KeyringError, StoreError, OSError) as e:
+        except (MasterKeyError, KeyringError, sqlite3.Error, OSError) as e:
             print(f"edge-agent: cannot rotate the master key: {e}", file=sys.stderr)
             return 2
         print(f"master key rotated: {count} user keys re-wrapped, no history re-encrypted")

@@ -95,8 +95,6 @@ class HistoryStore:
                 "CREATE TABLE IF NOT EXISTS events (ref BLOB NOT NULL, seq INTEGER NOT NULL,"
                 " sealed BLOB NOT NULL, PRIMARY KEY (ref, seq)) WITHOUT ROWID"
             )
-        except WrongMasterKey:
-            raise
         except sqlite3.Error as e:
             raise _storage_error(e, f"open the history store in {folder}") from None
 
@@ -136,9 +134,9 @@ class HistoryStore:
                         self._db.execute("ROLLBACK")
                     raise
             return count
-        except (sqlite3.Error, KeyringError) as e:
-            if isinstance(e, KeyringError):
-                raise StoreError(str(e)) from None
+        except KeyringError as e:
+            raise StoreError(str(e)) from None
+        except sqlite3.Error as e:
             raise _storage_error(e, "store events") from None
 
     def recent(self, user_id: str, limit: int) -> list[StoredEvent]:
@@ -151,13 +149,8 @@ class HistoryStore:
             rows = self._db.execute(
                 "SELECT seq, sealed FROM events WHERE ref=? ORDER BY seq DESC LIMIT ?", (ref, limit)
             ).fetchall()
-        oldest, unpack, kinds, make = self._clock() - self._max_age, _RECORD.unpack_from, _KINDS, StoredEvent
-        events = []
-        for plain in open_records(AESGCM(key), ref, reversed(rows)):
-            timestamp, kind = unpack(plain)
-            if timestamp >= oldest:
-                events.append(make(plain[_RECORD_SIZE:].decode("utf-8"), kinds[kind], timestamp))
-        return events
+        oldest = self._clock() - self._max_age
+        return [e for e in map(_decode, open_records(AESGCM(key), ref, reversed(rows))) if e.timestamp >= oldest]
 
     def delete_user(self, user_id: str) -> bool:
         """Destroy the user's data key first (crypto-shredding), then their records."""

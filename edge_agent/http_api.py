@@ -20,7 +20,7 @@ from edge_agent.crypto_envelope import TamperedRecord
 from edge_agent.history_store import HistoryStore, StoreError, StoreFull
 from edge_agent.recommender import Exclude, recommend
 from edge_agent.updater import ActiveModel
-from shared.events import EventError, parse_event
+from shared.events import EventError, parse_event, parse_identifier
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def create_app(services: Services) -> Flask:
 
     def _user_id(raw: str) -> str:
         try:
-            return parse_event(raw, "x", "view", 0).user_id
+            return parse_identifier(raw, "user_id")
         except EventError as e:
             raise ApiError(400, "invalid_parameter", str(e)) from None
 

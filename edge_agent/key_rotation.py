@@ -20,6 +20,7 @@ from pathlib import Path
 
 from edge_agent import master_key
 from edge_agent.crypto_envelope import MasterKey
+from edge_agent.durable_files import fsync_dir
 from edge_agent.history_store import KEYRING_FILE, stores_exist
 from edge_agent.keyring import Keyring
 
@@ -38,7 +39,8 @@ def key_loader(data_dir: Path, key_path: Path) -> Callable[[], list[bytes]]:
                 f"master key file {key_path} is missing, but {data_dir} holds encrypted history: "
                 "restore the key file (the history cannot be read without it)"
             )
-        master_key.load_or_create(key_path)
+        master_key.write_new(key_path)
+        log.info("created a new master key at %s", key_path)
     return lambda: master_key.candidates(key_path)
 
 
@@ -52,11 +54,7 @@ def finish_pending(keyring: Keyring, key_path: Path) -> None:
     else:
         pending.unlink()
         log.info("discarded the key of an interrupted master-key rotation (the keyring was not re-wrapped)")
-    fd = os.open(key_path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(key_path.parent)
 
 
 def rotate(data_dir: Path, key_path: Path) -> int:

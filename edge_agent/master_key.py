@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 
 from edge_agent.crypto_envelope import MASTER_KEY_BYTES
+from edge_agent.durable_files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def write_new(path: Path) -> bytes:
         f.write(key)
         f.flush()
         os.fsync(f.fileno())
+    fsync_dir(path.parent)
     return key
 
 
@@ -78,15 +80,6 @@ def read(path: Path) -> bytes:
     if len(key) != MASTER_KEY_BYTES:
         raise MasterKeyError(f"master key file {path} must hold exactly {MASTER_KEY_BYTES} bytes")
     return key
-
-
-def load_or_create(path: Path, *, create: bool = True) -> bytes:
-    """The key at ``path``; with ``create``, a new one is written (0600) if it is absent."""
-    if create and not path.exists():
-        key = write_new(path)
-        log.info("created a new master key at %s", path)
-        return key
-    return read(path)
 
 
 def candidates(path: Path) -> list[bytes]:

@@ -17,26 +17,8 @@ import os
 import shutil
 from pathlib import Path
 
+from edge_agent.durable_files import fsync_dir, write_atomic
 from shared.bundle import ENVELOPE_FILE
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class ModelStore:
@@ -78,7 +60,7 @@ class ModelStore:
         if target.exists():
             shutil.rmtree(target)
         os.replace(staged, target)
-        _fsync_dir(self.versions)
+        fsync_dir(self.versions)
 
     # -- versions and the pointer ----------------------------------------------------------
     def read_version(self, version: int) -> tuple[bytes, dict[str, bytes]]:

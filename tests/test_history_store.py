@@ -251,3 +251,13 @@ def test_master_key_from_the_environment(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("EDGE_AGENT_MASTER_KEY", "abc")
     with pytest.raises(MasterKeyError, match="64 hex digits"):
         key_loader(tmp_path, tmp_path / "unused.key")
+
+
+def test_master_key_file_is_written_0600_and_a_readable_one_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "master.key"
+    key = master_key.write_new(path)
+    assert len(key) == 32 and (path.stat().st_mode & 0o777) == 0o600
+    assert master_key.read(path) == key
+    path.chmod(0o644)
+    with pytest.raises(MasterKeyError, match="chmod 600"):
+        master_key.read(path)
