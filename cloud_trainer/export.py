@@ -1,7 +1,8 @@
 """TFLite export with scoring and top-K inside the graph, and the Keras-vs-TFLite parity check.
 
 The exported graph is built from the trained weights as constants (so the converter sees a frozen
-graph) and computes exactly what :mod:`cloud_trainer.model` computes, then ``top_k``. Variants:
+graph) and computes exactly what :mod:`cloud_trainer.model` computes, then ``top_k``, plus each
+history position's contribution to every returned item (the agent's explanations). Variants:
 int8 (full integer quantization calibrated on real histories), float16, float32.
 """
 
@@ -52,7 +53,12 @@ def _recommend_module(weights: ModelWeights, history_length: int, top_k: int) ->
             user = tf.matmul(pooled, self.w) + self.b  # [1, D]
             scores = tf.matmul(user, self.e) + self.e_bias  # [1, N]
             top_scores, top_items = tf.math.top_k(scores, k=top_k)
-            return {"item_indices": top_items, "scores": top_scores}
+            # The user vector is linear in the history, so each position's share of a returned
+            # item's score is exact: weight_l * (h_l @ W) . e_item  (the biases are shared by all).
+            per_position = history_weights[0][:, None] * tf.matmul(h[0], self.w)  # [L, D]
+            top_vectors = tf.gather(self.e, top_items[0], axis=1)  # [D, K]
+            contributions = tf.matmul(per_position, top_vectors)[None]  # [1, L, K]
+            return {"item_indices": top_items, "scores": top_scores, "contributions": contributions}
 
     return Recommend()
 

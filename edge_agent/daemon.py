@@ -23,9 +23,10 @@ from edge_agent.history_store import HistoryStore
 from edge_agent.http_api import Services, create_app
 from edge_agent.key_rotation import finish_pending, key_loader
 from edge_agent.master_key import resolve_path
+from edge_agent.metrics import AgentMetrics, ModelFacts
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import BrokerSettings, MqttLink
-from edge_agent.updater import ActiveModel, Updater
+from edge_agent.updater import ActiveModel, Updater, UpdateResult
 from shared.signing import load_public_key
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Agent:
             fleet=config.agent.fleet,
             max_bundle_bytes=config.model.max_bundle_bytes,
             num_threads=config.model.num_threads,
-            on_change=lambda: self.link.publish_status(),
+            on_report=self._on_update,
         )
         self.link = MqttLink(
             BrokerSettings(
@@ -93,10 +94,12 @@ class Agent:
             self.updater,
             self.status,
         )
+        self.metrics = AgentMetrics(self._model_facts, self.history.size_bytes)
         services = Services(
             active=self.active,
             history=self.history,
             token=load_token(config.token_path),
+            metrics=self.metrics,
             max_body_bytes=config.api.max_body_bytes,
             max_k=config.api.max_k,
             max_history=config.history.max_events_per_user,
@@ -105,6 +108,21 @@ class Agent:
         self._server: BaseWSGIServer | MultiSocketServer | None = None
         self._stopping = threading.Event()
         self._sweeper: threading.Thread | None = None
+
+    def _on_update(self, result: UpdateResult) -> None:
+        self.metrics.count_update(result.result, result.reason)
+        self.link.publish_status()
+
+    def _model_facts(self) -> ModelFacts | None:
+        model = self.active.current
+        if model is None:
+            return None
+        return ModelFacts(
+            version=model.version,
+            expires_at=model.manifest.expires_at.timestamp(),
+            num_items=len(model.catalog.items),
+            loaded_at=model.loaded_at,
+        )
 
     def status(self) -> dict[str, object]:
         model = self.active.current

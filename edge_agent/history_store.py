@@ -87,6 +87,7 @@ class HistoryStore:
         self._max_age = max_age_days * 86400.0
         self._clock = clock
         self._lock = threading.Lock()
+        self.folder = folder
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             self.keyring = Keyring(folder / KEYRING_FILE, load_keys)
@@ -192,6 +193,11 @@ class HistoryStore:
         with self._lock:
             self._reclaim()
         return removed
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of the history and keyring databases, write-ahead logs included."""
+        names = [name + suffix for name in (HISTORY_FILE, KEYRING_FILE) for suffix in ("", "-wal", "-shm")]
+        return sum(path.stat().st_size for path in (self.folder / n for n in names) if path.exists())
 
     def close(self) -> None:
         with self._lock:

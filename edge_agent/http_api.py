@@ -13,13 +13,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from edge_agent.crypto_envelope import TamperedRecord
 from edge_agent.history_store import HistoryStore, StoreError, StoreFull
-from edge_agent.recommender import Exclude, recommend
+from edge_agent.metrics import AgentMetrics
+from edge_agent.recommender import Exclude, Recommendation, recommend
 from edge_agent.updater import ActiveModel
+from shared import openapi
 from shared.events import EventError, parse_event, parse_identifier
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ class Services:
     active: ActiveModel
     history: HistoryStore
     token: str
+    metrics: AgentMetrics
     max_body_bytes: int = 1024 * 1024
     max_k: int = 100
     max_history: int = 200
@@ -60,6 +64,21 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
+def _text_arg(name: str) -> str | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return parse_identifier(raw, name)
+    except EventError as e:
+        raise ApiError(400, "invalid_parameter", str(e)) from None
+
+
+def _item_json(r: Recommendation) -> dict[str, object]:
+    because = None if r.because is None else {"id": r.because.id, "title": r.because.title}
+    return {**r.item.to_json(), "score": r.score, "because": because}
+
+
 def iso_timestamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -68,6 +87,18 @@ def create_app(services: Services) -> Flask:
     app = Flask("edge_agent")
     app.config["MAX_CONTENT_LENGTH"] = services.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    metrics = services.metrics
+
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def record_latency(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.observe_request(route, request.method, response.status_code, g.get("started", time.perf_counter()))
+        return response
 
     @app.before_request
     def authenticate() -> Any:
@@ -123,6 +154,34 @@ def create_app(services: Services) -> Flask:
             return _error(503, "no_model", "no model installed yet")
         return jsonify({"status": "ready", "model_version": model.version})
 
+    @app.get("/metrics")
+    def prometheus_metrics() -> Any:
+        return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/openapi.json")
+    def openapi_document() -> Any:
+        return jsonify(openapi.document())
+
+    @app.get("/v1/model")
+    def model_info() -> Any:
+        model = services.active.current
+        last = services.active.last_update
+        if model is None:
+            raise ApiError(404, "no_model", "no model installed yet")
+        manifest = model.manifest
+        return jsonify(
+            {
+                "version": model.version,
+                "runtime": model.runtime,
+                "loaded_at": iso_timestamp(model.loaded_at),
+                "expired": manifest.expires_at.timestamp() < time.time(),
+                "catalog_items": len(model.catalog.items),
+                "explanations": model.explains,
+                "manifest": manifest.as_dict(),
+                "last_update": last.to_json() if last else None,
+            }
+        )
+
     @app.post("/v1/events")
     def post_events() -> Any:
         body = request.get_json(silent=True)
@@ -145,6 +204,7 @@ def create_app(services: Services) -> Flask:
             except EventError as e:
                 raise ApiError(400, "invalid_event", f"events[{n}]: {e}") from None
         stored = services.history.append(events)
+        metrics.events.inc(stored)
         return jsonify({"accepted": stored}), 200
 
     def _user_id(raw: str) -> str:
@@ -180,19 +240,19 @@ def create_app(services: Services) -> Flask:
             exclude = Exclude(request.args.get("exclude", "none"))
         except ValueError:
             raise ApiError(400, "invalid_parameter", "exclude must be none, purchased or seen") from None
+        category = _text_arg("category")
         model = services.active.current  # one reference: a swap mid-request does not affect us
         if model is None:
             raise ApiError(503, "no_model", "no model installed yet; retry later")
         history = services.history.recent(user_id, model.history_length)
-        result = recommend(model, history, k, exclude)
+        result = recommend(model, history, k, exclude, category)
+        metrics.recommendations.labels("fallback" if result.fallback else "model").inc()
         return jsonify(
             {
                 "user_id": user_id,
                 "model_version": result.model_version,
                 "fallback": result.fallback,
-                "items": [
-                    {**r.item.to_json(), "score": r.score} for r in result.items
-                ],
+                "items": [_item_json(r) for r in result.items],
             }
         )
 

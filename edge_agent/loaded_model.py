@@ -7,10 +7,12 @@ requests already holding the old instance finish on it.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
 
+from edge_agent.recommender import Scores
 from edge_agent.runtime import create_interpreter
 from shared.bundle import Manifest
 from shared.catalog import Catalog
@@ -24,6 +26,7 @@ class LoadedModel:
     def __init__(self, manifest: Manifest, model_bytes: bytes, catalog: Catalog, num_threads: int = 1):
         self.manifest = manifest
         self.catalog = catalog
+        self.loaded_at = time.time()
         self.item_index = catalog.index_of()
         contract = manifest.model
         try:
@@ -32,6 +35,7 @@ class LoadedModel:
         except (ValueError, RuntimeError) as e:
             raise ModelLoadError(f"model does not load: {e}") from None
         self._interpreter = interpreter  # keeps the runner's interpreter alive
+        self.explains = "contributions" in self._runner.get_output_details()
         self._lock = threading.Lock()  # a TFLite interpreter is not thread-safe
         self.self_test()
 
@@ -39,14 +43,19 @@ class LoadedModel:
     def version(self) -> int:
         return self.manifest.version
 
-    def score(self, items: Sequence[int], weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-        """Top-K (item indices, scores), best first, for one padded history."""
+    def score(self, items: Sequence[int], weights: Sequence[float]) -> Scores:
+        """Top-K item indices and scores, best first, for one padded history."""
         n = self.manifest.model.history_length
         items_arr = np.asarray(items, dtype=np.int32).reshape(1, n)
         weights_arr = np.asarray(weights, dtype=np.float32).reshape(1, n)
         with self._lock:
             out = self._runner(history_items=items_arr, history_weights=weights_arr)
-        return np.array(out["item_indices"][0]), np.array(out["scores"][0])
+        contributions = out.get("contributions")  # older models have no explanations
+        return Scores(
+            np.array(out["item_indices"][0]),
+            np.array(out["scores"][0]),
+            None if contributions is None else np.array(contributions[0]),
+        )
 
     def self_test(self) -> None:
         """Canary query: a one-item history must give top_k distinct in-range indices, finite scores."""
@@ -54,15 +63,17 @@ class LoadedModel:
         items = [self.catalog.popular[0] if self.catalog.popular else 0] + [0] * (contract.history_length - 1)
         weights = [1.0] + [0.0] * (contract.history_length - 1)
         try:
-            indices, scores = self.score(items, weights)
+            indices, scores, contributions = self.score(items, weights)
         except (ValueError, RuntimeError, KeyError) as e:
             raise ModelLoadError(f"model failed its self-test query: {e}") from None
         if (
             indices.shape != (contract.top_k,)
+            or (contributions is not None and contributions.shape != (contract.history_length, contract.top_k))
             or len(set(indices.tolist())) != contract.top_k
             or indices.min() < 0
             or indices.max() >= contract.num_items
             or not np.all(np.isfinite(scores))
+            or (contributions is not None and not np.all(np.isfinite(contributions)))
         ):
             raise ModelLoadError("model failed its self-test: output does not match its contract")
 

@@ -62,7 +62,7 @@ class Updater:
         fleet: str,
         max_bundle_bytes: int,
         num_threads: int,
-        on_change: Callable[[], None] = lambda: None,
+        on_report: Callable[[UpdateResult], None] = lambda result: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
@@ -71,7 +71,7 @@ class Updater:
         self.fleet = fleet
         self.max_bundle_bytes = max_bundle_bytes
         self.num_threads = num_threads
-        self.on_change = on_change
+        self.on_report = on_report
         self.clock = clock
         self.session: UpdateSession | None = None
         self._lock = threading.Lock()
@@ -79,7 +79,7 @@ class Updater:
     def _report(self, result: UpdateResult) -> None:
         self.active.last_update = result
         log.info("model update %s: version %s: %s", result.result, result.version, result.reason)
-        self.on_change()
+        self.on_report(result)
 
     def _installed(self, version: int) -> LoadedModel:
         envelope, files = self.store.read_version(version)

@@ -93,13 +93,20 @@ class Manifest:
     schema: str = SCHEMA
 
     @property
+    def expires_at(self) -> datetime:
+        return _parse_time(self.expires, "expires")
+
+    def as_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["files"] = {name: asdict(entry) for name, entry in self.files.items()}
+        return data
+
+    @property
     def total_bytes(self) -> int:
         return sum(f.length for f in self.files.values())
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["files"] = {name: asdict(entry) for name, entry in self.files.items()}
-        return json.dumps(data, indent=1, sort_keys=True)
+        return json.dumps(self.as_dict(), indent=1, sort_keys=True)
 
 
 def sha256_hex(data: bytes) -> str:

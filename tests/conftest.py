@@ -13,8 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from devtools.processes import Broker  # noqa: E402
+from devtools.processes import AgentProcess, Broker  # noqa: E402
 from devtools.processes import broker as local_broker  # noqa: E402
+from harness import publish, start_agent  # noqa: E402
 
 DATASETS = Path(os.environ.get("EDGE_REC_DATASETS", ROOT.parent / "shared" / "datasets"))
 ONLINE_RETAIL = DATASETS / "online_retail" / "online_retail.csv.gz"
@@ -91,3 +92,14 @@ def int8_bundle(trained_run: Path, keys: Path, tmp_path_factory: pytest.TempPath
 def broker() -> Iterator[Broker]:
     with local_broker() as b:
         yield b
+
+
+@pytest.fixture
+def agent_with_model(broker: Broker, int8_bundle: Path, keys: Path, tmp_path: Path) -> Iterator[AgentProcess]:
+    publish(int8_bundle, broker)  # before the agent exists: it must still get the model (retained)
+    agent = start_agent(broker.url, keys, tmp_path)
+    try:
+        agent.wait_ready(60)
+        yield agent
+    finally:
+        agent.stop()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.recommender import Exclude, recommend
+from edge_agent.recommender import Exclude, Scores, recommend
 from shared.catalog import Catalog, CatalogItem
 from shared.events import EventKind
 
@@ -19,18 +19,26 @@ class Ev:
 
 
 class FixedScorer:
-    """Scores item i as 10 - i, so the model's ranking is a, b, c, d, e."""
+    """Scores item i as 10 - i, so the model's ranking is a, b, c, d, e.
 
-    def __init__(self) -> None:
-        self.catalog = Catalog(items=tuple(CatalogItem(id=c) for c in "abcde"), popular=(4, 3, 2, 1, 0))
+    Items a, c, e are in category "Lamps", b and d in "Mugs". With ``contributions`` set, it is
+    returned as the per-position contribution matrix [history_length, 5].
+    """
+
+    def __init__(self, contributions: np.ndarray | None = None) -> None:
+        self.catalog = Catalog(
+            items=tuple(CatalogItem(id=c, category="Mugs" if c in "bd" else "Lamps") for c in "abcde"),
+            popular=(4, 3, 2, 1, 0),
+        )
+        self.contributions = contributions
         self.item_index = self.catalog.index_of()
         self.version = 9
         self.history_length = 4
         self.calls: list[tuple[list[int], list[float]]] = []
 
-    def score(self, items: Sequence[int], weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, items: Sequence[int], weights: Sequence[float]) -> Scores:
         self.calls.append((list(items), list(weights)))
-        return np.arange(5), 10.0 - np.arange(5)
+        return Scores(np.arange(5), 10.0 - np.arange(5), self.contributions)
 
 
 def test_no_history_serves_popular_items_flagged_as_fallback() -> None:
@@ -54,3 +62,30 @@ def test_exclude_purchased_then_backfill_from_popularity() -> None:
     assert [r.item.id for r in result.items] == ["b", "c", "d", "e"]  # only 4 are left after excluding "a"
     seen = recommend(FixedScorer(), history, 2, Exclude.SEEN)
     assert [r.item.id for r in seen.items] == ["c", "d"]
+
+
+def test_category_filter_applies_to_model_results_and_backfill() -> None:
+    result = recommend(FixedScorer(), [Ev("a", EventKind.VIEW)], 3, category="mugs")
+    assert [r.item.id for r in result.items] == ["b", "d"]  # only two mugs exist; no lamp fills in
+    assert all(r.score is not None for r in result.items)
+    cold = recommend(FixedScorer(), [], 5, category="LAMPS")
+    assert [r.item.id for r in cold.items] == ["e", "c", "a"]
+    assert recommend(FixedScorer(), [], 5, category="nothing").items == []
+
+
+def test_explanation_names_the_history_item_that_added_most() -> None:
+    # history, oldest first: c, a, c  ->  positions (most recent first): c, a, c
+    contributions = np.zeros((4, 5))
+    contributions[0] = [0.5, 0.1, 0.0, -1.0, 0.2]   # c (latest)
+    contributions[1] = [0.9, 0.3, 0.0, -2.0, 0.0]   # a
+    contributions[2] = [0.5, 0.0, 0.0, -1.0, 0.3]   # c again: with position 0 it adds up to 1.0 for "a"
+    contributions[3] = [9.0, 9.0, 9.0, 9.0, 9.0]    # padding: must never be named
+    history = [Ev("c", EventKind.VIEW), Ev("a", EventKind.VIEW), Ev("c", EventKind.VIEW)]
+    result = recommend(FixedScorer(contributions), history, 5)
+    because = {r.item.id: (r.because.id if r.because else None) for r in result.items}
+    assert because == {"a": "c", "b": "a", "c": None, "d": None, "e": "c"}  # no positive share: no reason
+
+
+def test_no_explanations_without_contributions() -> None:
+    result = recommend(FixedScorer(), [Ev("a", EventKind.VIEW)], 2)
+    assert all(r.because is None for r in result.items)

@@ -1,0 +1,283 @@
+"""The edge agent's REST API as an OpenAPI 3.1 document (pure data; served at ``/v1/openapi.json``).
+
+This is the contract apps code against. ``tests/test_api_contract.py`` keeps it in sync with the
+agent: every route the agent serves is here with the same methods and parameters, the document
+is a valid OpenAPI 3.1 spec, and real responses of a running agent match these schemas.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from shared.events import MAX_ID_LENGTH, EventKind
+
+API_VERSION = "1.0.0"
+
+_ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
+_TIMESTAMP_IN = {
+    "description": "ISO-8601 time (naive means UTC) or epoch seconds; defaults to now.",
+    "oneOf": [{"type": "string"}, {"type": "number", "minimum": 0, "maximum": 32503680000}],
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "description": "Machine-readable, e.g. invalid_parameter."},
+                    "message": {"type": "string", "description": "What went wrong and what to do."},
+                },
+            }
+        },
+    },
+    "Event": {
+        "type": "object",
+        "required": ["user_id", "item_id", "event"],
+        "properties": {
+            "user_id": _ID,
+            "item_id": _ID,
+            "event": {"type": "string", "enum": [k.value for k in EventKind]},
+            "timestamp": _TIMESTAMP_IN,
+        },
+    },
+    "EventBatch": {
+        "description": "One event, a list of events, or {\"events\": [...]}; 1 to 1000 events.",
+        "oneOf": [
+            {"$ref": "#/components/schemas/Event"},
+            {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"$ref": "#/components/schemas/Event"}},
+            {
+                "type": "object",
+                "required": ["events"],
+                "properties": {
+                    "events": {
+                        "type": "array", "minItems": 1, "maxItems": 1000,
+                        "items": {"$ref": "#/components/schemas/Event"},
+                    }
+                },
+            },
+        ],
+    },
+    "Accepted": {
+        "type": "object",
+        "required": ["accepted"],
+        "properties": {"accepted": {"type": "integer", "minimum": 0}},
+    },
+    "Item": {
+        "type": "object",
+        "required": ["id", "title", "category", "price", "score", "because"],
+        "properties": {
+            "id": {"type": "string"},
+            "title": {"type": "string"},
+            "category": {"type": "string"},
+            "price": {"type": ["number", "null"]},
+            "score": {"type": ["number", "null"], "description": "Model score; null for popularity fill-ins."},
+            "because": {
+                "description": "The history item that added most to this item's score, when known.",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["id", "title"],
+                        "properties": {"id": {"type": "string"}, "title": {"type": "string"}},
+                    },
+                ],
+            },
+        },
+    },
+    "Recommendations": {
+        "type": "object",
+        "required": ["user_id", "model_version", "fallback", "items"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "model_version": {"type": "integer"},
+            "fallback": {"type": "boolean", "description": "True when popularity served it (no usable history)."},
+            "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}},
+        },
+    },
+    "History": {
+        "type": "object",
+        "required": ["user_id", "events"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "events": {
+                "type": "array",
+                "description": "Most recent first.",
+                "items": {
+                    "type": "object",
+                    "required": ["item_id", "event", "timestamp"],
+                    "properties": {
+                        "item_id": {"type": "string"},
+                        "event": {"type": "string", "enum": [k.value for k in EventKind]},
+                        "timestamp": {"type": "string", "format": "date-time"},
+                    },
+                },
+            },
+        },
+    },
+    "Deleted": {
+        "type": "object",
+        "required": ["user_id", "deleted"],
+        "properties": {"user_id": {"type": "string"}, "deleted": {"type": "boolean"}},
+    },
+    "UpdateResult": {
+        "type": "object",
+        "required": ["version", "result", "reason", "at"],
+        "properties": {
+            "version": {"type": ["integer", "null"]},
+            "result": {"type": "string", "enum": ["activated", "rejected", "failed", "receiving"]},
+            "reason": {"type": "string"},
+            "at": {"type": "number", "description": "Epoch seconds."},
+        },
+    },
+    "ModelInfo": {
+        "type": "object",
+        "required": [
+            "version", "runtime", "loaded_at", "expired", "catalog_items", "explanations", "manifest", "last_update"
+        ],
+        "properties": {
+            "version": {"type": "integer"},
+            "runtime": {"type": "string", "description": "Interpreter in use: litert, tflite_runtime or tensorflow."},
+            "loaded_at": {"type": "string", "format": "date-time"},
+            "expired": {"type": "boolean", "description": "The manifest's expiry has passed: the model is stale."},
+            "catalog_items": {"type": "integer"},
+            "explanations": {"type": "boolean"},
+            "manifest": {"type": "object", "description": "The verified manifest (see shared/bundle.py)."},
+            "last_update": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/UpdateResult"}]},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}, "model_version": {"type": "integer"}},
+    },
+}
+
+
+def _ok(schema: str, description: str = "OK") -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"description": description, "content": {"application/json": {"schema": ref}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _ok("Error", description)
+
+
+_UNAUTHORIZED = _error("Missing or wrong bearer token.")
+_USER_IN_PATH = {"name": "user_id", "in": "path", "required": True, "schema": _ID}
+
+_PATHS: dict[str, Any] = {
+    "/healthz": {
+        "get": {
+            "summary": "Liveness: the process answers.", "security": [],
+            "responses": {"200": _ok("Health")},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "Readiness: a model is loaded and the history store is open.",
+            "responses": {"200": _ok("Health"), "401": _UNAUTHORIZED, "503": _error("No model yet.")},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics (text exposition format).",
+            "responses": {
+                "200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "401": _UNAUTHORIZED,
+            },
+        }
+    },
+    "/v1/openapi.json": {
+        "get": {
+            "summary": "This document.",
+            "responses": {
+                "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "401": _UNAUTHORIZED,
+            },
+        }
+    },
+    "/v1/model": {
+        "get": {
+            "summary": "The active model, its verified manifest and the last update result.",
+            "responses": {"200": _ok("ModelInfo"), "401": _UNAUTHORIZED, "404": _error("No model installed yet.")},
+        }
+    },
+    "/v1/events": {
+        "post": {
+            "summary": "Store shopper events; the next recommendation for that shopper uses them.",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventBatch"}}},
+            },
+            "responses": {
+                "200": _ok("Accepted", "All events were stored durably (all or none)."),
+                "400": _error("Invalid body or event; nothing was stored."),
+                "401": _UNAUTHORIZED,
+                "413": _error("Body larger than api.max_body_bytes."),
+                "503": _error("History store unavailable."),
+                "507": _error("Storage full; nothing was stored."),
+            },
+        }
+    },
+    "/v1/recommendations": {
+        "get": {
+            "summary": "Personalised top-k items for a shopper.",
+            "parameters": [
+                {"name": "user_id", "in": "query", "required": True, "schema": _ID},
+                {"name": "k", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+                 "description": "At most api.max_k (default 100)."},
+                {"name": "exclude", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": ["none", "purchased", "seen"], "default": "none"}},
+                {"name": "category", "in": "query", "required": False, "schema": _ID,
+                 "description": "Only items of this category (case-insensitive)."},
+            ],
+            "responses": {
+                "200": _ok("Recommendations"),
+                "400": _error("Invalid parameter."),
+                "401": _UNAUTHORIZED,
+                "503": _error("No model installed yet, or history store unavailable."),
+            },
+        }
+    },
+    "/v1/users/{user_id}/history": {
+        "get": {
+            "summary": "The shopper's stored events (data access request).",
+            "parameters": [_USER_IN_PATH],
+            "responses": {"200": _ok("History"), "400": _error("Invalid user id."), "401": _UNAUTHORIZED},
+        }
+    },
+    "/v1/users/{user_id}": {
+        "delete": {
+            "summary": "Erase the shopper's history for good (crypto-shredding).",
+            "parameters": [_USER_IN_PATH],
+            "responses": {"200": _ok("Deleted"), "400": _error("Invalid user id."), "401": _UNAUTHORIZED},
+        }
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document (a fresh copy; callers may modify it)."""
+    return copy.deepcopy(
+        {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "Edge Recommender agent API",
+                "version": API_VERSION,
+                "description": "Local REST API of an edge agent. Binds to 127.0.0.1 by default.",
+            },
+            "servers": [{"url": "http://127.0.0.1:8080"}],
+            "security": [{"bearer": []}],
+            "paths": _PATHS,
+            "components": {
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                "schemas": _SCHEMAS,
+            },
+        }
+    )

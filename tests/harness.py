@@ -1,0 +1,87 @@
+"""Helpers the process-level tests share: publishing bundles, starting agents, talking to them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from devtools.processes import AgentProcess, Broker
+from shared import topics
+from shared.bundle import ENVELOPE_FILE, parse_manifest
+from shared.signing import load_private_key, sign
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILE = ROOT / "firmware_configs" / "dev.toml"
+
+
+def publish(bundle: Path, broker: Broker) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cloud_trainer.cli", "publish", "--bundle", str(bundle), "--broker", broker.url],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def resigned(bundle: Path, keys: Path, out: Path, **changes: object) -> Path:
+    """A copy of ``bundle`` whose manifest is changed and signed again with the fleet key."""
+    shutil.copytree(bundle, out)
+    manifest = parse_manifest(json.loads((bundle / ENVELOPE_FILE).read_bytes())["signed"])
+    key = load_private_key((keys / "signing.key").read_bytes())
+    (out / ENVELOPE_FILE).write_bytes(sign(replace(manifest, **changes).to_json(), key))  # type: ignore[arg-type]
+    return out
+
+
+def start_agent(broker_url: str, keys: Path, work: Path) -> AgentProcess:
+    return AgentProcess(
+        PROFILE,
+        [f'mqtt.url="{broker_url}"', f'agent.data_dir="{work / "agent"}"',
+         f'model.trusted_public_key="{keys / "signing.pub"}"'],
+        work,
+    )
+
+
+def get_json(agent: AgentProcess, path: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    status, body = agent.request("GET", path)
+    return status, json.loads(body)
+
+
+def post_events(agent: AgentProcess, events: list[dict]) -> tuple[int, dict]:  # type: ignore[type-arg]
+    status, body = agent.request("POST", "/v1/events", json.dumps({"events": events}).encode())
+    return status, json.loads(body)
+
+
+def wait_for(predicate, timeout: float = 30) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+class StatusWatcher:
+    """Subscribes to an agent's retained status topic like an operator's dashboard would."""
+
+    def __init__(self, broker: Broker, device_id: str = "dev-1") -> None:
+        self.latest: dict = {}  # type: ignore[type-arg]
+        self._got = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher", protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.subscribe(topics.status_topic(topics.DEFAULT_PREFIX, "default", device_id), qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        self.latest = json.loads(message.payload)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
