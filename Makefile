@@ -9,7 +9,7 @@ export EDGE_REC_DATASETS := $(abspath $(DATASETS))
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help demo test lint typecheck install mosquitto bench clean
+.PHONY: help demo test lint typecheck install mosquitto wrk bench clean
 
 help:
 	@echo "make demo   train on Online Retail, publish over MQTT, serve recommendations from an edge agent"
@@ -47,8 +47,24 @@ test: $(STAMP) mosquitto lint typecheck
 demo: $(STAMP) mosquitto
 	$(PY) scripts/demo.py --datasets "$(EDGE_REC_DATASETS)"
 
-bench: $(STAMP)
+BENCH_STAMP = $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	@touch $@
+
+wrk:
+	@if command -v wrk >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> installing wrk (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	else \
+		echo "wrk is missing: 'sudo apt-get install -y wrk' (the max-throughput part is skipped without it)" >&2; \
+	fi
+
+bench: $(BENCH_STAMP) mosquitto wrk
 	$(PY) bench/history.py
+	$(PY) bench/serving.py
 
 clean:
 	rm -rf $(VENV) var demo-work .pytest_cache .mypy_cache .ruff_cache

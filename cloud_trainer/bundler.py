@@ -70,10 +70,29 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
             f"the {options.variant} model differs from the Keras model beyond tolerance "
             f"({parity.to_json()}); use --force to bundle it anyway"
         )
-    signature, _ = litert_runner(model_bytes)
     catalog_bytes = (run_dir / "catalog.json").read_bytes()
-    parse_catalog(catalog_bytes, weights.num_items)  # what the agent will check, checked here first
+    contract = ModelContract(
+        variant=options.variant,
+        signature=litert_runner(model_bytes)[0],
+        history_length=history_length,
+        top_k=top_k,
+        num_items=weights.num_items,
+    )
+    training = {"run": run_dir.name, "parity": parity.to_json()}
+    return write_bundle(out_dir, model_bytes, catalog_bytes, contract, key_path, options, training)
 
+
+def write_bundle(
+    out_dir: Path,
+    model_bytes: bytes,
+    catalog_bytes: bytes,
+    contract: ModelContract,
+    key_path: Path,
+    options: BundleOptions,
+    training: dict[str, object],
+) -> Manifest:
+    """Write ``model.tflite``, ``catalog.json`` and the signed manifest describing them."""
+    parse_catalog(catalog_bytes, contract.num_items)  # what the agent will check, checked here first
     now = datetime.now(UTC)
     manifest = Manifest(
         fleet=options.fleet,
@@ -82,14 +101,8 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
         expires=iso_utc(now + timedelta(days=options.valid_days)),
         chunk_size=CHUNK_SIZE,
         files={MODEL_FILE: file_entry(model_bytes), CATALOG_FILE: file_entry(catalog_bytes)},
-        model=ModelContract(
-            variant=options.variant,
-            signature=signature,
-            history_length=history_length,
-            top_k=top_k,
-            num_items=weights.num_items,
-        ),
-        training={"run": run_dir.name, "parity": parity.to_json()},
+        model=contract,
+        training=training,
     )
     key = load_private_key(key_path.read_bytes())
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -51,13 +51,13 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> int:
 class Broker:
     """A Mosquitto on a free loopback port, with its own config, persistence and log."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, port: int | None = None) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(exe):
             raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto")
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="edge-rec-broker-"))
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.log = self.dir / "mosquitto.log"
         config = self.dir / "mosquitto.conf"
         config.write_text(
@@ -76,8 +76,8 @@ class Broker:
 
 
 @contextlib.contextmanager
-def broker() -> Iterator[Broker]:
-    b = Broker()
+def broker(port: int | None = None) -> Iterator[Broker]:
+    b = Broker(port=port)
     try:
         yield b
     finally:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from devtools.processes import AgentProcess, Broker
+from devtools.processes import AgentProcess, Broker, free_port
+from devtools.processes import broker as local_broker
 from harness import StatusWatcher, get_json, post_events, publish, resigned, start_agent, wait_for
 from shared import topics
 from shared.bundle import MODEL_FILE
@@ -117,3 +119,23 @@ def test_agent_restarts_on_its_last_model_without_a_broker(
         assert status == 200 and body["model_version"] == 1000 and body["fallback"] is False
     finally:
         agent.stop()
+
+
+def test_agent_starts_without_a_broker_and_connects_when_it_appears(
+    int8_bundle: Path, keys: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    agent = start_agent(f"mqtt://127.0.0.1:{port}", keys, tmp_path)  # nothing listens there yet
+    try:
+        assert agent.request("GET", "/healthz")[0] == 200  # alive and serving without a broker
+        assert agent.request("GET", "/readyz")[0] == 503  # but not ready: no model yet
+        assert post_events(agent, [{"user_id": "early", "item_id": "85123A", "event": "purchase"}])[0] == 200
+        time.sleep(3)  # let a few reconnect attempts fail
+        with local_broker(port) as broker:
+            publish(int8_bundle, broker)
+            agent.wait_ready(60)  # reconnected with backoff, subscribed, received the retained model
+            status, body = get_json(agent, "/v1/recommendations?user_id=early&k=3")
+            assert status == 200 and body["fallback"] is False
+    finally:
+        agent.stop()
+    assert "connected to broker" in agent.log()

@@ -12,6 +12,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import pytest
+
 from devtools.processes import AgentProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +36,10 @@ def history(agent: AgentProcess, user: str) -> list[dict]:  # type: ignore[type-
     return json.loads(body)["events"]  # type: ignore[no-any-return]
 
 
-def test_every_acknowledged_event_survives_kill_9(tmp_path: Path, keys: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_every_acknowledged_event_survives_a_stop_mid_burst(
+    tmp_path: Path, keys: Path, stop_signal: signal.Signals
+) -> None:
     agent = start(tmp_path, keys)
     acknowledged: dict[str, list[str]] = {f"shopper-{n}": [] for n in range(4)}
     stop = threading.Event()
@@ -58,12 +63,14 @@ def test_every_acknowledged_event_survives_kill_9(tmp_path: Path, keys: Path) ->
     deadline = time.monotonic() + 30
     while sum(map(len, acknowledged.values())) < 300 and time.monotonic() < deadline:
         time.sleep(0.01)
-    os.kill(agent.proc.pid, signal.SIGKILL)  # in the middle of the burst
-    agent.proc.wait()
+    os.kill(agent.proc.pid, stop_signal)  # in the middle of the burst
+    code = agent.proc.wait(30)
     stop.set()
     for w in writers:
         w.join()
     agent.stop()
+    if stop_signal == signal.SIGTERM:
+        assert code == 0, agent.log()  # a clean shutdown, in-flight requests finished first
 
     agent = start(tmp_path, keys)
     try:
@@ -73,8 +80,9 @@ def test_every_acknowledged_event_survives_kill_9(tmp_path: Path, keys: Path) ->
         for user, items in acknowledged.items():
             stored = {e["item_id"] for e in history(agent, user)}
             lost += [(user, i) for i in items if i not in stored]
-        assert not lost, f"{len(lost)} of {acked} acknowledged events lost after kill -9: {lost[:5]}"
-        print(f"kill -9 mid-burst: {acked} events acknowledged, {acked - len(lost)} found after restart")
+        how = stop_signal.name
+        assert not lost, f"{len(lost)} of {acked} acknowledged events lost after {how}: {lost[:5]}"
+        print(f"{how} mid-burst: {acked} events acknowledged, {acked - len(lost)} found after restart")
     finally:
         agent.stop()
 

@@ -1,0 +1,338 @@
+"""Serving benchmarks with a 100k-item catalogue: scoring, HTTP under load, memory, start-up, install size.
+
+Stages (all by default; ``--only`` picks some):
+
+- ``scoring``: one recommendation in-process for a history of 50, one interpreter thread. The
+  agent's path (LiteRT int8, top-K and explanations inside the graph) is timed interleaved with
+  a plain numpy float32 brute force (user vector, matmul over all items, argpartition top-K) on
+  the same vectors, so both see the same machine noise.
+- ``http``: a real agent process receives the bundle through Mosquitto; Locust sends 200
+  requests/s (90% recommendations, 10% events) for 60 s; wrk then finds the maximum throughput.
+  Also agent RSS with the model, and cold start to ready (process start -> /readyz 200).
+- ``footprint``: size of a fresh virtualenv with only ``edge-recommender[edge]`` (no TensorFlow).
+
+The model has random weights: the cost of scoring does not depend on what the vectors hold.
+Writes bench/results/serving.json. Not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # "on one core": the numpy baseline gets one thread too
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from devtools.processes import AgentProcess, broker  # noqa: E402
+from shared.bundle import CATALOG_FILE, ENVELOPE_FILE, MODEL_FILE, parse_manifest  # noqa: E402
+from shared.catalog import Catalog, CatalogItem, parse_catalog  # noqa: E402
+from shared.events import EventKind, history_inputs  # noqa: E402
+
+N_ITEMS, DIM, HISTORY, TOP_K = 100_000, 32, 50, 100
+RESULTS = ROOT / "bench" / "results" / "serving.json"
+PROFILE = ROOT / "firmware_configs" / "dev.toml"
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "n": len(ordered),
+        "p50_ms": round(statistics.median(ordered), 4),
+        "p90_ms": round(ordered[int(0.90 * (len(ordered) - 1))], 4),
+        "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))], 4),
+        "max_ms": round(ordered[-1], 4),
+    }
+
+
+def random_histories(rng: np.random.Generator, count: int) -> list[list[tuple[int, EventKind]]]:
+    kinds = list(EventKind)
+    return [
+        [(int(rng.integers(N_ITEMS)), kinds[int(rng.integers(len(kinds)))]) for _ in range(HISTORY)]
+        for _ in range(count)
+    ]
+
+
+def build_bundle(work: Path) -> tuple[Path, Path]:
+    """A signed int8 bundle of a 100k-item model with random weights; returns (bundle, public key)."""
+    from cloud_trainer.bundler import BundleOptions, write_bundle
+    from cloud_trainer.export import litert_runner, to_tflite
+    from cloud_trainer.model import ModelWeights
+    from shared.bundle import ModelContract
+    from shared.signing import generate_private_key, private_key_pem, public_key_pem
+
+    rng = np.random.default_rng(7)
+    weights = ModelWeights(
+        history_embedding=rng.normal(0, 0.3, (N_ITEMS, DIM)).astype(np.float32),
+        projection=rng.normal(0, 0.3, (DIM, DIM)).astype(np.float32),
+        projection_bias=rng.normal(0, 0.05, DIM).astype(np.float32),
+        item_vectors=rng.normal(0, 0.3, (DIM, N_ITEMS)).astype(np.float32),
+        item_bias=rng.normal(0, 0.05, N_ITEMS).astype(np.float32),
+    )
+    calibration = [history_inputs(h, HISTORY) for h in random_histories(rng, 256)]
+    cal_items = np.array([c[0] for c in calibration], dtype=np.int32)
+    cal_weights = np.array([c[1] for c in calibration], dtype=np.float32)
+    print(f"exporting a {N_ITEMS:,}-item int8 model ...", flush=True)
+    model_bytes = to_tflite(weights, HISTORY, TOP_K, "int8", (cal_items, cal_weights))
+    categories = [f"category-{c:02d}" for c in range(40)]
+    catalog = Catalog(
+        items=tuple(
+            CatalogItem(id=f"SKU-{i:06d}", title=f"Item {i}", category=categories[i % 40], price=float(1 + i % 97))
+            for i in range(N_ITEMS)
+        ),
+        popular=tuple(range(200)),
+    )
+    key = generate_private_key()
+    (work / "signing.key").write_bytes(private_key_pem(key))
+    (work / "signing.pub").write_bytes(public_key_pem(key.public_key()))
+    contract = ModelContract(variant="int8", signature=litert_runner(model_bytes)[0], history_length=HISTORY,
+                             top_k=TOP_K, num_items=N_ITEMS)
+    bundle = work / "bundle"
+    write_bundle(bundle, model_bytes, catalog.to_bytes(), contract, work / "signing.key",
+                 BundleOptions(version=1), {"synthetic": True})
+    np.savez(work / "weights.npz", **{k: getattr(weights, k) for k in weights.__dataclass_fields__})
+    return bundle, work / "signing.pub"
+
+
+# -- scoring -----------------------------------------------------------------------------------
+
+def bench_scoring(work: Path, queries: int) -> dict[str, object]:
+    from edge_agent.loaded_model import LoadedModel
+    from edge_agent.recommender import recommend
+
+    bundle = work / "bundle"
+    manifest = parse_manifest(json.loads((bundle / ENVELOPE_FILE).read_bytes())["signed"])
+    model = LoadedModel(manifest, (bundle / MODEL_FILE).read_bytes(),
+                        parse_catalog((bundle / CATALOG_FILE).read_bytes(), N_ITEMS), num_threads=1)
+    w = np.load(work / "weights.npz")
+    h, proj, pb, e, eb = (w["history_embedding"], w["projection"], w["projection_bias"],
+                          w["item_vectors"], w["item_bias"])
+
+    def numpy_top_k(items: list[int], weights: list[float]) -> np.ndarray:
+        user = (np.asarray(weights, np.float32) @ h[items]) @ proj + pb
+        scores = user @ e + eb
+        top = np.argpartition(-scores, TOP_K)[:TOP_K]
+        return top[np.argsort(-scores[top])]
+
+    class Shopper:  # a stored event, as the history store returns it
+        __slots__ = ("item_id", "kind")
+
+        def __init__(self, item_id: str, kind: EventKind) -> None:
+            self.item_id, self.kind = item_id, kind
+
+    rng = np.random.default_rng(11)
+    histories = random_histories(rng, queries)
+    litert_ms, numpy_ms, full_ms, overlap = [], [], [], []
+    for n, history in enumerate(histories):
+        items, weights = history_inputs(history, HISTORY)
+        events = [Shopper(model.catalog.items[i].id, k) for i, k in history]
+        t0 = time.perf_counter()
+        answer = model.score(items, weights)
+        t1 = time.perf_counter()
+        expected = numpy_top_k(items, weights)
+        t2 = time.perf_counter()
+        recommend(model, events, 10)
+        t3 = time.perf_counter()
+        if n >= 50:  # warm-up
+            litert_ms.append((t1 - t0) * 1000)
+            numpy_ms.append((t2 - t1) * 1000)
+            full_ms.append((t3 - t2) * 1000)
+        overlap.append(len(set(answer.indices[:10].tolist()) & set(expected[:10].tolist())) / 10)
+    return {
+        "what": f"one query, history {HISTORY}, {N_ITEMS:,} items x {DIM} dims, top-{TOP_K}, one thread",
+        "litert_int8_in_graph_top_k_and_explanations": percentiles(litert_ms),
+        "numpy_float32_brute_force_baseline": percentiles(numpy_ms),
+        "recommend_end_to_end_in_process": percentiles(full_ms),
+        "top10_overlap_int8_vs_float32": round(float(np.mean(overlap)), 3),
+        "model_bytes": (bundle / MODEL_FILE).stat().st_size,
+        "targets": "p50 <= 0.5 ms, p99 <= 2 ms, faster than numpy",
+    }
+
+
+# -- agent over HTTP ---------------------------------------------------------------------------
+
+def rss_kb(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {key: int(re.search(rf"{key}:\s+(\d+)", status).group(1)) for key in ("VmRSS", "VmHWM")}  # type: ignore[union-attr]
+
+
+def start_agent(work: Path, broker_url: str, public_key: Path) -> AgentProcess:
+    return AgentProcess(PROFILE, [f'mqtt.url="{broker_url}"', f'agent.data_dir="{work / "agent"}"',
+                                  f'model.trusted_public_key="{public_key}"', "api.max_body_bytes=8388608"], work)
+
+
+def seed_histories(agent: AgentProcess, users: int, per_user: int) -> None:
+    rng = np.random.default_rng(3)
+    kinds = ["view", "cart", "purchase"]
+    for start in range(0, users, 50):
+        batch = [
+            {"user_id": f"bench-{u}", "item_id": f"SKU-{int(rng.integers(N_ITEMS)):06d}",
+             "event": kinds[int(rng.integers(3))], "timestamp": 1.7e9 + n}
+            for u in range(start, min(users, start + 50)) for n in range(per_user)
+        ]
+        status, body = agent.request("POST", "/v1/events", json.dumps(batch).encode())
+        assert status == 200, body
+
+
+def run_locust(agent: AgentProcess, work: Path, rate: int, seconds: int) -> dict[str, object]:
+    shoppers = rate // 10
+    out = work / "locust-samples.json"
+    env = {**os.environ, "EDGE_BENCH_TOKEN": agent.token, "EDGE_BENCH_OUT": str(out),
+           "EDGE_BENCH_RATE_PER_SHOPPER": "10", "EDGE_BENCH_ITEMS": str(N_ITEMS)}
+    locust = Path(sys.executable).parent / "locust"
+    print(f"locust: {shoppers} shoppers x 10 requests/s for {seconds} s ...", flush=True)
+    subprocess.run(
+        [str(locust), "-f", str(ROOT / "bench" / "locustfile.py"), "--headless", "--users", str(shoppers),
+         "--spawn-rate", str(shoppers), "--run-time", f"{seconds}s", "--host", agent.base_url,
+         "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "5"],
+        env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=seconds + 120,
+    )
+    samples = json.loads(out.read_text())
+    ok = [ms for _, ms, good in samples if good]
+    recs = [ms for name, ms, good in samples if good and name == "/v1/recommendations"]
+    events = [ms for name, ms, good in samples if good and name == "/v1/events"]
+    return {
+        "target_rate_rps": rate,
+        "achieved_rate_rps": round(len(samples) / seconds, 1),
+        "requests": len(samples),
+        "errors": len(samples) - len(ok),
+        "all": percentiles(ok),
+        "recommendations": percentiles(recs),
+        "events": percentiles(events),
+        "targets": "p50 <= 2 ms, p99 <= 10 ms, zero errors",
+    }
+
+
+def run_wrk(agent: AgentProcess, work: Path, seconds: int) -> dict[str, object]:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return {"skipped": "wrk is not installed (apt-get install -y wrk); make bench installs it"}
+    script = work / "shoppers.lua"
+    script.write_text(
+        f'wrk.headers["Authorization"] = "Bearer {agent.token}"\n'
+        "math.randomseed(42)\n"
+        "request = function()\n"
+        '  return wrk.format("GET", "/v1/recommendations?user_id=bench-" .. math.random(0, 999) .. "&k=10")\n'
+        "end\n"
+    )
+    results = {}
+    for connections in (4, 16):
+        print(f"wrk: {connections} connections for {seconds} s ...", flush=True)
+        out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+                              agent.base_url], capture_output=True, text=True, timeout=seconds + 60).stdout
+        rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        socket_errors = re.search(r"Socket errors: (.*)", out)
+        p50 = re.search(r"50%\s+(\S+)", out)
+        p99 = re.search(r"99%\s+(\S+)", out)
+        results[f"{connections}_connections"] = {
+            "requests_per_s": float(rate.group(1)) if rate else None,
+            "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else "none",
+            "p50": p50.group(1) if p50 else None,
+            "p99": p99.group(1) if p99 else None,
+        }
+    return results
+
+
+def bench_http(work: Path, seconds: int) -> dict[str, object]:
+    public_key = work / "signing.pub"
+    results: dict[str, object] = {}
+    with broker() as mqtt:
+        subprocess.run([sys.executable, "-m", "cloud_trainer.cli", "publish", "--bundle", str(work / "bundle"),
+                        "--broker", mqtt.url], check=True, cwd=ROOT, capture_output=True)
+        started = time.perf_counter()
+        agent = start_agent(work, mqtt.url, public_key)
+        try:
+            agent.wait_ready(120)
+            results["first_start_receive_and_load_s"] = round(time.perf_counter() - started, 2)
+            seed_histories(agent, 1000, 20)
+            results["rss_kb_after_load_and_seed"] = rss_kb(agent.proc.pid)
+            results["locust_fixed_rate"] = run_locust(agent, work, 200, seconds)
+            results["rss_kb_after_fixed_rate"] = rss_kb(agent.proc.pid)
+            results["wrk_max_throughput"] = run_wrk(agent, work, 20)
+            results["rss_kb_after_max_throughput"] = rss_kb(agent.proc.pid)
+        finally:
+            agent.stop()
+        cold = []
+        for _ in range(5):
+            started = time.perf_counter()
+            agent = start_agent(work, mqtt.url, public_key)
+            try:
+                agent.wait_ready(60)
+                cold.append(time.perf_counter() - started)
+            finally:
+                agent.stop()
+    results["cold_start_to_ready_s"] = {"runs": [round(c, 3) for c in cold],
+                                        "median": round(statistics.median(cold), 3)}
+    results["targets"] = "RSS <= 150 MB with the 100k-item model; cold start <= 2 s"
+    return results
+
+
+# -- install footprint -------------------------------------------------------------------------
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def bench_footprint(work: Path) -> dict[str, object]:
+    venv = work / "edge-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    empty = du(venv)
+    print("installing edge-recommender[edge] into a fresh venv ...", flush=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", f"{ROOT}[edge]"], check=True, timeout=900)
+    site = next((venv / "lib").glob("python*/site-packages"))
+    packages = sorted(((du(p), p.name) for p in site.iterdir() if p.is_dir() and not p.name.endswith("-info")),
+                      reverse=True)
+    return {
+        "venv_bytes": du(venv),
+        "installed_bytes_over_empty_venv": du(venv) - empty,
+        "largest_packages_mb": {name: round(size / 1e6, 1) for size, name in packages[:8]},
+        "tensorflow_installed": (site / "tensorflow").exists(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=["scoring", "http", "footprint"])
+    parser.add_argument("--seconds", type=int, default=60, help="length of the fixed-rate HTTP run")
+    parser.add_argument("--queries", type=int, default=3000)
+    args = parser.parse_args()
+    stages = args.only or ["scoring", "http", "footprint"]
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    with tempfile.TemporaryDirectory(prefix="edge-rec-bench-") as tmp:
+        work = Path(tmp)
+        if "scoring" in stages or "http" in stages:
+            build_bundle(work)
+        if "scoring" in stages:
+            results["scoring"] = bench_scoring(work, args.queries)
+            print(json.dumps(results["scoring"], indent=1), flush=True)
+        if "http" in stages:
+            results["http"] = bench_http(work, args.seconds)
+            print(json.dumps(results["http"], indent=1), flush=True)
+        if "footprint" in stages:
+            results["edge_install"] = bench_footprint(work)
+            print(json.dumps(results["edge_install"], indent=1), flush=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
