@@ -47,22 +47,16 @@ test: $(STAMP) mosquitto lint typecheck
 demo: $(STAMP) mosquitto
 	$(PY) scripts/demo.py --datasets "$(EDGE_REC_DATASETS)"
 
-BENCH_STAMP = $(VENV)/.bench-installed
-
-$(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[bench]'
-	@touch $@
-
 wrk:
 	@if command -v wrk >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "==> installing wrk (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
 	else \
-		echo "wrk is missing: 'sudo apt-get install -y wrk' (the max-throughput part is skipped without it)" >&2; \
+		echo "wrk is missing: 'sudo apt-get install -y wrk' (the HTTP benchmark needs it)" >&2; exit 1; \
 	fi
 
-bench: $(BENCH_STAMP) mosquitto wrk
+bench: $(STAMP) mosquitto wrk
 	$(PY) bench/history.py
 	$(PY) bench/serving.py
 

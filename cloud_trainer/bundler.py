@@ -44,6 +44,7 @@ class BundleOptions:
     valid_days: int = 90
     top_k: int = DEFAULT_TOP_K
     force: bool = False  # publish even if the parity check fails
+    explanations: bool = True  # output each history position's contribution (see export.to_tflite)
 
 
 def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOptions) -> Manifest:
@@ -58,7 +59,9 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
     items, hist_weights = histories["items"], histories["weights"]
 
     log.info("exporting %s TFLite model (%d items, top-%d in the graph)", options.variant, weights.num_items, top_k)
-    model_bytes = to_tflite(weights, history_length, top_k, options.variant, (items, hist_weights))
+    model_bytes = to_tflite(
+        weights, history_length, top_k, options.variant, (items, hist_weights), options.explanations
+    )
     parity = check_parity(model, model_bytes, options.variant, items, hist_weights)
     log.info(
         "parity vs Keras on %d real histories: top-10 overlap %.3f (min %.2f), max score error %.4f (max %.4f)",

@@ -31,14 +31,14 @@ class ParityError(RuntimeError):
     pass
 
 
-def _recommend_module(weights: ModelWeights, history_length: int, top_k: int) -> tf.Module:
+def _recommend_module(weights: ModelWeights, history_length: int, top_k: int, explanations: bool) -> tf.Module:
     class Recommend(tf.Module):
         def __init__(self) -> None:
             super().__init__()
             self.h = tf.constant(weights.history_embedding)
             self.w = tf.constant(weights.projection)
             self.b = tf.constant(weights.projection_bias)
-            self.e = tf.constant(weights.item_vectors)
+            self.e = tf.constant(weights.item_vectors.T)  # [N, D]: one copy serves scoring and explaining
             self.e_bias = tf.constant(weights.item_bias)
 
         @tf.function(
@@ -51,13 +51,15 @@ def _recommend_module(weights: ModelWeights, history_length: int, top_k: int) ->
             h = tf.gather(self.h, history_items)  # [1, L, D]
             pooled = tf.matmul(history_weights[:, None, :], h)[:, 0, :]  # [1, D]
             user = tf.matmul(pooled, self.w) + self.b  # [1, D]
-            scores = tf.matmul(user, self.e) + self.e_bias  # [1, N]
+            scores = tf.matmul(user, self.e, transpose_b=True) + self.e_bias  # [1, N]
             top_scores, top_items = tf.math.top_k(scores, k=top_k)
+            if not explanations:
+                return {"item_indices": top_items, "scores": top_scores}
             # The user vector is linear in the history, so each position's share of a returned
             # item's score is exact: weight_l * (h_l @ W) . e_item  (the biases are shared by all).
             per_position = history_weights[0][:, None] * tf.matmul(h[0], self.w)  # [L, D]
-            top_vectors = tf.gather(self.e, top_items[0], axis=1)  # [D, K]
-            contributions = tf.matmul(per_position, top_vectors)[None]  # [1, L, K]
+            top_vectors = tf.gather(self.e, top_items[0])  # [K, D]
+            contributions = tf.matmul(per_position, top_vectors, transpose_b=True)[None]  # [1, L, K]
             return {"item_indices": top_items, "scores": top_scores, "contributions": contributions}
 
     return Recommend()
@@ -69,9 +71,15 @@ def to_tflite(
     top_k: int,
     variant: str,
     calibration: tuple[np.ndarray, np.ndarray],
+    explanations: bool = True,
 ) -> bytes:
-    """The .tflite bytes; ``calibration`` is (items [n, L], weights [n, L]) of real histories."""
-    module = _recommend_module(weights, history_length, top_k)
+    """The .tflite bytes; ``calibration`` is (items [n, L], weights [n, L]) of real histories.
+
+    With ``explanations`` the graph also outputs ``contributions`` [1, L, K]. In int8 this costs a
+    second copy of the item vectors (the scoring matmul wants them per-channel quantized, the
+    gather per-tensor): about +30% file size, and a little time per query (see bench/).
+    """
+    module = _recommend_module(weights, history_length, top_k, explanations)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [module.recommend.get_concrete_function()], module
     )

@@ -82,16 +82,21 @@ def _excluded(history: Sequence[HistoryEvent], exclude: Exclude) -> set[str]:
     return set()
 
 
-def _main_contributors(positions: Sequence[int], contributions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each returned item: the history item (index) that added most to its score, and how much.
+def _main_contributors(positions: Sequence[int], contributions: np.ndarray) -> list[int | None]:
+    """For each column of ``contributions``: the history item that added most to it, if any did.
 
-    ``positions[p]`` is the item index at history position ``p``; repeated items add up.
+    ``positions[p]`` is the item index at history position ``p``; a repeated item's shares add
+    up. Items whose best share is not positive get None (nothing in the history argues for them).
     """
-    unique, inverse = np.unique(np.asarray(positions), return_inverse=True)
-    per_item = np.zeros((len(unique), contributions.shape[1]), dtype=np.float64)
-    np.add.at(per_item, inverse, contributions[: len(positions)])
+    rows: dict[int, int] = {}
+    row_of = [rows.setdefault(item, len(rows)) for item in positions]
+    owner = np.zeros((len(rows), len(positions)), dtype=np.float32)
+    owner[row_of, np.arange(len(positions))] = 1.0
+    per_item = owner @ contributions[: len(positions)]  # [distinct history items, columns]
     best = per_item.argmax(axis=0)
-    return unique[best], per_item[best, np.arange(per_item.shape[1])]
+    amounts = per_item[best, np.arange(per_item.shape[1])]
+    items = list(rows)
+    return [items[r] if a > 0 else None for r, a in zip(best.tolist(), amounts.tolist(), strict=True)]
 
 
 def recommend(
@@ -107,7 +112,8 @@ def recommend(
     ``category``, only items of that category (compared case-insensitively) are returned. When
     filtering leaves fewer than ``k`` model results, popular items fill the rest.
     """
-    known = [(scorer.item_index[e.item_id], e.kind) for e in history if e.item_id in scorer.item_index]
+    index_of = scorer.item_index
+    known = [(index_of[e.item_id], e.kind) for e in history if e.item_id in index_of]
     banned = _excluded(history, exclude)
     wanted = category.casefold() if category is not None else None
     catalog = scorer.catalog
@@ -121,18 +127,21 @@ def recommend(
     if known:
         items, weights = history_inputs(known, scorer.history_length)
         answer = scorer.score(items, weights)
-        because: list[CatalogItem | None] = [None] * len(answer.indices)
-        if answer.contributions is not None:
-            positions = items[: min(len(known), scorer.history_length)]
-            contributor, amount = _main_contributors(positions, answer.contributions)
-            because = [catalog.items[c] if a > 0 else None for c, a in zip(contributor.tolist(), amount, strict=True)]
+        picked: list[tuple[int, int, float]] = []  # (column in the answer, item index, score)
         for j, (index, score) in enumerate(zip(answer.indices.tolist(), answer.scores.tolist(), strict=True)):
             if index in taken or not allowed(index):
                 continue
-            chosen.append(Recommendation(catalog.items[index], float(score), because[j]))
+            picked.append((j, index, score))
             taken.add(index)
-            if len(chosen) == k:
+            if len(picked) == k:
                 break
+        reasons: list[int | None] = [None] * len(picked)
+        if answer.contributions is not None and picked:
+            positions = items[: min(len(known), scorer.history_length)]
+            reasons = _main_contributors(positions, answer.contributions[:, [j for j, _, _ in picked]])
+        for (_, index, score), reason in zip(picked, reasons, strict=True):
+            because = None if reason is None else catalog.items[reason]
+            chosen.append(Recommendation(catalog.items[index], score, because))
     for index in catalog.popular:
         if len(chosen) >= k:
             break
