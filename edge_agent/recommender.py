@@ -119,6 +119,8 @@ def recommend(
     catalog = scorer.catalog
 
     def allowed(index: int) -> bool:
+        if not banned and wanted is None:
+            return True
         item = catalog.items[index]
         return item.id not in banned and (wanted is None or item.category.casefold() == wanted)
 
