@@ -93,8 +93,12 @@ def main() -> int:
 
         step(7, f"posting customer {CUSTOMER}'s last purchases to the agent")
         purchases = customer_purchases(work / "data/events.csv.gz", CUSTOMER, 10)
+        # The purchases are from 2011, older than the profile's retention (history.max_age_days), so
+        # they are replayed as if they had just happened, one minute apart, in their real order.
+        now = time.time()
         events = [{"user_id": r["user_id"], "item_id": r["item_id"], "event": r["event"],
-                   "timestamp": r["timestamp"]} for r in purchases]
+                   "timestamp": now - 60 * (len(purchases) - n)} for n, r in enumerate(purchases)]
+        print(f"(replayed as the last {len(purchases)} minutes: the real 2011 dates are past the retention)")
         status, body = agent.request("POST", "/v1/events", json.dumps({"events": events}).encode())
         print(f"POST /v1/events -> {status} {body.decode().strip()}")
         titles = json.loads((work / "bundle/catalog.json").read_text())["items"]
@@ -109,7 +113,10 @@ def main() -> int:
         print(f"GET {path} -> {status}, model version {answer['model_version']}, fallback {answer['fallback']}")
         for n, item in enumerate(answer["items"], 1):
             title = item["title"][:44]
-            print(f"  {n:2d}. {item['id']:>8}  {title:44s}  £{item['price']:<6}  score {item['score']:.3f}")
+            score = "popular" if item["score"] is None else f"score {item['score']:.3f}"
+            print(f"  {n:2d}. {item['id']:>8}  {title:44s}  £{item['price']:<6}  {score}")
+            if item["because"]:
+                print(f"      because of {item['because']['id']} {item['because']['title'][:40]}")
         latencies = []
         for _ in range(200):
             t = time.perf_counter()
