@@ -62,6 +62,9 @@ class HistorySection:
     max_events_per_user: int = _opt(200, "Events kept per shopper; older ones are deleted.", lo=1, hi=100_000)
     max_age_days: int = _opt(365, "Events older than this are deleted.", lo=1, hi=3650)
     sweep_interval_s: int = _opt(3600, "How often expired events are removed.", lo=10, hi=86_400)
+    cache_users: int = _opt(
+        1000, "Recent histories kept decrypted in memory (most recent users; 0 = none).", lo=0, hi=1_000_000
+    )
 
 
 @dataclass(frozen=True)

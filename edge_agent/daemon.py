@@ -67,6 +67,7 @@ class Agent:
             key_loader(data_dir, key_path),
             max_events_per_user=config.history.max_events_per_user,
             max_age_days=config.history.max_age_days,
+            cache_users=config.history.cache_users,
         )
         if key_path == config.master_key_path:
             finish_pending(self.history.keyring, key_path)

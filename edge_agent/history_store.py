@@ -15,6 +15,7 @@ import sqlite3
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -81,9 +82,15 @@ class HistoryStore:
         *,
         max_events_per_user: int = 200,
         max_age_days: float = 365,
+        cache_users: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._cap = max_events_per_user
+        # Decrypted recent events of the users served last: ref -> (rows read, events oldest first).
+        # A write drops that user's entry, so a new event shows in the very next read.
+        self._cache: OrderedDict[bytes, tuple[int, list[StoredEvent]]] = OrderedDict()
+        self._cache_users = cache_users
+        self._changes = 0  # bumped on every write: a read that raced a write is not cached
         self._max_age = max_age_days * 86400.0
         self._clock = clock
         self._lock = threading.Lock()
@@ -134,15 +141,32 @@ class HistoryStore:
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
                     raise
+                finally:
+                    self._forget([ref for ref, _ in ciphers.values()])
             return count
         except KeyringError as e:
             raise StoreError(str(e)) from None
         except sqlite3.Error as e:
             raise _storage_error(e, "store events") from None
 
+    def _forget(self, refs: Iterable[bytes] | None = None) -> None:
+        """Drop cached reads (of ``refs``, or all); the caller holds the lock."""
+        self._changes += 1
+        if refs is None:
+            self._cache.clear()
+        else:
+            for ref in refs:
+                self._cache.pop(ref, None)
+
     def recent(self, user_id: str, limit: int) -> list[StoredEvent]:
         """The user's last ``limit`` events within the retention age, oldest first."""
         ref = self._ref(user_id)
+        oldest = self._clock() - self._max_age
+        with self._lock:
+            cached = self._cache.get(ref)
+            if cached is not None and (limit <= cached[0] or len(cached[1]) < cached[0]):
+                self._cache.move_to_end(ref)
+                return [e for e in cached[1][-limit:] if e.timestamp >= oldest]
         key = self.keyring.data_key(ref, create=False)
         if key is None:
             return []
@@ -150,14 +174,22 @@ class HistoryStore:
             rows = self._db.execute(
                 "SELECT seq, sealed FROM events WHERE ref=? ORDER BY seq DESC LIMIT ?", (ref, limit)
             ).fetchall()
-        oldest = self._clock() - self._max_age
-        return [e for e in map(_decode, open_records(AESGCM(key), ref, reversed(rows))) if e.timestamp >= oldest]
+            changes = self._changes
+        events = list(map(_decode, open_records(AESGCM(key), ref, reversed(rows))))
+        if self._cache_users:
+            with self._lock:
+                if changes == self._changes:  # no write since the read: the events are current
+                    self._cache[ref] = (limit, events)
+                    if len(self._cache) > self._cache_users:
+                        self._cache.popitem(last=False)
+        return [e for e in events if e.timestamp >= oldest]
 
     def delete_user(self, user_id: str) -> bool:
         """Destroy the user's data key first (crypto-shredding), then their records."""
         ref = self._ref(user_id)
         existed = self.keyring.destroy(ref)
         with self._lock:
+            self._forget([ref])
             existed = self._db.execute("DELETE FROM events WHERE ref=?", (ref,)).rowcount > 0 or existed
             self._reclaim()
         return existed
@@ -191,6 +223,7 @@ class HistoryStore:
                 self._db.executemany("DELETE FROM events WHERE ref=? AND seq=?", [(ref, s) for s in doomed])
                 removed += len(doomed)
         with self._lock:
+            self._forget()
             self._reclaim()
         return removed
 

@@ -17,7 +17,7 @@ import math
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import NamedTuple, overload
 
 from shared.bundle import MalformedManifest
 
@@ -26,8 +26,7 @@ class CatalogError(MalformedManifest):
     reason = "bad_catalog"
 
 
-@dataclass(frozen=True, slots=True)
-class CatalogItem:
+class CatalogItem(NamedTuple):  # a tuple: built per lookup on the request path, ~5x cheaper than a dataclass
     id: str
     title: str = ""
     category: str = ""

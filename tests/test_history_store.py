@@ -217,15 +217,17 @@ def test_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:
         _open(tmp_path, key)
 
 
-def test_concurrent_writers_and_readers_never_corrupt_the_store(tmp_path: Path) -> None:
-    store = _open(tmp_path, max_events_per_user=1000)
+@pytest.mark.parametrize("cache_users", [0, 4])
+def test_concurrent_writers_and_readers_never_corrupt_the_store(tmp_path: Path, cache_users: int) -> None:
+    store = _open(tmp_path, max_events_per_user=1000, cache_users=cache_users)
     errors: list[BaseException] = []
 
     def writer(user: str) -> None:
         try:
             for i in range(60):
-                store.append([parse_event(user, f"item-{i}", "view", NOW - 1000 + i)])
-                store.recent(user, 50)
+                store.append([parse_event(user, f"item-{i}-{threading.get_ident()}", "view", NOW - 1000 + i)])
+                seen = {e.item_id for e in store.recent(user, 200)}
+                assert f"item-{i}-{threading.get_ident()}" in seen  # a write shows in the very next read
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -261,3 +263,23 @@ def test_master_key_file_is_written_0600_and_a_readable_one_is_refused(tmp_path:
     path.chmod(0o644)
     with pytest.raises(MasterKeyError, match="chmod 600"):
         master_key.read(path)
+
+
+def test_cached_reads_see_every_write_erasure_and_expiry_at_once(tmp_path: Path) -> None:
+    now = [NOW]
+    store = HistoryStore(tmp_path, lambda: [b"k" * 32], max_age_days=1, cache_users=2, clock=lambda: now[0])
+    store.append(_events(n=5))
+    assert len(store.recent(USER, 3)) == 3  # read through the cache from now on
+    assert len(store.recent(USER, 10)) == 5  # more rows than were read: back to the database
+    store.append([parse_event(USER, "NEW", "cart", NOW - 1)])
+    assert store.recent(USER, 3)[-1].item_id == "NEW"
+    for user in ("a", "b", "c"):
+        store.append(_events(user, n=1))
+        store.recent(user, 3)
+    assert len(store._cache) == 2  # bounded: least recently served users fall out
+    assert store.recent(USER, 3)[-1].item_id == "NEW"
+    now[0] += 2 * 86400
+    assert store.recent(USER, 3) == []  # past the retention age, cached or not
+    now[0] = NOW
+    assert store.delete_user(USER)
+    assert store.recent(USER, 3) == []
