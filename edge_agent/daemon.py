@@ -19,6 +19,7 @@ import waitress
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from edge_agent.config import AgentConfig
+from edge_agent.durable_files import write_atomic
 from edge_agent.history_store import HistoryStore
 from edge_agent.http_api import Services, create_app
 from edge_agent.key_rotation import finish_pending, key_loader
@@ -42,9 +43,7 @@ def load_token(path: Path) -> str:
         return env.strip()
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
+        write_atomic(path, (secrets.token_urlsafe(32) + "\n").encode())  # a crash never leaves it empty
         log.info("created a new API token in %s", path)
     token = path.read_text().strip()
     if len(token) < 16:
