@@ -64,14 +64,16 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
-def _text_arg(name: str) -> str | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
+def _identifier(raw: object, name: str) -> str:
     try:
         return parse_identifier(raw, name)
     except EventError as e:
         raise ApiError(400, "invalid_parameter", str(e)) from None
+
+
+def _text_arg(name: str) -> str | None:
+    raw = request.args.get(name)
+    return None if raw is None or raw == "" else _identifier(raw, name)
 
 
 def _item_json(r: Recommendation) -> dict[str, object]:
@@ -207,15 +209,9 @@ def create_app(services: Services) -> Flask:
         metrics.events.inc(stored)
         return jsonify({"accepted": stored}), 200
 
-    def _user_id(raw: str) -> str:
-        try:
-            return parse_identifier(raw, "user_id")
-        except EventError as e:
-            raise ApiError(400, "invalid_parameter", str(e)) from None
-
     @app.get("/v1/users/<path:user_id>/history")
     def user_history(user_id: str) -> Any:
-        user_id = _user_id(user_id)
+        user_id = _identifier(user_id, "user_id")
         events = services.history.recent(user_id, services.max_history)
         return jsonify(
             {
@@ -229,12 +225,12 @@ def create_app(services: Services) -> Flask:
 
     @app.delete("/v1/users/<path:user_id>")
     def delete_user(user_id: str) -> Any:
-        user_id = _user_id(user_id)
+        user_id = _identifier(user_id, "user_id")
         return jsonify({"user_id": user_id, "deleted": services.history.delete_user(user_id)})
 
     @app.get("/v1/recommendations")
     def recommendations() -> Any:
-        user_id = _user_id(request.args.get("user_id", ""))
+        user_id = _identifier(request.args.get("user_id", ""), "user_id")
         k = _int_arg("k", 10, 1, services.max_k)
         try:
             exclude = Exclude(request.args.get("exclude", "none"))

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 from devtools.processes import AgentProcess, Broker  # noqa: E402
 from devtools.processes import broker as local_broker  # noqa: E402
-from harness import publish, start_agent  # noqa: E402
+from harness import serving_agent  # noqa: E402
 
 DATASETS = Path(os.environ.get("EDGE_REC_DATASETS", ROOT.parent / "shared" / "datasets"))
 ONLINE_RETAIL = DATASETS / "online_retail" / "online_retail.csv.gz"
@@ -96,10 +96,5 @@ def broker() -> Iterator[Broker]:
 
 @pytest.fixture
 def agent_with_model(broker: Broker, int8_bundle: Path, keys: Path, tmp_path: Path) -> Iterator[AgentProcess]:
-    publish(int8_bundle, broker)  # before the agent exists: it must still get the model (retained)
-    agent = start_agent(broker.url, keys, tmp_path)
-    try:
-        agent.wait_ready(60)
+    with serving_agent(int8_bundle, broker, keys, tmp_path) as agent:  # a late joiner: retained messages
         yield agent
-    finally:
-        agent.stop()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -85,3 +87,15 @@ class StatusWatcher:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+@contextlib.contextmanager
+def serving_agent(bundle: Path, broker: Broker, keys: Path, work: Path) -> Iterator[AgentProcess]:
+    """An agent that got ``bundle`` from the broker's retained messages (published before it started)."""
+    publish(bundle, broker)
+    agent = start_agent(broker.url, keys, work)
+    try:
+        agent.wait_ready(60)
+        yield agent
+    finally:
+        agent.stop()

@@ -24,7 +24,7 @@ from edge_agent.history_store import HistoryStore
 from edge_agent.http_api import Services, create_app
 from edge_agent.metrics import AgentMetrics
 from edge_agent.updater import ActiveModel
-from harness import post_events, publish, start_agent
+from harness import post_events, serving_agent
 from shared.openapi import document
 
 SPEC = document()
@@ -71,14 +71,8 @@ def check_response(path: str, method: str, status: int, body: bytes, content_typ
 @pytest.fixture(scope="module")
 def agent(int8_bundle: Path, keys: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     work = tmp_path_factory.mktemp("api")
-    with local_broker() as broker:
-        publish(int8_bundle, broker)
-        agent = start_agent(broker.url, keys, work)
-        try:
-            agent.wait_ready(60)
-            yield agent
-        finally:
-            agent.stop()
+    with local_broker() as broker, serving_agent(int8_bundle, broker, keys, work) as agent:
+        yield agent
 
 
 def call(agent: AgentProcess, method: str, template: str, url: str | None = None, body: Any = None) -> Any:
