@@ -26,9 +26,38 @@ TOLERANCES = {
     "int8": {"min_overlap_at_10": 0.80, "max_relative_score_error": 0.25},
 }
 
+#: Items per block in :func:`_blocked_top_k`.
+TOP_K_BLOCK = 128
+
 
 class ParityError(RuntimeError):
     pass
+
+
+def _blocked_top_k(scores: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Exactly ``tf.math.top_k(scores, k)`` for one row [1, N], in about a quarter of the time for large N.
+
+    The items are cut into blocks of :data:`TOP_K_BLOCK`; only the ``k`` blocks with the highest
+    maxima are searched, plus the leftover tail. That is exact: if an item of the true top k sat in
+    a block outside those k, each of the k blocks would hold an item scoring above it, so k items
+    would beat it. (Ties at the k-th score may resolve to a different, equally scored item.)
+    On 100k items in LiteRT int8: 0.42 -> 0.34 ms for matmul plus top-100 (see bench/).
+    """
+    n = int(scores.shape[1])
+    full = n // TOP_K_BLOCK
+    if full < 2 * k:  # too few blocks to gain anything
+        return tf.math.top_k(scores, k=k)
+    grid = tf.reshape(scores[:, : full * TOP_K_BLOCK], [full, TOP_K_BLOCK])
+    _, best_blocks = tf.math.top_k(tf.reduce_max(grid, axis=1), k=k)
+    candidates = tf.concat(
+        [tf.reshape(tf.gather(grid, best_blocks), [1, k * TOP_K_BLOCK]), scores[:, full * TOP_K_BLOCK :]], axis=1
+    )
+    top_scores, position = tf.math.top_k(candidates, k=k)
+    position = position[0]
+    in_blocks = position < k * TOP_K_BLOCK
+    block_item = tf.gather(best_blocks, tf.minimum(position // TOP_K_BLOCK, k - 1)) * TOP_K_BLOCK
+    items = tf.where(in_blocks, block_item + position % TOP_K_BLOCK, full * TOP_K_BLOCK + position - k * TOP_K_BLOCK)
+    return top_scores, items[None]
 
 
 def _recommend_module(weights: ModelWeights, history_length: int, top_k: int, explanations: bool) -> tf.Module:
@@ -52,7 +81,7 @@ def _recommend_module(weights: ModelWeights, history_length: int, top_k: int, ex
             pooled = tf.matmul(history_weights[:, None, :], h)[:, 0, :]  # [1, D]
             user = tf.matmul(pooled, self.w) + self.b  # [1, D]
             scores = tf.matmul(user, self.e, transpose_b=True) + self.e_bias  # [1, N]
-            top_scores, top_items = tf.math.top_k(scores, k=top_k)
+            top_scores, top_items = _blocked_top_k(scores, top_k)
             if not explanations:
                 return {"item_indices": top_items, "scores": top_scores}
             # The user vector is linear in the history, so each position's share of a returned

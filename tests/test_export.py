@@ -58,3 +58,31 @@ def test_bundle_is_signed_and_self_consistent(int8_bundle: Path, keys: Path) -> 
     catalog = parse_catalog((int8_bundle / CATALOG_FILE).read_bytes(), manifest.model.num_items)
     assert catalog.popular and catalog.items[catalog.popular[0]].title
     assert json.loads(signed)["training"]["parity"]["ok"] is True
+
+
+def test_blocked_top_k_in_the_graph_is_exact() -> None:
+    """The graph's block-pruned top-K returns exactly numpy's top-K, tail items and block items alike."""
+    from cloud_trainer.export import TOP_K_BLOCK, litert_runner, to_tflite
+    from cloud_trainer.model import ModelWeights
+
+    n_items, dim, history, top_k = 60 * TOP_K_BLOCK + 77, 8, 5, 20  # 77 items left over after the blocks
+    rng = np.random.default_rng(3)
+    weights = ModelWeights(
+        history_embedding=rng.normal(0, 1, (n_items, dim)).astype(np.float32),
+        projection=rng.normal(0, 1, (dim, dim)).astype(np.float32),
+        projection_bias=np.zeros(dim, np.float32),
+        item_vectors=rng.normal(0, 1, (dim, n_items)).astype(np.float32),
+        item_bias=rng.normal(0, 0.1, n_items).astype(np.float32),
+    )
+    weights.item_bias[[n_items - 5, 3 * TOP_K_BLOCK + 9]] = 1000.0  # one tail item and one block item always win
+    items = rng.integers(0, n_items, (30, history)).astype(np.int32)
+    mix = rng.random((30, history)).astype(np.float32)
+    _, runner = litert_runner(to_tflite(weights, history, top_k, "float32", (items, mix), explanations=False))
+    for h, w in zip(items, mix, strict=True):
+        out = runner(history_items=h[None], history_weights=w[None])  # type: ignore[operator]
+        scores = ((w @ weights.history_embedding[h]) @ weights.projection) @ weights.item_vectors + weights.item_bias
+        expected = np.argsort(-scores, kind="stable")[:top_k]
+        got = out["item_indices"][0]
+        assert sorted(got.tolist()) == sorted(expected.tolist())
+        assert {n_items - 5, 3 * TOP_K_BLOCK + 9} <= set(got.tolist())
+        np.testing.assert_allclose(out["scores"][0], scores[got], rtol=1e-4, atol=1e-3)
