@@ -54,6 +54,7 @@ class MqttSection:
     cert_file: str = _opt("", "Client certificate (PEM) for mqtts.")
     key_file: str = _opt("", "Client private key (PEM) for mqtts.")
     keepalive: int = _opt(30, "MQTT keepalive in seconds.", lo=5, hi=3600)
+    status_interval_s: int = _opt(60, "How often the agent republishes its status (health figures).", lo=1, hi=86_400)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -90,6 +91,7 @@ class Agent:
                 cert_file=config.mqtt.cert_file,
                 key_file=config.mqtt.key_file,
                 keepalive=config.mqtt.keepalive,
+                status_interval_s=config.mqtt.status_interval_s,
             ),
             self.updater,
             self.status,
@@ -129,10 +131,16 @@ class Agent:
         last = self.active.last_update
         return {
             "device_id": self.config.agent.device_id,
+            "fleet": self.config.agent.fleet,
             "model_version": model.version if model else None,
             "model_expires": model.manifest.expires if model else None,
+            # a model past its manifest's expiry still serves, but the fleet must see it is stale
+            # (a frozen update channel: someone withholds newer manifests)
+            "model_stale": model.manifest.expires_at.timestamp() < time.time() if model else None,
             "runtime": model.runtime if model else None,
             "last_update": last.to_json() if last else None,
+            "health": self.metrics.health.snapshot(),
+            "at": round(time.time(), 3),
         }
 
     def run(self) -> None:

@@ -15,8 +15,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCol
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from edge_agent.health import RequestHealth
+
 #: Request latency buckets, in seconds: the API answers in about a millisecond.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+#: Probes and scrapes: in the Prometheus histogram, but not in the health figures of the status
+#: (a 503 from /readyz while the first model is on its way is not a failed request).
+PROBE_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @dataclass(frozen=True)
@@ -69,13 +76,17 @@ class AgentMetrics:
             ["source"], registry=self.registry,
         )
         self.events = Counter("edge_agent_events_accepted", "Shopper events stored", registry=self.registry)
+        self.health = RequestHealth()  # for the MQTT status; Prometheus has the histogram
         self.updates = Counter(
             "edge_agent_model_updates", "Model update outcomes by result and reason code",
             ["result", "reason"], registry=self.registry,
         )
 
     def observe_request(self, route: str, method: str, status: int, started: float) -> None:
-        self.request_seconds.labels(route, method, str(status)).observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.request_seconds.labels(route, method, str(status)).observe(seconds)
+        if route not in PROBE_ROUTES:
+            self.health.observe(seconds, status)
 
     def count_update(self, result: str, reason: str) -> None:
         self.updates.labels(result, reason.partition(":")[0] or "none").inc()

@@ -18,12 +18,23 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge_agent.updater import Updater
 from shared import topics
+from shared.bundle import CHUNK_SIZE
+from shared.signing import MAX_ENVELOPE_BYTES
 from shared.topics import parse_broker_url
 
 log = logging.getLogger(__name__)
+
+#: Largest MQTT packet the agent accepts (MQTT 5 Maximum Packet Size, enforced by the broker: it
+#: drops bigger messages instead of sending them). A chunk or an envelope plus topic and headers.
+MAX_PACKET_BYTES = max(CHUNK_SIZE, MAX_ENVELOPE_BYTES) + 4096
+#: Messages waiting for the update worker; when full, the network thread waits (TCP backpressure),
+#: so a flood of chunks costs at most this many times MAX_PACKET_BYTES of memory.
+INBOX_MESSAGES = 32
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,7 @@ class BrokerSettings:
     cert_file: str = ""
     key_file: str = ""
     keepalive: int = 30
+    status_interval_s: float = 60.0
 
 
 class MqttLink:
@@ -46,7 +58,8 @@ class MqttLink:
         self.updater = updater
         self.status = status
         self.connected = threading.Event()
-        self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=INBOX_MESSAGES)
+        self._stopping = threading.Event()
         self._bundle_sub: str | None = None
         prefix, fleet = settings.topic_prefix, settings.fleet
         self._manifest_topic = topics.manifest_topic(prefix, fleet)
@@ -70,14 +83,19 @@ class MqttLink:
         client.on_message = self._on_message
         self.client = client
         self._worker = threading.Thread(target=self._work, name="model-updates", daemon=True)
+        self._heartbeat = threading.Thread(target=self._beat, name="status-heartbeat", daemon=True)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         self._worker.start()
-        self.client.connect_async(self._host, self._port, keepalive=self.settings.keepalive)
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect.MaximumPacketSize = MAX_PACKET_BYTES
+        self.client.connect_async(self._host, self._port, keepalive=self.settings.keepalive, properties=connect)
         self.client.loop_start()
+        self._heartbeat.start()
 
     def stop(self) -> None:
+        self._stopping.set()
         if self.connected.is_set():
             info = self.client.publish(self._status_topic, json.dumps({"state": "offline"}), 1, True)
             info.wait_for_publish(timeout=2)
@@ -85,12 +103,21 @@ class MqttLink:
         self.client.loop_stop()
         self._inbox.put(None)
         self._worker.join(timeout=10)
+        if self._heartbeat.is_alive():
+            self._heartbeat.join(timeout=5)
 
     def publish_status(self) -> None:
         if not self.connected.is_set():
             return
         payload = {"state": "online", **self.status()}
         self.client.publish(self._status_topic, json.dumps(payload), qos=1, retain=True)
+
+    def _beat(self) -> None:
+        while not self._stopping.wait(self.settings.status_interval_s):
+            try:
+                self.publish_status()
+            except Exception:  # a status is not worth a dead heartbeat thread
+                log.exception("could not publish the status")
 
     # -- paho callbacks (network thread) ---------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
@@ -110,7 +137,12 @@ class MqttLink:
             log.warning("lost the broker (%s); reconnecting with backoff", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._inbox.put((message.topic, bytes(message.payload)))
+        while not self._stopping.is_set():
+            try:
+                self._inbox.put((message.topic, bytes(message.payload)), timeout=1)
+                return
+            except queue.Full:
+                continue
 
     # -- worker thread ---------------------------------------------------------------------
     def _work(self) -> None:

@@ -84,7 +84,7 @@ def verify(envelope: bytes, trusted: Ed25519PublicKey) -> str:
         raise SignatureError(f"envelope is larger than {MAX_ENVELOPE_BYTES} bytes")
     try:
         data = json.loads(envelope)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: deeply nested
         raise SignatureError("envelope is not JSON") from None
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), str) for k in ("signed", "keyid", "signature")

@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 
 from devtools.processes import AgentProcess, Broker
 from shared import topics
-from shared.bundle import ENVELOPE_FILE, parse_manifest
+from shared.bundle import ENVELOPE_FILE, Manifest, file_entry, parse_manifest
 from shared.signing import load_private_key, sign
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,20 +32,31 @@ def publish(bundle: Path, broker: Broker) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def resigned(bundle: Path, keys: Path, out: Path, **changes: object) -> Path:
-    """A copy of ``bundle`` whose manifest is changed and signed again with the fleet key."""
+def manifest_of(bundle: Path) -> Manifest:
+    return parse_manifest(json.loads((bundle / ENVELOPE_FILE).read_bytes())["signed"])
+
+
+def resigned(bundle: Path, keys: Path, out: Path, chunk_size: int | None = None, **changes: object) -> Path:
+    """A copy of ``bundle`` whose manifest is changed and signed again with the fleet key.
+
+    File entries are recomputed from the copied files (edit them first via ``bundle`` copies),
+    with ``chunk_size`` if given.
+    """
     shutil.copytree(bundle, out)
-    manifest = parse_manifest(json.loads((bundle / ENVELOPE_FILE).read_bytes())["signed"])
+    manifest = manifest_of(bundle)
+    size = chunk_size or manifest.chunk_size
+    files = {name: file_entry((out / name).read_bytes(), size) for name in manifest.files}
     key = load_private_key((keys / "signing.key").read_bytes())
-    (out / ENVELOPE_FILE).write_bytes(sign(replace(manifest, **changes).to_json(), key))  # type: ignore[arg-type]
+    changed = replace(manifest, chunk_size=size, files=files, **changes)  # type: ignore[arg-type]
+    (out / ENVELOPE_FILE).write_bytes(sign(changed.to_json(), key))
     return out
 
 
-def start_agent(broker_url: str, keys: Path, work: Path) -> AgentProcess:
+def start_agent(broker_url: str, keys: Path, work: Path, *overrides: str) -> AgentProcess:
     return AgentProcess(
         PROFILE,
         [f'mqtt.url="{broker_url}"', f'agent.data_dir="{work / "agent"}"',
-         f'model.trusted_public_key="{keys / "signing.pub"}"'],
+         f'model.trusted_public_key="{keys / "signing.pub"}"', *overrides],
         work,
     )
 
@@ -74,6 +85,7 @@ class StatusWatcher:
 
     def __init__(self, broker: Broker, device_id: str = "dev-1") -> None:
         self.latest: dict = {}  # type: ignore[type-arg]
+        self.seen: list[dict] = []  # type: ignore[type-arg]
         self._got = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher", protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
@@ -83,6 +95,41 @@ class StatusWatcher:
 
     def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
         self.latest = json.loads(message.payload)
+        self.seen.append(self.latest)
+
+    def update_reason(self) -> str:
+        return str((self.latest.get("last_update") or {}).get("reason", ""))
+
+    def mark(self) -> int:
+        """Where the statuses received from now on start (take it before acting, then wait_update)."""
+        return len(self.seen)
+
+    def wait_update(self, fragment: str, start: int, timeout: float = 15) -> dict:  # type: ignore[type-arg]
+        """The first status since ``start`` whose last update's reason contains ``fragment``."""
+
+        def found() -> bool:
+            return any(fragment in str((s.get("last_update") or {}).get("reason", "")) for s in self.seen[start:])
+
+        assert wait_for(found, timeout), f"no update reason with {fragment!r}; latest: {self.latest}"
+        return next(s for s in self.seen[start:] if fragment in str((s.get("last_update") or {}).get("reason")))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class RawClient:
+    """A plain MQTT client on the broker: what an attacker with broker access could send."""
+
+    def __init__(self, broker: Broker, client_id: str = "attacker") -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, retain: bool = True) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(timeout=10)
+        assert info.is_published(), topic
 
     def close(self) -> None:
         self.client.loop_stop()

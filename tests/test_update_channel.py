@@ -62,7 +62,7 @@ def test_altered_manifest_fails_signature() -> None:
         session(json.dumps(env).encode())
 
 
-@pytest.mark.parametrize("payload", [b"", b"\xff\xfe", b"[]", b'{"signed": 1}', b"x" * (2 << 20)])
+@pytest.mark.parametrize("payload", [b"", b"\xff\xfe", b"[]", b'{"signed": 1}', b"x" * (2 << 20), b"[" * 100_000])
 def test_garbage_envelopes_are_rejected(payload: bytes) -> None:
     with pytest.raises(SignatureError):
         session(payload)
