@@ -3,15 +3,19 @@
 Layout under ``<data_dir>/models``::
 
     staging/<version>/<file>       chunks land here, never where an active model lives
+    staging/<version>/manifest.envelope   the signed manifest being received (for resuming)
     versions/<version>/<file>      only complete, verified bundles (moved in by one rename)
     versions/<version>/manifest.envelope
     active.json                    {"version": N, "previous": M}, replaced atomically
+    loading.json                   {"version": N, "attempts": K} while a new model is loaded
+    refused.json                   [N, ...] versions that killed the agent while loading
 
 A kill -9 at any moment leaves ``active.json`` naming a complete version (or none yet).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -43,8 +47,43 @@ class ModelStore:
         finally:
             os.close(fd)
 
+    def read_staged_chunk(self, version: int, name: str, offset: int, length: int) -> bytes:
+        """Bytes of a staged file at ``offset`` (fewer, or none, where nothing was written yet)."""
+        try:
+            fd = os.open(self.staging_dir(version) / name, os.O_RDONLY)
+        except FileNotFoundError:
+            return b""
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
     def read_staged(self, version: int, name: str) -> bytes:
         return (self.staging_dir(version) / name).read_bytes()
+
+    def write_staged_envelope(self, version: int, envelope: bytes) -> None:
+        self.staging_dir(version).mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(self.staging_dir(version) / ENVELOPE_FILE, envelope)
+
+    def staged_envelopes(self) -> dict[int, bytes]:
+        """{version: signed manifest} of every unfinished download (unverified: check before use)."""
+        found = {}
+        for d in self.staging.iterdir():
+            if d.name.isdigit() and (d / ENVELOPE_FILE).is_file():
+                found[int(d.name)] = (d / ENVELOPE_FILE).read_bytes()
+            elif d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)  # from before envelopes were kept: unusable
+        return found
+
+    def installed_file(self, sha256: str, length: int) -> bytes | None:
+        """The bytes of an installed file with this sha256, if any version has one (to reuse)."""
+        for folder in self.versions.iterdir():
+            for f in folder.iterdir():
+                if f.name != ENVELOPE_FILE and f.stat().st_size == length:
+                    data = f.read_bytes()
+                    if hashlib.sha256(data).hexdigest() == sha256:
+                        return data
+        return None
 
     def discard_staging(self, version: int) -> None:
         shutil.rmtree(self.staging_dir(version), ignore_errors=True)
@@ -80,6 +119,39 @@ class ModelStore:
     def set_active(self, version: int, previous: int | None) -> None:
         write_atomic(self._pointer, json.dumps({"version": version, "previous": previous}).encode())
         self.prune(keep={version} | ({previous} if previous is not None else set()))
+
+    # -- models that crash the agent while loading -------------------------------------------
+    def begin_load(self, version: int) -> int:
+        """Record that ``version`` is being loaded; returns how many loads of it began so far."""
+        attempts = 1
+        try:
+            marker = json.loads((self.root / "loading.json").read_bytes())
+            if marker.get("version") == version:
+                attempts = int(marker.get("attempts", 0)) + 1
+        except (FileNotFoundError, ValueError, AttributeError, TypeError):
+            pass
+        write_atomic(self.root / "loading.json", json.dumps({"version": version, "attempts": attempts}).encode())
+        return attempts
+
+    def end_load(self) -> None:
+        (self.root / "loading.json").unlink(missing_ok=True)
+
+    def interrupted_load(self) -> tuple[int, int] | None:
+        """(version, attempts) of a load the process did not live to finish, if any."""
+        try:
+            marker = json.loads((self.root / "loading.json").read_bytes())
+            return int(marker["version"]), int(marker["attempts"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def refused(self) -> set[int]:
+        try:
+            return {int(v) for v in json.loads((self.root / "refused.json").read_bytes())}
+        except (FileNotFoundError, ValueError, TypeError):
+            return set()
+
+    def refuse(self, version: int) -> None:
+        write_atomic(self.root / "refused.json", json.dumps(sorted(self.refused() | {version})).encode())
 
     def prune(self, keep: set[int]) -> None:
         for d in self.versions.iterdir():

@@ -35,6 +35,8 @@ MAX_PACKET_BYTES = max(CHUNK_SIZE, MAX_ENVELOPE_BYTES) + 4096
 #: Messages waiting for the update worker; when full, the network thread waits (TCP backpressure),
 #: so a flood of chunks costs at most this many times MAX_PACKET_BYTES of memory.
 INBOX_MESSAGES = 32
+#: Topics per SUBSCRIBE/UNSUBSCRIBE packet.
+SUBSCRIBE_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class MqttLink:
         self.connected = threading.Event()
         self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=INBOX_MESSAGES)
         self._stopping = threading.Event()
-        self._bundle_sub: str | None = None
+        self._chunk_subs: list[str] = []  # one subscription per missing chunk of the bundle being received
         prefix, fleet = settings.topic_prefix, settings.fleet
         self._manifest_topic = topics.manifest_topic(prefix, fleet)
         self._status_topic = topics.status_topic(prefix, fleet, settings.device_id)
@@ -127,8 +129,8 @@ class MqttLink:
         log.info("connected to broker %s:%s", self._host, self._port)
         self.connected.set()
         client.subscribe(self._manifest_topic, qos=1)
-        if self._bundle_sub:
-            client.subscribe(self._bundle_sub, qos=1)
+        self._chunk_subs = []
+        self._follow_bundle()  # after a reconnect: what is still missing
         self.publish_status()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
@@ -157,10 +159,8 @@ class MqttLink:
         if topic == self._manifest_topic:
             if not payload:
                 return  # retained manifest cleared
-            version = self.updater.on_manifest(payload)
-            if version is not None:
-                bundle = topics.bundle_topic(self.settings.topic_prefix, self.settings.fleet, version)
-                self._follow_bundle(bundle + "/#")
+            self.updater.on_manifest(payload)
+            self._follow_bundle()
             self.publish_status()
             return
         session = self.updater.session
@@ -172,13 +172,22 @@ class MqttLink:
         if parsed is None or not payload:
             return
         if self.updater.on_chunk(session.version, parsed[0], parsed[1], payload):
-            self._follow_bundle(None)
+            self._follow_bundle()
             self.publish_status()
 
-    def _follow_bundle(self, subscription: str | None) -> None:
-        if self._bundle_sub and self._bundle_sub != subscription:
-            self.client.unsubscribe(self._bundle_sub)
-        self._bundle_sub = subscription
-        if subscription:
-            self.client.subscribe(subscription, qos=1)
+    def _follow_bundle(self) -> None:
+        """Subscribe to exactly the chunks the current download still misses (retained: the broker
+        sends each at once), so a resumed or partly reused download fetches only those."""
+        session = self.updater.session
+        wanted = [] if session is None else [
+            topics.chunk_topic(self.settings.topic_prefix, self.settings.fleet, session.version, name, index)
+            for name, index in session.missing()
+        ]
+        if wanted[:1] and self._chunk_subs[:1] and wanted[0].rsplit("/", 2)[0] == self._chunk_subs[0].rsplit("/", 2)[0]:
+            return  # still the same bundle: its subscriptions stand
+        old, self._chunk_subs = self._chunk_subs, wanted
+        for batch in range(0, len(old), SUBSCRIBE_BATCH):
+            self.client.unsubscribe(old[batch : batch + SUBSCRIBE_BATCH])
+        for batch in range(0, len(wanted), SUBSCRIBE_BATCH):
+            self.client.subscribe([(t, 1) for t in wanted[batch : batch + SUBSCRIBE_BATCH]])
 

@@ -55,6 +55,8 @@ class UpdateSession:
             (name, i) for name, entry in self.manifest.files.items() for i in range(len(entry.chunks))
         }
         self.step = Step.RECEIVING
+        self.received = 0  # chunks that came over the network (counted by the caller)
+        self.reused = 0  # chunks found on disk: staged before a restart, or in an installed version
 
     @property
     def version(self) -> int:
@@ -67,6 +69,24 @@ class UpdateSession:
     @property
     def missing_count(self) -> int:
         return len(self._missing)
+
+    @property
+    def chunk_count(self) -> int:
+        return sum(len(entry.chunks) for entry in self.manifest.files.values())
+
+    def missing(self) -> list[tuple[str, int]]:
+        """(file, chunk index) of every chunk not received yet, in file order."""
+        return sorted(self._missing)
+
+    def chunk_length(self, name: str, index: int) -> int:
+        return min(self.manifest.chunk_size, self.manifest.files[name].length - index * self.manifest.chunk_size)
+
+    def reuse(self, name: str, index: int, data: bytes) -> bool:
+        """Take a chunk found on disk if it verifies; False (and still missing) if it does not."""
+        try:
+            return self.accept_chunk(name, index, data)
+        except ChunkRejected:
+            return False
 
     def _expect(self, step: Step) -> None:
         if self.step is not step:
@@ -81,7 +101,7 @@ class UpdateSession:
         entry = self.manifest.files.get(name)
         if entry is None or not 0 <= index < len(entry.chunks):
             raise ChunkRejected(f"chunk {name}/{index} is not part of version {self.version}")
-        expected = min(self.manifest.chunk_size, entry.length - index * self.manifest.chunk_size)
+        expected = self.chunk_length(name, index)
         if len(data) != expected:
             raise ChunkRejected(f"chunk {name}/{index} has {len(data)} bytes, the manifest says {expected}")
         if sha256_hex(data) != entry.chunks[index]:

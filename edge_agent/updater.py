@@ -25,6 +25,10 @@ from shared.signing import SignatureError, verify
 
 log = logging.getLogger(__name__)
 
+#: A model whose loading was interrupted this many times (the process died: a crash in the
+#: interpreter, the OOM killer, power) is refused from then on, so the agent cannot crash-loop.
+MAX_LOAD_ATTEMPTS = 2
+
 
 @dataclass
 class UpdateResult:
@@ -35,6 +39,10 @@ class UpdateResult:
 
     def to_json(self) -> dict[str, object]:
         return {"version": self.version, "result": self.result, "reason": self.reason, "at": self.at}
+
+
+class ModelCrashed(BundleError):
+    reason = "crashed"
 
 
 class ActiveModel:
@@ -89,7 +97,27 @@ class Updater:
         return load_bundle(manifest, files, self.num_threads)
 
     def boot(self) -> None:
-        """Load the last good model from disk: the active version, else the previous one."""
+        """Load the last good model from disk (the active version, else the previous one), then
+        resume an unfinished download from what is already staged."""
+        self._judge_interrupted_load()
+        self._boot_installed()
+        self._resume_staged()
+
+    def _judge_interrupted_load(self) -> None:
+        interrupted = self.store.interrupted_load()
+        if interrupted is None:
+            return
+        version, attempts = interrupted
+        if attempts < MAX_LOAD_ATTEMPTS:
+            log.warning("the agent stopped while loading model version %s; it will be tried again", version)
+            return
+        self.store.refuse(version)
+        self.store.end_load()
+        self.store.discard_staging(version)
+        self._report(UpdateResult(version, "failed", f"crashed: the agent died {attempts} times while loading "
+                                                     "this model; it is refused"))
+
+    def _boot_installed(self) -> None:
         version, previous = self.store.pointer()
         for candidate in (version, previous):
             if candidate is None:
@@ -104,21 +132,67 @@ class Updater:
                 log.error("installed model version %s is unusable: %s", candidate, e)
         log.info("no installed model yet; waiting for the first bundle")
 
+    def _new_session(self, envelope: bytes) -> UpdateSession:
+        current = self.active.current
+        session = UpdateSession(
+            envelope,
+            self.trusted_key,
+            fleet=self.fleet,
+            active_version=current.version if current else None,
+            now=self.clock(),
+            max_bundle_bytes=self.max_bundle_bytes,
+        )
+        if session.version in self.store.refused():
+            raise ModelCrashed(f"version {session.version} crashed the agent while loading before; refused")
+        return session
+
+    def _resume_staged(self) -> None:
+        staged = self.store.staged_envelopes()
+        for version in sorted(staged):
+            if version != max(staged):
+                self.store.discard_staging(version)
+                continue
+            try:
+                session = self._new_session(staged[version])
+            except (BundleError, SignatureError) as e:
+                log.info("dropping the staged download of version %s: %s", version, e)
+                self.store.discard_staging(version)
+                continue
+            self._reuse_from_disk(session)
+            self.session = session
+            reason = (f"resumed: {session.reused} of {session.chunk_count} chunks verified from disk, "
+                      f"{session.missing_count} to fetch")
+            self._report(UpdateResult(version, "receiving", reason))
+            if session.complete:
+                self._activate(session)
+
+    def _reuse_from_disk(self, session: UpdateSession) -> None:
+        """Take every chunk already on disk that verifies: staged earlier, or in an installed version."""
+        version, size = session.version, session.manifest.chunk_size
+        for name, index in session.missing():
+            data = self.store.read_staged_chunk(version, name, index * size, session.chunk_length(name, index))
+            if session.reuse(name, index, data):
+                session.reused += 1
+        for name, entry in session.manifest.files.items():
+            if not any(n == name for n, _ in session.missing()):
+                continue
+            installed = self.store.installed_file(entry.sha256, entry.length)
+            if installed is None:
+                continue
+            for index in range(len(entry.chunks)):
+                chunk = installed[index * size : index * size + session.chunk_length(name, index)]
+                if session.reuse(name, index, chunk):
+                    self.store.write_chunk(version, name, index * size, chunk)
+                    session.reused += 1
+
     def on_manifest(self, envelope: bytes) -> int | None:
         """Start receiving the bundle a manifest announces; returns its version, or None if refused."""
-        current = self.active.current
-        active_version = current.version if current else None
+        if self.session is not None and envelope == self.session.envelope:
+            return self.session.version  # already receiving it (a reconnect, or resumed after a restart)
         try:
-            session = UpdateSession(
-                envelope,
-                self.trusted_key,
-                fleet=self.fleet,
-                active_version=active_version,
-                now=self.clock(),
-                max_bundle_bytes=self.max_bundle_bytes,
-            )
+            session = self._new_session(envelope)
         except (BundleError, SignatureError) as e:
-            if current is not None and isinstance(e, BundleError) and e.reason == "rollback" and (
+            if self.active.current is not None and isinstance(e, BundleError) and e.reason == "rollback" and (
                 envelope == self._active_envelope()
             ):
                 return None  # the retained manifest of the model we already run
@@ -126,8 +200,15 @@ class Updater:
             return None
         if self.session is not None and self.session.version != session.version:
             self.store.discard_staging(self.session.version)
+        self.store.write_staged_envelope(session.version, envelope)
+        self._reuse_from_disk(session)
         self.session = session
-        self._report(UpdateResult(session.version, "receiving", f"{session.missing_count} chunks"))
+        reused = f", {session.reused} reused from disk" if session.reused else ""
+        self._report(UpdateResult(session.version, "receiving", f"{session.missing_count} of "
+                                                                f"{session.chunk_count} chunks to fetch{reused}"))
+        if session.complete:
+            self._activate(session)
+            return None
         return session.version
 
     def _active_envelope(self) -> bytes | None:
@@ -147,6 +228,7 @@ class Updater:
         try:
             if session.accept_chunk(name, index, data):
                 self.store.write_chunk(version, name, session.offset(name, index), data)
+                session.received += 1
         except BundleError as e:
             log.warning("rejected chunk for version %s: %s", version, e)
             self._report(UpdateResult(version, "receiving", f"{e.reason}: {e}"))
@@ -159,17 +241,21 @@ class Updater:
     def _activate(self, session: UpdateSession) -> None:
         version = session.version
         self.session = None
+        self.store.begin_load(version)  # if the interpreter kills the process, boot() will know
         try:
             files = {name: self.store.read_staged(version, name) for name in session.manifest.files}
             model = load_bundle(session.manifest, files, self.num_threads)  # verify, load, self-test
             session.staged()
         except (OSError, BundleError, ModelLoadError) as e:
             self.store.discard_staging(version)
+            self.store.end_load()
             self._report(UpdateResult(version, "failed", f"{getattr(e, 'reason', 'load_failed')}: {e}"))
             return
         previous = self.active.current.version if self.active.current else None
         self.store.promote(version, session.envelope)
         self.store.set_active(version, previous)
+        self.store.end_load()
         self.active.current = model
         session.activated()
-        self._report(UpdateResult(version, "activated", "verified, loaded and self-tested"))
+        self._report(UpdateResult(version, "activated", f"verified, loaded and self-tested; {session.received} "
+                                                        f"chunks received, {session.reused} reused from disk"))

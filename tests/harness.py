@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 
 from devtools.processes import AgentProcess, Broker
 from shared import topics
-from shared.bundle import ENVELOPE_FILE, Manifest, file_entry, parse_manifest
+from shared.bundle import CATALOG_FILE, ENVELOPE_FILE, Manifest, file_entry, parse_manifest, split_chunks
 from shared.signing import load_private_key, sign
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +50,27 @@ def resigned(bundle: Path, keys: Path, out: Path, chunk_size: int | None = None,
     changed = replace(manifest, chunk_size=size, files=files, **changes)  # type: ignore[arg-type]
     (out / ENVELOPE_FILE).write_bytes(sign(changed.to_json(), key))
     return out
+
+
+def fresh_bundle(bundle: Path, keys: Path, where: Path, version: int, chunk_size: int = 16 * 1024) -> Path:
+    """A genuine bundle of ``version`` whose catalog no installed version has (so its chunks must
+    come over MQTT; the unchanged model file is reused from disk), in small chunks."""
+    source = where / f"source-{version}"
+    shutil.copytree(bundle, source)
+    catalog = json.loads((source / CATALOG_FILE).read_bytes())
+    catalog["items"][0]["title"] = f"Renamed in v{version}"
+    (source / CATALOG_FILE).write_bytes(json.dumps(catalog).encode())
+    return resigned(source, keys, where / f"v{version}", chunk_size=chunk_size, version=version)
+
+
+def chunk_messages(bundle: Path, prefix: str = topics.DEFAULT_PREFIX) -> list[tuple[str, int, str, bytes]]:
+    """(file, index, topic, data) of every chunk of ``bundle``, as the publisher sends them."""
+    manifest = manifest_of(bundle)
+    return [
+        (name, index, topics.chunk_topic(prefix, manifest.fleet, manifest.version, name, index), data)
+        for name in manifest.files
+        for index, data in enumerate(split_chunks((bundle / name).read_bytes(), manifest.chunk_size))
+    ]
 
 
 def start_agent(broker_url: str, keys: Path, work: Path, *overrides: str) -> AgentProcess:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from devtools.processes import AgentProcess, Broker, free_port
 from devtools.processes import broker as local_broker
 from harness import StatusWatcher, get_json, post_events, publish, resigned, start_agent, wait_for
 from shared import topics
-from shared.bundle import MODEL_FILE
+from shared.bundle import CATALOG_FILE
 
 
 def test_late_joiner_gets_the_model_and_serves_personalised_recommendations(agent_with_model: AgentProcess) -> None:
@@ -48,11 +49,16 @@ def test_tampered_and_garbage_bundles_are_rejected_and_the_agent_keeps_serving(
     agent = agent_with_model
     watcher = StatusWatcher(broker)
     try:
-        # a correctly signed v1001 whose model file was altered after signing
-        tampered = resigned(int8_bundle, keys, tmp_path / "tampered", version=1001)
-        data = bytearray((tampered / MODEL_FILE).read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        (tampered / MODEL_FILE).write_bytes(bytes(data))
+        # a correctly signed v1001 with a new catalog, altered after signing (an unchanged file
+        # would not even be fetched: the agent reuses what it has installed)
+        source = tmp_path / "source"
+        shutil.copytree(int8_bundle, source)
+        catalog = (source / CATALOG_FILE).read_bytes()
+        (source / CATALOG_FILE).write_bytes(catalog.replace(b'"title":"', b'"title":"New ', 1))
+        tampered = resigned(source, keys, tmp_path / "tampered", version=1001)
+        data = bytearray((tampered / CATALOG_FILE).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (tampered / CATALOG_FILE).write_bytes(bytes(data))
         publish(tampered, broker)
         assert wait_for(lambda: "chunk_rejected" in str(watcher.latest.get("last_update")), 15), watcher.latest
 

@@ -9,7 +9,6 @@ installed first, and each test that activates a model uses a newer one.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -21,7 +20,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from devtools.processes import AgentProcess, Broker
 from devtools.processes import broker as local_broker
-from harness import RawClient, StatusWatcher, get_json, manifest_of, publish, resigned, start_agent, wait_for
+from harness import (
+    RawClient,
+    StatusWatcher,
+    chunk_messages,
+    fresh_bundle,
+    get_json,
+    manifest_of,
+    publish,
+    resigned,
+    start_agent,
+    wait_for,
+)
 from shared import topics
 from shared.bundle import (
     CATALOG_FILE,
@@ -31,7 +41,6 @@ from shared.bundle import (
     Manifest,
     iso_utc,
     sha256_hex,
-    split_chunks,
 )
 from shared.signing import load_private_key, load_public_key, private_key_pem, sign, verify
 
@@ -53,16 +62,17 @@ class Fleet:
     def serving(self) -> int:
         return int(get_json(self.agent, "/readyz")[1]["model_version"])
 
-    def chunks(self, bundle: Path, version: int | None = None) -> Iterator[tuple[str, int, str, bytes]]:
-        """(file, index, topic, data) of every chunk of ``bundle``, on ``version``'s topics."""
-        manifest = manifest_of(bundle)
-        for name in manifest.files:
-            for index, data in enumerate(split_chunks((bundle / name).read_bytes(), manifest.chunk_size)):
-                yield name, index, topics.chunk_topic(PREFIX, FLEET, version or manifest.version, name, index), data
+    def chunks(self, bundle: Path, version: int | None = None) -> list[tuple[str, int, str, bytes]]:
+        """(file, index, topic, data) of every chunk of ``bundle``, on ``version``'s topics if given."""
+        return [(name, index, topic if version is None else topics.chunk_topic(PREFIX, FLEET, version, name, index),
+                 data) for name, index, topic, data in chunk_messages(bundle)]
 
     def announce(self, bundle: Path) -> None:
         """Only the manifest of ``bundle``: its chunks are left to the test."""
         self.attacker.publish(MANIFEST_TOPIC, (bundle / ENVELOPE_FILE).read_bytes())
+
+    def fresh(self, version: int, where: Path) -> Path:
+        return fresh_bundle(self.bundle, self.keys, where, version, SMALL_CHUNKS)
 
     def sign(self, manifest: Manifest) -> bytes:
         return sign(manifest.to_json(), load_private_key((self.keys / "signing.key").read_bytes()))
@@ -170,22 +180,23 @@ def test_manifest_declaring_more_than_the_size_limit(fleet: Fleet, tmp_path: Pat
 
 
 def test_bad_chunks_are_refused_one_by_one_then_the_good_ones_activate(fleet: Fleet, tmp_path: Path) -> None:
-    """Truncated, altered, reordered, oversized, out-of-range and duplicated chunks of a genuine v1002."""
-    bundle = resigned(fleet.bundle, fleet.keys, tmp_path / "v1002", chunk_size=SMALL_CHUNKS, version=1002)
-    chunks = list(fleet.chunks(bundle))
-    model_chunks = [c for c in chunks if c[0] == MODEL_FILE]
-    assert len(model_chunks) >= 3, "the test model needs several chunks"
-    first, second = model_chunks[0], model_chunks[1]
+    """Truncated, altered, reordered, oversized and duplicated chunks of a genuine v1002."""
+    bundle = fleet.fresh(1002, tmp_path)
+    chunks = [c for c in fleet.chunks(bundle) if c[0] == CATALOG_FILE]
+    assert len(chunks) >= 3, "the test catalog needs several chunks"
+    first, second = chunks[0], chunks[1]
     mark = fleet.status.mark()
     fleet.announce(bundle)
-    fleet.status.wait_update("chunks", mark)  # receiving: the agent subscribed to v1002's chunks
+    reason = fleet.status.wait_update("chunks to fetch", mark)["last_update"]["reason"]
+    assert reason.startswith(f"{len(chunks)} of ") and "reused from disk" in reason  # the model file is not fetched
+    # the agent subscribes to the missing chunks only: these are never even delivered to it
+    fleet.attacker.publish(topics.chunk_topic(PREFIX, FLEET, 1002, CATALOG_FILE, 9999), first[3])
+    fleet.attacker.publish(topics.chunk_topic(PREFIX, FLEET, 1002, "extra.bin", 0), b"x")
     attacks = [
         (first[2], first[3][:-1], f"has {SMALL_CHUNKS - 1} bytes"),  # truncated
         (first[2], bytes([first[3][0] ^ 1]) + first[3][1:], "does not match its sha256"),  # altered
         (second[2], first[3], "does not match its sha256"),  # reordered: chunk 0 sent as chunk 1
         (first[2], first[3] + b"more", f"has {SMALL_CHUNKS + 4} bytes"),  # endless data
-        (topics.chunk_topic(PREFIX, FLEET, 1002, MODEL_FILE, 9999), first[3], "is not part of version"),
-        (topics.chunk_topic(PREFIX, FLEET, 1002, "extra.bin", 0), b"x", "is not part of version"),
     ]
     for topic, payload, why in attacks:
         mark = fleet.status.mark()
@@ -193,26 +204,22 @@ def test_bad_chunks_are_refused_one_by_one_then_the_good_ones_activate(fleet: Fl
         assert why in fleet.status.wait_update("chunk_rejected", mark)["last_update"]["reason"]
     assert fleet.serving() == 1001
     # now the genuine chunks, the first one twice: a duplicate is verified and ignored
+    mark = fleet.status.mark()
     fleet.attacker.publish(first[2], first[3])
     for _, _, topic, data in chunks:
         fleet.attacker.publish(topic, data)
     assert wait_for(lambda: fleet.serving() == 1002, 20), fleet.status.latest
+    assert f"{len(chunks)} chunks received" in fleet.status.wait_update("self-tested", mark)["last_update"]["reason"]
 
 
 def test_mix_and_match_files_of_two_versions(fleet: Fleet, tmp_path: Path) -> None:
-    """v1003 ships a new catalog; the v1002 catalog chunks sent in its place are refused."""
-    source = tmp_path / "source"
-    shutil.copytree(fleet.bundle, source)
-    catalog = json.loads((source / CATALOG_FILE).read_bytes())
-    catalog["items"][0]["title"] = "Renamed in v1003"
-    (source / CATALOG_FILE).write_bytes(json.dumps(catalog).encode())
-    new = resigned(source, fleet.keys, tmp_path / "v1003", chunk_size=SMALL_CHUNKS, version=1003)
-    old = resigned(fleet.bundle, fleet.keys, tmp_path / "v1002", chunk_size=SMALL_CHUNKS, version=1002)
+    """v1003's catalog chunks are replaced by those of v1002 (genuine, but another version's)."""
+    new, old = fleet.fresh(1003, tmp_path), fleet.fresh(1002, tmp_path)
     mark = fleet.status.mark()
     fleet.announce(new)
-    fleet.status.wait_update("chunks", mark)
+    fleet.status.wait_update("chunks to fetch", mark)
     for _, _, topic, data in fleet.chunks(old, version=1003):
-        fleet.attacker.publish(topic, data)  # the model chunks are identical and accepted; the catalog's are not
+        fleet.attacker.publish(topic, data)
     assert "catalog.json" in fleet.status.wait_update("does not match its sha256", mark)["last_update"]["reason"]
     assert fleet.serving() == 1002
     for _, _, topic, data in fleet.chunks(new):
@@ -223,7 +230,7 @@ def test_mix_and_match_files_of_two_versions(fleet: Fleet, tmp_path: Path) -> No
 
 
 def test_garbage_on_every_topic_the_agent_reads(fleet: Fleet, tmp_path: Path) -> None:
-    bundle = resigned(fleet.bundle, fleet.keys, tmp_path / "v1004", chunk_size=SMALL_CHUNKS, version=1004)
+    bundle = fleet.fresh(1004, tmp_path)
     for payload in [b"\x00\xff\xfe", b"{}", b"[1, 2]", b"null", b'{"signed": "x", "keyid": "y", "signature": "z"}',
                     b'{"signed": 1}', b"{" * 100_000]:
         mark = fleet.status.mark()
@@ -231,15 +238,15 @@ def test_garbage_on_every_topic_the_agent_reads(fleet: Fleet, tmp_path: Path) ->
         fleet.status.wait_update("bad_signature", mark)
     mark = fleet.status.mark()
     fleet.announce(bundle)
-    fleet.status.wait_update("chunks", mark)
+    fleet.status.wait_update("chunks to fetch", mark)
     base = topics.bundle_topic(PREFIX, FLEET, 1004)
     for topic in [f"{base}/{MODEL_FILE}/abc", f"{base}/{MODEL_FILE}/0/extra", f"{base}/../../manifest",
                   f"{base}/{MODEL_FILE}/-1", f"{base}/{MODEL_FILE}/{'9' * 30}"]:
         fleet.attacker.publish(topic, b"\x00garbage")
     # larger than the agent's MQTT Maximum Packet Size: the broker must not even deliver it
-    fleet.attacker.publish(topics.chunk_topic(PREFIX, FLEET, 1004, MODEL_FILE, 0), b"\x00" * (3 * 1024 * 1024))
+    fleet.attacker.publish(topics.chunk_topic(PREFIX, FLEET, 1004, CATALOG_FILE, 0), b"\x00" * (3 * 1024 * 1024))
     mark = fleet.status.mark()
-    fleet.attacker.publish(topics.chunk_topic(PREFIX, FLEET, 1004, MODEL_FILE, 0), b"\x01" * 10)
+    fleet.attacker.publish(topics.chunk_topic(PREFIX, FLEET, 1004, CATALOG_FILE, 0), b"\x01" * 10)
     assert "has 10 bytes" in fleet.status.wait_update("chunk_rejected", mark)["last_update"]["reason"]
     assert not any("3145728" in json.dumps(s) for s in fleet.status.seen)
     assert fleet.serving() == 1003
