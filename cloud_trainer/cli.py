@@ -1,4 +1,4 @@
-"""``cloud-trainer`` command line: keygen, prepare, train, export, publish."""
+"""``cloud-trainer`` command line: keygen, prepare, train, export, publish, rollout, rollback, fleet status."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cloud_trainer import __version__
-from shared.topics import DEFAULT_PREFIX
+from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE
+
+if TYPE_CHECKING:
+    from cloud_trainer.publisher import BrokerOptions
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -71,15 +76,77 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker_options(args: argparse.Namespace) -> BrokerOptions:
+    from cloud_trainer.publisher import BrokerOptions
+
+    return BrokerOptions(args.broker, prefix=args.topic_prefix, client_id=args.client_id,
+                         tls_files=(args.ca_file, args.cert_file, args.key_file))
+
+
 def _publish(args: argparse.Namespace) -> int:
     from cloud_trainer.publisher import publish_bundle
 
-    report = publish_bundle(args.bundle, args.broker, prefix=args.topic_prefix,
-                            tls_files=(args.ca_file, args.cert_file, args.key_file))
+    report = publish_bundle(args.bundle, _broker_options(args), args.channel)
     replaced = f", replaced version {report.replaced_version}" if report.replaced_version else ""
-    print(f"published version {report.version}: {report.chunks} chunks, {report.bytes} bytes "
+    print(f"published version {report.version} on {report.channel}: {report.chunks} chunks, {report.bytes} bytes "
           f"in {report.seconds}s{replaced}")
     return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from cloud_trainer.fleet import roll_out
+    from cloud_trainer.publisher import BrokerConnection
+    from cloud_trainer.rollout import Decision, RolloutPolicy
+
+    policy = RolloutPolicy(max_failure_rate=args.max_failure_rate, max_server_error_rate=args.max_error_rate,
+                           soak_s=args.soak, timeout_s=args.timeout)
+    canaries = [c.strip() for c in args.canary.split(",") if c.strip()]
+    with BrokerConnection(_broker_options(args)) as connection:
+        result = roll_out(connection, args.bundle, canaries, policy, args.key,
+                          progress=lambda line: print(line, flush=True))
+    if result.decision is Decision.ABORT:
+        print(f"rollout of version {result.version} aborted: {result.why}", file=sys.stderr)
+        return 1
+    if result.stable_on_version < result.stable_total:
+        print(f"version {result.version} promoted, but {result.why}", file=sys.stderr)
+        return 4
+    print(f"version {result.version} is on every channel: {result.stable_on_version} stable agents updated")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from cloud_trainer.fleet import roll_back
+    from cloud_trainer.publisher import BrokerConnection
+
+    with BrokerConnection(_broker_options(args)) as connection:
+        roll_back(connection, args.bundle, args.key, progress=lambda line: print(line, flush=True))
+    return 0
+
+
+def _fleet_status(args: argparse.Namespace) -> int:
+    from cloud_trainer.fleet import FleetWatcher, status_table
+    from cloud_trainer.publisher import BrokerConnection
+
+    with BrokerConnection(_broker_options(args)) as connection:
+        watcher = FleetWatcher(connection, args.fleet)
+        time.sleep(args.wait)  # retained statuses arrive at once; live ones as agents publish
+        statuses = watcher.statuses()
+    if args.json:
+        print(json.dumps(statuses, indent=1, sort_keys=True))
+    elif not statuses:
+        print(f"no agent of fleet {args.fleet} has reported a status")
+    else:
+        print(status_table(statuses, time.time()))
+    return 0
+
+
+def _add_broker_args(p: argparse.ArgumentParser, client_id: str = "cloud-trainer") -> None:
+    p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
+    p.add_argument("--topic-prefix", default=DEFAULT_PREFIX)
+    p.add_argument("--client-id", default=client_id, help="MQTT client id (the certificate's name under TLS)")
+    p.add_argument("--ca-file", default="", help="CA certificate (PEM) for mqtts")
+    p.add_argument("--cert-file", default="", help="client certificate (PEM) for mqtts")
+    p.add_argument("--key-file", default="", help="client private key (PEM) for mqtts")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,14 +190,38 @@ def _parser() -> argparse.ArgumentParser:
                    help="leave per-item explanations out of the graph (int8: ~30%% smaller for large catalogues)")
     p.set_defaults(handler=_export)
 
-    p = sub.add_parser("publish", help="publish a bundle to the fleet over MQTT")
+    p = sub.add_parser("publish", help="publish a bundle to one channel of the fleet over MQTT")
     p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
-    p.add_argument("--topic-prefix", default=DEFAULT_PREFIX)
-    p.add_argument("--ca-file", default="")
-    p.add_argument("--cert-file", default="")
-    p.add_argument("--key-file", default="")
+    p.add_argument("--channel", choices=CHANNELS, default=STABLE)
+    _add_broker_args(p)
     p.set_defaults(handler=_publish)
+
+    p = sub.add_parser("rollout", help="canary first, then stable when the canaries are healthy; abort and "
+                                       "roll the canaries back otherwise")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--canary", required=True, help="comma-separated device ids that must report healthy")
+    p.add_argument("--key", type=Path, help="signing.key: on abort, sign the canaries' rollback instruction")
+    p.add_argument("--soak", type=float, default=30.0, help="seconds every canary must stay healthy")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each phase")
+    p.add_argument("--max-failure-rate", type=float, default=0.0, help="share of canaries allowed to fail")
+    p.add_argument("--max-error-rate", type=float, default=0.01, help="5xx answers per request allowed")
+    _add_broker_args(p)
+    p.set_defaults(handler=_rollout)
+
+    p = sub.add_parser("rollback", help="re-deliver an earlier bundle to every channel as a new signed version")
+    p.add_argument("--bundle", type=Path, required=True, help="the earlier bundle to go back to")
+    p.add_argument("--key", type=Path, required=True, help="signing.key")
+    _add_broker_args(p)
+    p.set_defaults(handler=_rollback)
+
+    p = sub.add_parser("fleet", help="fleet operations")
+    fleet = p.add_subparsers(dest="fleet_command", required=True)
+    p = fleet.add_parser("status", help="every agent: state, channel, version, last update, health")
+    p.add_argument("--fleet", default="default")
+    p.add_argument("--wait", type=float, default=1.0, help="seconds to collect statuses")
+    p.add_argument("--json", action="store_true")
+    _add_broker_args(p, client_id="cloud-trainer-status")
+    p.set_defaults(handler=_fleet_status)
     return parser
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.bundle import MODEL_VARIANTS
-from shared.topics import DEFAULT_PREFIX, check_name
+from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE, check_name
 
 
 class ConfigError(ValueError):
@@ -32,6 +32,8 @@ def _opt(default: Any, doc: str, *, lo: float | None = None, hi: float | None = 
 class AgentSection:
     device_id: str = _opt("edge-1", "Unique device name; MQTT client id and status topic level.")
     fleet: str = _opt("default", "Fleet whose models this agent installs.")
+    channel: str = _opt(STABLE, "Rollout ring: canary agents get new versions before stable ones.",
+                        choices=CHANNELS)
     data_dir: Path = _opt(Path("/var/lib/edge-agent"), "Where models, history and keys live (0700).")
     log_level: str = _opt("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 

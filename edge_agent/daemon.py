@@ -77,6 +77,7 @@ class Agent:
             self.active,
             trusted,
             fleet=config.agent.fleet,
+            device_id=config.agent.device_id,
             max_bundle_bytes=config.model.max_bundle_bytes,
             num_threads=config.model.num_threads,
             on_report=self._on_update,
@@ -87,6 +88,7 @@ class Agent:
                 topic_prefix=config.mqtt.topic_prefix,
                 fleet=config.agent.fleet,
                 device_id=config.agent.device_id,
+                channel=config.agent.channel,
                 ca_file=config.mqtt.ca_file,
                 cert_file=config.mqtt.cert_file,
                 key_file=config.mqtt.key_file,
@@ -132,6 +134,7 @@ class Agent:
         return {
             "device_id": self.config.agent.device_id,
             "fleet": self.config.agent.fleet,
+            "channel": self.config.agent.channel,
             "model_version": model.version if model else None,
             "model_expires": model.manifest.expires if model else None,
             # a model past its manifest's expiry still serves, but the fleet must see it is stale

@@ -45,6 +45,7 @@ class BrokerSettings:
     topic_prefix: str
     fleet: str
     device_id: str
+    channel: str = topics.STABLE
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
@@ -64,7 +65,10 @@ class MqttLink:
         self._stopping = threading.Event()
         self._chunk_subs: list[str] = []  # one subscription per missing chunk of the bundle being received
         prefix, fleet = settings.topic_prefix, settings.fleet
-        self._manifest_topic = topics.manifest_topic(prefix, fleet)
+        rings = topics.followed_channels(settings.channel)
+        self._manifest_topics = {  # topic -> from a later ring than our own
+            topics.manifest_topic(prefix, fleet, ring): ring != settings.channel for ring in rings
+        }
         self._status_topic = topics.status_topic(prefix, fleet, settings.device_id)
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=settings.device_id, protocol=mqtt.MQTTv5
@@ -128,7 +132,7 @@ class MqttLink:
             return
         log.info("connected to broker %s:%s", self._host, self._port)
         self.connected.set()
-        client.subscribe(self._manifest_topic, qos=1)
+        client.subscribe([(topic, 1) for topic in self._manifest_topics])
         self._chunk_subs = []
         self._follow_bundle()  # after a reconnect: what is still missing
         self.publish_status()
@@ -156,10 +160,10 @@ class MqttLink:
                 log.exception("error while handling a message on %s", topic)
 
     def _handle(self, topic: str, payload: bytes) -> None:
-        if topic == self._manifest_topic:
+        if topic in self._manifest_topics:
             if not payload:
                 return  # retained manifest cleared
-            self.updater.on_manifest(payload)
+            self.updater.on_manifest(payload, later_ring=self._manifest_topics[topic])
             self._follow_bundle()
             self.publish_status()
             return

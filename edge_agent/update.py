@@ -41,6 +41,7 @@ class UpdateSession:
         active_version: int | None,
         now: datetime,
         max_bundle_bytes: int,
+        device_id: str | None = None,
     ) -> None:
         self.envelope = envelope
         self.manifest: Manifest = parse_manifest(verify(envelope, trusted_key))
@@ -50,6 +51,7 @@ class UpdateSession:
             active_version=active_version,
             now=now,
             max_bundle_bytes=max_bundle_bytes,
+            device_id=device_id,
         )
         self._missing = {
             (name, i) for name, entry in self.manifest.files.items() for i in range(len(entry.chunks))

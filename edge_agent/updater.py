@@ -70,6 +70,7 @@ class Updater:
         fleet: str,
         max_bundle_bytes: int,
         num_threads: int,
+        device_id: str | None = None,
         on_report: Callable[[UpdateResult], None] = lambda result: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -77,6 +78,7 @@ class Updater:
         self.active = active
         self.trusted_key = trusted_key
         self.fleet = fleet
+        self.device_id = device_id
         self.max_bundle_bytes = max_bundle_bytes
         self.num_threads = num_threads
         self.on_report = on_report
@@ -141,6 +143,7 @@ class Updater:
             active_version=current.version if current else None,
             now=self.clock(),
             max_bundle_bytes=self.max_bundle_bytes,
+            device_id=self.device_id,
         )
         if session.version in self.store.refused():
             raise ModelCrashed(f"version {session.version} crashed the agent while loading before; refused")
@@ -185,19 +188,25 @@ class Updater:
                     self.store.write_chunk(version, name, index * size, chunk)
                     session.reused += 1
 
-    def on_manifest(self, envelope: bytes) -> int | None:
-        """Start receiving the bundle a manifest announces; returns its version, or None if refused."""
+    def on_manifest(self, envelope: bytes, later_ring: bool = False) -> int | None:
+        """Start receiving the bundle a manifest announces; returns its version, or None if refused.
+
+        ``later_ring``: the manifest comes from a ring after the agent's own (a canary agent reading
+        the stable channel), where an older version is normal and not worth reporting.
+        """
         if self.session is not None and envelope == self.session.envelope:
             return self.session.version  # already receiving it (a reconnect, or resumed after a restart)
         try:
             session = self._new_session(envelope)
         except (BundleError, SignatureError) as e:
             if self.active.current is not None and isinstance(e, BundleError) and e.reason == "rollback" and (
-                envelope == self._active_envelope()
+                later_ring or envelope == self._active_envelope()
             ):
-                return None  # the retained manifest of the model we already run
+                return None  # the retained manifest of the model we already run, or of a later ring
             self._report(UpdateResult(None, "rejected", f"{e.reason}: {e}"))
             return None
+        if self.session is not None and self.session.version > session.version:
+            return None  # already receiving a newer version (announced on another ring)
         if self.session is not None and self.session.version != session.version:
             self.store.discard_staging(self.session.version)
         self.store.write_staged_envelope(session.version, envelope)

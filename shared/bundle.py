@@ -53,6 +53,10 @@ class RollbackRejected(BundleError):
     reason = "rollback"
 
 
+class NotTargeted(BundleError):
+    reason = "not_targeted"
+
+
 class TooLarge(BundleError):
     reason = "too_large"
 
@@ -91,6 +95,10 @@ class Manifest:
     model: ModelContract
     training: Mapping[str, object] = field(default_factory=dict)
     schema: str = SCHEMA
+    #: Device ids that may install this version; empty: every device of the fleet.
+    targets: tuple[str, ...] = ()
+    #: Set on a rollback instruction: the earlier version whose files this version re-delivers.
+    rollback_of: int | None = None
 
     @property
     def expires_at(self) -> datetime:
@@ -228,6 +236,12 @@ def parse_manifest(text: str) -> Manifest:
     training = data.get("training", {})
     if not isinstance(training, dict):
         raise MalformedManifest("training must be an object")
+    targets = data.get("targets", [])
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise MalformedManifest("targets must be a list of device ids")
+    rollback_of = data.get("rollback_of")
+    if rollback_of is not None and (not isinstance(rollback_of, int) or isinstance(rollback_of, bool)):
+        raise MalformedManifest("rollback_of must be an integer")
     manifest = Manifest(
         fleet=_str(data, "fleet"),
         version=_int(data, "version"),
@@ -237,6 +251,8 @@ def parse_manifest(text: str) -> Manifest:
         files=files,
         model=model,
         training=training,
+        targets=tuple(targets),
+        rollback_of=rollback_of,
     )
     if manifest.version <= 0:
         raise MalformedManifest("version must be a positive integer")
@@ -263,10 +279,13 @@ def check_acceptable(
     active_version: int | None,
     now: datetime,
     max_bundle_bytes: int,
+    device_id: str | None = None,
 ) -> None:
     """Raise the BundleError that says why this agent must not install ``manifest``."""
     if manifest.fleet != fleet:
         raise WrongFleet(f"bundle is for fleet {manifest.fleet!r}, this agent is in {fleet!r}")
+    if manifest.targets and device_id not in manifest.targets:
+        raise NotTargeted(f"version {manifest.version} targets {len(manifest.targets)} other devices")
     check_contract(manifest.model)
     if _parse_time(manifest.expires, "expires") <= now:
         raise ExpiredManifest(f"manifest expired at {manifest.expires}")

@@ -2,9 +2,12 @@
 
 Layout under a prefix (default ``edge-rec/v1``)::
 
-    <prefix>/<fleet>/manifest                          retained signed manifest of the current model
+    <prefix>/<fleet>/manifest/<channel>                retained signed manifest of the channel's model
     <prefix>/<fleet>/bundle/<version>/<file>/<index>   retained chunk <index> of a bundle file
     <prefix>/<fleet>/status/<device_id>                retained agent status (last will: offline)
+
+Channels are rollout rings: a version goes to ``canary`` first and is promoted to ``stable``.
+Stable agents follow the stable manifest; canary agents follow both and run the newer.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import re
 from urllib.parse import urlparse
 
 DEFAULT_PREFIX = "edge-rec/v1"
+CANARY, STABLE = "canary", "stable"
+#: Rollout rings, earliest first; an agent on a ring also follows every later one.
+CHANNELS = (CANARY, STABLE)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -27,8 +33,15 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
-def manifest_topic(prefix: str, fleet: str) -> str:
-    return f"{prefix}/{check_name(fleet, 'fleet')}/manifest"
+def manifest_topic(prefix: str, fleet: str, channel: str = STABLE) -> str:
+    if channel not in CHANNELS:
+        raise ValueError(f"channel {channel!r} must be one of {', '.join(CHANNELS)}")
+    return f"{prefix}/{check_name(fleet, 'fleet')}/manifest/{channel}"
+
+
+def followed_channels(channel: str) -> tuple[str, ...]:
+    """The channels an agent on ``channel`` takes manifests from: its own and every later ring."""
+    return CHANNELS[CHANNELS.index(channel) :]
 
 
 def bundle_topic(prefix: str, fleet: str, version: int) -> str:
@@ -53,6 +66,11 @@ def parse_chunk_topic(prefix: str, fleet: str, version: int, topic: str) -> tupl
 
 def status_topic(prefix: str, fleet: str, device_id: str) -> str:
     return f"{prefix}/{check_name(fleet, 'fleet')}/status/{check_name(device_id, 'device id')}"
+
+
+def all_statuses_topic(prefix: str, fleet: str) -> str:
+    """Subscription to every agent's status in a fleet."""
+    return f"{prefix}/{check_name(fleet, 'fleet')}/status/+"
 
 
 def parse_broker_url(url: str) -> tuple[str, int, bool]:
