@@ -51,7 +51,8 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> int:
 class Broker:
     """A Mosquitto on a free loopback port, with its own config, persistence and log."""
 
-    def __init__(self, workdir: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, port: int | None = None, config: Path | None = None) -> None:
+        """A plain anonymous listener, or with ``config`` (and its ``port``) any Mosquitto setup."""
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(exe):
             raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto")
@@ -59,11 +60,12 @@ class Broker:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.log = self.dir / "mosquitto.log"
-        config = self.dir / "mosquitto.conf"
-        config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {self.log}\n" + ("user root\n" if os.geteuid() == 0 else "")
-        )
+        if config is None:
+            config = self.dir / "mosquitto.conf"
+            config.write_text(
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                f"log_dest file {self.log}\n" + ("user root\n" if os.geteuid() == 0 else "")
+            )
         self.proc = subprocess.Popen([exe, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_for_port(self.port, 10, self.proc)
 
