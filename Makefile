@@ -59,6 +59,7 @@ wrk:
 bench: $(STAMP) mosquitto wrk
 	$(PY) bench/history.py
 	$(PY) bench/serving.py
+	$(PY) bench/fleet.py
 
 clean:
 	rm -rf $(VENV) var demo-work .pytest_cache .mypy_cache .ruff_cache
