@@ -46,6 +46,8 @@ class ModelSection:
     variant: str = _opt("int8", "Model variant this box runs.", choices=MODEL_VARIANTS)
     num_threads: int = _opt(1, "Interpreter threads.", lo=1, hi=16)
     max_bundle_bytes: int = _opt(256 * 1024 * 1024, "Largest bundle accepted.", lo=1024, hi=4 * 1024**3)
+    trial_s: int = _opt(300, "A new model is rolled back if the agent dies 3 times within this many seconds "
+                             "of serving it.", lo=5, hi=86_400)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ class Agent:
             max_bundle_bytes=config.model.max_bundle_bytes,
             num_threads=config.model.num_threads,
             on_report=self._on_update,
+            trial_s=config.model.trial_s,
         )
         self.link = MqttLink(
             BrokerSettings(
@@ -156,12 +157,20 @@ class Agent:
         self.link.start()
         self._sweeper = threading.Thread(target=self._sweep_history, name="history-retention", daemon=True)
         self._sweeper.start()
+        threading.Thread(target=self._commit_trials, name="model-trial", daemon=True).start()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
             self._server.run()
         finally:
             self.shutdown()
+
+    def _commit_trials(self) -> None:
+        while not self._stopping.wait(1.0):
+            try:
+                self.updater.commit_if_due()
+            except OSError:
+                log.exception("could not end the model's trial; will retry")
 
     def _sweep_history(self) -> None:
         while not self._stopping.is_set():

@@ -8,7 +8,8 @@ Layout under ``<data_dir>/models``::
     versions/<version>/manifest.envelope
     active.json                    {"version": N, "previous": M}, replaced atomically
     loading.json                   {"version": N, "attempts": K} while a new model is loaded
-    refused.json                   [N, ...] versions that killed the agent while loading
+    refused.json                   [N, ...] versions that killed the agent while loading or on trial
+    trial.json                     {"version": N, "starts": K} until version N has served its trial
 
 A kill -9 at any moment leaves ``active.json`` naming a complete version (or none yet).
 """
@@ -143,6 +144,30 @@ class ModelStore:
             return int(marker["version"]), int(marker["attempts"])
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
+
+    def start_trial(self, version: int) -> None:
+        write_atomic(self.root / "trial.json", json.dumps({"version": version, "starts": 0}).encode())
+
+    def count_trial_start(self, version: int) -> int | None:
+        """Starts of ``version`` while on trial, this one included; None when it is not on trial."""
+        try:
+            marker = json.loads((self.root / "trial.json").read_bytes())
+            if marker.get("version") != version:
+                return None
+            starts = int(marker.get("starts", 0)) + 1
+        except (FileNotFoundError, ValueError, AttributeError, TypeError):
+            return None
+        write_atomic(self.root / "trial.json", json.dumps({"version": version, "starts": starts}).encode())
+        return starts
+
+    def trial_version(self) -> int | None:
+        try:
+            return int(json.loads((self.root / "trial.json").read_bytes())["version"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def end_trial(self) -> None:
+        (self.root / "trial.json").unlink(missing_ok=True)
 
     def refused(self) -> set[int]:
         try:

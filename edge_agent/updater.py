@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 #: A model whose loading was interrupted this many times (the process died: a crash in the
 #: interpreter, the OOM killer, power) is refused from then on, so the agent cannot crash-loop.
 MAX_LOAD_ATTEMPTS = 2
+#: A newly activated model is on trial until it has served ``trial_s`` seconds. If the agent starts
+#: this many times while it is on trial (it died: a crash in the interpreter while serving, the OOM
+#: killer), the model is refused and the previous one takes over: an automatic rollback.
+MAX_TRIAL_STARTS = 3
 
 
 @dataclass
@@ -73,6 +77,7 @@ class Updater:
         device_id: str | None = None,
         on_report: Callable[[UpdateResult], None] = lambda result: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        trial_s: float = 300.0,
     ) -> None:
         self.store = store
         self.active = active
@@ -84,7 +89,9 @@ class Updater:
         self.on_report = on_report
         self.clock = clock
         self.session: UpdateSession | None = None
-        self._lock = threading.Lock()
+        self.trial_s = trial_s
+        self._trial_since: float | None = None  # monotonic start of the current model's trial
+        self._lock = threading.Lock()  # guards the trial marker (the daemon commits from its own thread)
 
     def _report(self, result: UpdateResult) -> None:
         self.active.last_update = result
@@ -121,6 +128,17 @@ class Updater:
 
     def _boot_installed(self) -> None:
         version, previous = self.store.pointer()
+        starts = self.store.count_trial_start(version) if version is not None else None
+        if version is not None and starts is not None and starts >= MAX_TRIAL_STARTS:
+            self.store.refuse(version)
+            self.store.end_trial()
+            if previous is not None:
+                self.store.set_active(previous, None)
+            self._report(UpdateResult(version, "failed", f"crashed: the agent stopped {starts} times while "
+                                                         f"version {version} was on trial; rolled back to {previous}"))
+            version, previous = previous, None
+        elif starts is not None:
+            self._trial_since = time.monotonic()
         for candidate in (version, previous):
             if candidate is None:
                 continue
@@ -133,6 +151,18 @@ class Updater:
             except (OSError, BundleError, SignatureError, ModelLoadError) as e:
                 log.error("installed model version %s is unusable: %s", candidate, e)
         log.info("no installed model yet; waiting for the first bundle")
+
+    def commit_if_due(self) -> bool:
+        """End the trial of the serving model once it has served ``trial_s`` seconds; True if it did."""
+        with self._lock:
+            current = self.active.current
+            if self._trial_since is None or current is None or time.monotonic() - self._trial_since < self.trial_s:
+                return False
+            if self.store.trial_version() == current.version:
+                self.store.end_trial()
+                log.info("model version %s passed its %gs trial", current.version, self.trial_s)
+            self._trial_since = None
+            return True
 
     def _new_session(self, envelope: bytes) -> UpdateSession:
         current = self.active.current
@@ -262,7 +292,10 @@ class Updater:
             return
         previous = self.active.current.version if self.active.current else None
         self.store.promote(version, session.envelope)
-        self.store.set_active(version, previous)
+        with self._lock:
+            self.store.set_active(version, previous)
+            self.store.start_trial(version)
+            self._trial_since = time.monotonic()
         self.store.end_load()
         self.active.current = model
         session.activated()

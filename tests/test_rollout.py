@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from cloud_trainer.rollout import CanaryJudge, Decision, RolloutPolicy
 from devtools.processes import AgentProcess, Broker
 from devtools.processes import broker as local_broker
 from harness import ROOT, fresh_bundle, get_json, manifest_of, resigned, start_agent, wait_for
+from shared import topics
 from shared.bundle import CATALOG_FILE, ENVELOPE_FILE
 
 # -- the verdicts, pure ------------------------------------------------------------------------
@@ -165,3 +168,29 @@ def test_a_version_targeted_at_one_device_installs_only_there(small_fleet: Small
     assert wait_for(lambda: small_fleet.serving("s-2") == 1005, 20)
     assert wait_for(lambda: "not_targeted" in str(small_fleet.statuses()["s-1"]["last_update"]), 20)
     assert small_fleet.serving("s-1") == 1004 and small_fleet.serving("c-1") == 1004
+
+
+def test_the_broker_keeps_chunks_only_of_versions_a_channel_names(small_fleet: SmallFleet) -> None:
+    named: dict[str, int] = {}
+    retained_versions: set[int] = set()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="inspector", protocol=mqtt.MQTTv5)
+
+    def on_message(c: object, u: object, message: mqtt.MQTTMessage) -> None:
+        parts = message.topic.split("/")
+        if "bundle" in parts and message.payload:
+            retained_versions.add(int(parts[parts.index("bundle") + 1]))
+        elif "manifest" in parts and message.payload:
+            named[parts[-1]] = json.loads(json.loads(message.payload)["signed"])["version"]
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", small_fleet.broker.port)
+    client.subscribe(f"{topics.DEFAULT_PREFIX}/default/#", qos=1)
+    client.loop_start()
+    try:
+        assert wait_for(lambda: len(named) == 2, 10)
+        time.sleep(1)  # every retained chunk delivered
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    assert named == {"canary": 1004, "stable": 1005}  # after the tests above
+    assert retained_versions == set(named.values())  # 1000-1003 were cleared as they were superseded

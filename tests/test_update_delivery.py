@@ -257,3 +257,38 @@ def test_a_model_that_kills_the_agent_while_loading_is_refused_after_two_attempt
     for name, index, _, data in chunk_messages(int8_bundle):
         other.on_chunk(1000, name, index, data)
     assert other.active.current is not None and other.store.interrupted_load() is None
+
+
+def test_a_model_that_keeps_killing_the_agent_on_trial_is_rolled_back_and_a_committed_one_is_not(
+    broker: Broker, int8_bundle: Path, keys: Path, tmp_path: Path
+) -> None:
+    """kill -9 stands in for a crash in the interpreter while serving (what systemd would restart)."""
+    publish(int8_bundle, broker)
+    work_short, work_long = tmp_path / "short-trial", tmp_path / "long-trial"
+    work_short.mkdir()
+    work_long.mkdir()
+    on_trial = start_agent(broker.url, keys, work_long, "model.trial_s=600", 'agent.device_id="long"')
+    committed = start_agent(broker.url, keys, work_short, "model.trial_s=5", 'agent.device_id="short"')
+    try:
+        on_trial.wait_ready(60)
+        committed.wait_ready(60)
+        publish(fresh_bundle(int8_bundle, keys, tmp_path, 1001), broker)
+        assert wait_for(lambda: serving(on_trial) == 1001 and serving(committed) == 1001, 30)
+        time.sleep(6)  # the short trial ends: version 1001 is committed on that agent
+        for death in range(3):
+            kill_9(on_trial)
+            kill_9(committed)
+            on_trial = start_agent(broker.url, keys, work_long, "model.trial_s=600", 'agent.device_id="long"')
+            committed = start_agent(broker.url, keys, work_short, "model.trial_s=5", 'agent.device_id="short"')
+            on_trial.wait_ready(60)
+            committed.wait_ready(60)
+            assert serving(committed) == 1001
+            assert serving(on_trial) == (1001 if death < 2 else 1000)
+        last = get_json(on_trial, "/v1/model")[1]["last_update"]
+        assert last["result"] in ("failed", "rejected") and last["reason"].startswith("crashed:"), last
+        assert "rolled back to 1000" in on_trial.log()
+        time.sleep(1)  # the retained v1001 manifest arrived again, and was refused
+        assert serving(on_trial) == 1000 and serving(committed) == 1001
+    finally:
+        on_trial.stop()
+        committed.stop()
