@@ -55,11 +55,26 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         events=str(args.events), items=str(args.items) if args.items else None, dim=args.dim,
         history_length=args.history_length, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, seed=args.seed,
+        learning_rate=args.learning_rate, seed=args.seed, test_from=args.test_from,
     )
+    if args.test_from:
+        from cloud_trainer.evaluation import cut_time
+
+        cut_time(args.test_from)  # a bad date is an error now, not after reading the data
     metrics = train(config, args.out)
     print(json.dumps({k: metrics[k] for k in ("users", "items", "examples", "loss", "train_seconds")}))
     print(f"run directory: {args.out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cloud_trainer.evaluate_run import evaluate_run
+
+    report = evaluate_run(args.run, args.events, args.test_from)
+    table = report.table()
+    print(table)
+    if args.out:
+        args.out.write_text(table)
     return 0
 
 
@@ -175,7 +190,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--learning-rate", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--test-from", help="YYYY-MM-DD (UTC): train only on earlier events; evaluate on the rest")
     p.set_defaults(handler=_train)
+
+    p = sub.add_parser("evaluate", help="Recall/NDCG/coverage of a run and of the baselines on the held-out period")
+    p.add_argument("--events", type=Path, required=True, help="the same events table the run was trained from")
+    p.add_argument("--run", type=Path, help="run directory (trained with --test-from); baselines only without")
+    p.add_argument("--test-from", help="YYYY-MM-DD; default: the run's")
+    p.add_argument("--out", type=Path, help="also write the table (Markdown) here")
+    p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser("export", help="export a run to a signed TFLite bundle")
     p.add_argument("--run", type=Path, required=True, help="run directory from train")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cloud_trainer.dataset import build_training_set, popularity
+from cloud_trainer.evaluation import cut_time, train_period
 from cloud_trainer.events_io import read_events, read_items
 from shared.catalog import Catalog, CatalogItem
 
@@ -39,6 +40,7 @@ class TrainConfig:
     l2: float = 1e-6
     seed: int = 7
     calibration_histories: int = 512
+    test_from: str | None = None  # YYYY-MM-DD (UTC): hold out events from then on for `evaluate`
 
 
 def _seed(seed: int) -> None:
@@ -60,6 +62,9 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
     run_dir.mkdir(parents=True, exist_ok=True)
     table = read_events(Path(config.events))
     log.info("events: %s", table.report.summary())
+    if config.test_from:
+        table = train_period(table, cut_time(config.test_from))
+        log.info("holding out events from %s on: training on %d events", config.test_from, len(table.user))
     metadata: dict[str, CatalogItem] = {}
     if config.items:
         metadata, item_report = read_items(Path(config.items))

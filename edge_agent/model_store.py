@@ -10,6 +10,7 @@ Layout under ``<data_dir>/models``::
     loading.json                   {"version": N, "attempts": K} while a new model is loaded
     refused.json                   [N, ...] versions that killed the agent while loading or on trial
     trial.json                     {"version": N, "starts": K} until version N has served its trial
+    trash/                         versions being deleted (renamed here first, then removed)
 
 A kill -9 at any moment leaves ``active.json`` naming a complete version (or none yet).
 """
@@ -20,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from edge_agent.durable_files import fsync_dir, write_atomic
@@ -97,8 +99,8 @@ class ModelStore:
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         target = self.versions / str(int(version))
-        if target.exists():
-            shutil.rmtree(target)
+        if target.exists():  # left by a kill after this rename but before active.json named it
+            self.prune(keep={v for v in self._installed() if v != version})
         os.replace(staged, target)
         fsync_dir(self.versions)
 
@@ -178,7 +180,15 @@ class ModelStore:
     def refuse(self, version: int) -> None:
         write_atomic(self.root / "refused.json", json.dumps(sorted(self.refused() | {version})).encode())
 
+    def _installed(self) -> set[int]:
+        return {int(d.name) for d in self.versions.iterdir() if d.name.isdigit()}
+
     def prune(self, keep: set[int]) -> None:
+        """Delete versions not in ``keep``: each is first renamed out of versions/ in one step, so a
+        kill in the middle never leaves a half-deleted version where installed ones live."""
+        trash = self.root / "trash"
+        trash.mkdir(exist_ok=True, mode=0o700)
         for d in self.versions.iterdir():
             if d.name.isdigit() and int(d.name) not in keep:
-                shutil.rmtree(d, ignore_errors=True)
+                os.replace(d, trash / f"{d.name}-{os.getpid()}-{time.monotonic_ns()}")
+        shutil.rmtree(trash, ignore_errors=True)

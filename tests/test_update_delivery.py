@@ -100,18 +100,22 @@ def test_download_resumes_after_kill_9_and_fetches_only_the_missing_chunks(
         agent.stop()
 
 
-def _installed_versions_verify(work: Path, trusted: Ed25519PublicKey) -> list[int]:
+def _pointed_versions_verify(work: Path, trusted: Ed25519PublicKey) -> tuple[int, int | None]:
+    """(active, previous) as models/active.json names them; both complete and genuine."""
     from shared.bundle import sha256_hex
     from shared.signing import verify
 
-    versions = []
-    for folder in (work / "agent" / "models" / "versions").iterdir():
+    pointer = json.loads((work / "agent" / "models" / "active.json").read_bytes())
+    for version in (pointer["version"], pointer["previous"]):
+        if version is None:
+            continue
+        folder = work / "agent" / "models" / "versions" / str(version)
         verify((folder / ENVELOPE_FILE).read_bytes(), trusted)
         manifest = manifest_of(folder)
+        assert manifest.version == version
         for name, entry in manifest.files.items():
             assert sha256_hex((folder / name).read_bytes()) == entry.sha256
-        versions.append(manifest.version)
-    return sorted(versions)
+    return pointer["version"], pointer["previous"]
 
 
 def test_kill_9_at_any_moment_of_an_update_leaves_an_agent_on_the_old_or_the_new_model(
@@ -132,10 +136,10 @@ def test_kill_9_at_any_moment_of_an_update_leaves_an_agent_on_the_old_or_the_new
             trainer.publish(MANIFEST_TOPIC, (bundle / ENVELOPE_FILE).read_bytes())
             time.sleep(delay)
             kill_9(agent)
+            assert _pointed_versions_verify(tmp_path, trusted)[0] in (old, new)  # what the kill left on disk
             agent = start_agent(broker.url, keys, tmp_path)
             agent.wait_ready(60)  # never without a model
             assert serving(agent) in (old, new)
-            assert old in _installed_versions_verify(tmp_path, trusted)  # and every installed one verifies
             restarted = agent
             assert wait_for(lambda: serving(restarted) == new, 20), agent.log()  # noqa: B023 - called at once
             old = new

@@ -1,0 +1,213 @@
+"""The evaluation protocol every quality figure of this project uses, and the baselines (pure numpy).
+
+- Time split: train on events before the cut, test on events from the cut on. Only items seen in
+  training can be ranked; item indices are those of :func:`train_period` (the model's too).
+- Test users: at least one purchase in training and one test-period purchase of a known item.
+- Full ranking over every training item, never sampled negatives.
+- Mode ``all``: targets are the distinct items a user bought in the test period (repeats count).
+  Mode ``new``: targets are test items the user never bought before; the items they bought before
+  are excluded from the ranking.
+- Recall@K = hits / min(K, |targets|); NDCG@K with binary gains; coverage@20 = distinct items in
+  all top-20 lists / items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from cloud_trainer.events_io import KIND_CODES, EventTable
+from shared.events import EventKind
+
+PURCHASE = KIND_CODES[EventKind.PURCHASE]
+RECALL_AT = (10, 20, 50)
+NDCG_AT = (10, 20)
+MODES = ("all", "new")
+
+
+def cut_time(day: str) -> float:
+    """Epoch seconds of midnight UTC starting ``day`` (YYYY-MM-DD)."""
+    try:
+        return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        raise ValueError(f"{day!r} is not a date like 2011-11-09") from None
+
+
+def train_period(table: EventTable, cut: float) -> EventTable:
+    """The events before ``cut``, with user and item vocabularies of that period only."""
+    keep = table.timestamp < cut
+    if not keep.any():
+        raise ValueError("no events before the cut")
+    users, user = np.unique(table.user[keep], return_inverse=True)
+    items, item = np.unique(table.item[keep], return_inverse=True)
+    report = table.report
+    return EventTable(
+        user_ids=[table.user_ids[u] for u in users], item_ids=[table.item_ids[i] for i in items],
+        user=user.astype(np.int32), item=item.astype(np.int32), kind=table.kind[keep],
+        timestamp=table.timestamp[keep], report=report,
+    )
+
+
+@dataclass
+class Split:
+    train: EventTable  # the training period, own vocabularies (see train_period)
+    users: list[str]  # test users
+    history: list[np.ndarray]  # per test user: row indices into train, in time order
+    targets: dict[str, list[set[int]]]  # mode -> per test user: target item indices
+    bought_before: list[set[int]]  # per test user: items bought in training (excluded in mode new)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.train.item_ids)
+
+
+def split(table: EventTable, cut: float) -> Split:
+    train = train_period(table, cut)
+    item_index = {item_id: n for n, item_id in enumerate(train.item_ids)}
+    user_index = {user_id: n for n, user_id in enumerate(train.user_ids)}
+    order = np.lexsort((train.timestamp, train.user))
+    bounds = np.searchsorted(train.user[order], np.arange(len(train.user_ids) + 1))
+    test_purchases: dict[int, set[int]] = {}
+    test = (table.timestamp >= cut) & (table.kind == PURCHASE)
+    for u, i in zip(table.user[test].tolist(), table.item[test].tolist(), strict=True):
+        known_user = user_index.get(table.user_ids[u])
+        known_item = item_index.get(table.item_ids[i])
+        if known_user is not None and known_item is not None:
+            test_purchases.setdefault(known_user, set()).add(known_item)
+    result = Split(train, [], [], {mode: [] for mode in MODES}, [])
+    for u in sorted(test_purchases):
+        rows = order[bounds[u] : bounds[u + 1]]
+        bought = set(train.item[rows[train.kind[rows] == PURCHASE]].tolist())
+        if not bought:
+            continue
+        result.users.append(train.user_ids[u])
+        result.history.append(rows)
+        result.bought_before.append(bought)
+        result.targets["all"].append(test_purchases[u])
+        result.targets["new"].append(test_purchases[u] - bought)
+    return result
+
+
+def top_k(scores: np.ndarray, k: int, exclude: list[set[int]] | None = None) -> np.ndarray:
+    """[users, k] item indices by descending score (ties: lower index first); excluded items never."""
+    scores = np.array(scores, dtype=np.float64)
+    if exclude is not None:
+        for row, items in enumerate(exclude):
+            scores[row, list(items)] = -np.inf
+    part = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+def recall_ndcg(ranked: np.ndarray, targets: list[set[int]]) -> dict[str, float]:
+    """Mean Recall@K and NDCG@K over the users with targets (users without any are skipped)."""
+    discounts = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
+    sums = {f"recall@{k}": 0.0 for k in RECALL_AT} | {f"ndcg@{k}": 0.0 for k in NDCG_AT}
+    users = 0
+    for row, wanted in zip(ranked, targets, strict=True):
+        if not wanted:
+            continue
+        users += 1
+        hits = np.fromiter((int(i) in wanted for i in row), dtype=bool, count=len(row))
+        for k in RECALL_AT:
+            sums[f"recall@{k}"] += hits[:k].sum() / min(k, len(wanted))
+        for k in NDCG_AT:
+            ideal = discounts[: min(k, len(wanted))].sum()
+            sums[f"ndcg@{k}"] += (hits[:k] * discounts[:k]).sum() / ideal
+    return {name: round(total / users, 4) if users else 0.0 for name, total in sums.items()} | {"users": users}
+
+
+def evaluate(scores: np.ndarray, data: Split) -> dict[str, dict[str, float]]:
+    """Both modes' metrics for a [test users, items] score matrix (higher is better)."""
+    k = max(RECALL_AT)
+    results = {}
+    for mode in MODES:
+        ranked = top_k(scores, k, data.bought_before if mode == "new" else None)
+        metrics = recall_ndcg(ranked, data.targets[mode])
+        metrics["coverage@20"] = round(len(np.unique(ranked[:, :20])) / data.num_items, 4)
+        results[mode] = metrics
+    return results
+
+
+# -- baselines ---------------------------------------------------------------------------------
+
+def _purchase_matrix(data: Split) -> np.ndarray:
+    """[train users, items] 1.0 where the user bought the item in training."""
+    train = data.train
+    bought = train.kind == PURCHASE
+    x = np.zeros((len(train.user_ids), data.num_items), dtype=np.float64)
+    x[train.user[bought], train.item[bought]] = 1.0
+    return x
+
+
+def _test_rows(data: Split) -> np.ndarray:
+    index = {user_id: n for n, user_id in enumerate(data.train.user_ids)}
+    return np.array([index[u] for u in data.users])
+
+
+def popularity_scores(data: Split) -> np.ndarray:
+    """Purchases per item in training (distinct buyers), the same for every user."""
+    counts = _purchase_matrix(data).sum(axis=0)
+    return np.tile(counts, (len(data.users), 1))
+
+
+def repeat_purchase_scores(data: Split) -> np.ndarray:
+    """The user's own past purchases first (most often bought first), then popularity."""
+    train = data.train
+    popularity = popularity_scores(data)[0]
+    scores = np.tile(popularity / (popularity.max() + 1.0), (len(data.users), 1))
+    for row, rows in enumerate(data.history):
+        bought = rows[train.kind[rows] == PURCHASE]
+        np.add.at(scores[row], train.item[bought], 1.0)
+    return scores
+
+
+def item_knn_scores(data: Split) -> np.ndarray:
+    """Item-to-item cosine similarity on training purchases; a user's score sums their items' rows."""
+    x = _purchase_matrix(data)
+    norms = np.sqrt(x.sum(axis=0))
+    norms[norms == 0] = 1.0
+    similarity = (x.T @ x) / np.outer(norms, norms)
+    np.fill_diagonal(similarity, 0.0)
+    return x[_test_rows(data)] @ similarity
+
+
+def ease_scores(data: Split, lam: float = 200.0) -> np.ndarray:
+    """EASE (Steck 2019): a closed-form item-item model with a zero diagonal."""
+    x = _purchase_matrix(data)
+    gram = x.T @ x
+    gram[np.diag_indices_from(gram)] += lam
+    inverse = np.linalg.inv(gram)
+    weights = -inverse / np.diag(inverse)
+    np.fill_diagonal(weights, 0.0)
+    return x[_test_rows(data)] @ weights
+
+
+BASELINES: dict[str, Callable[[Split], np.ndarray]] = {
+    "popularity": popularity_scores,
+    "repeat-purchase": repeat_purchase_scores,
+    "item-kNN (cosine)": item_knn_scores,
+    "EASE (lambda 200)": ease_scores,
+}
+
+
+@dataclass
+class Report:
+    rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # name -> mode -> metrics
+
+    def table(self) -> str:
+        columns = [f"recall@{k}" for k in RECALL_AT] + [f"ndcg@{k}" for k in NDCG_AT] + ["coverage@20", "users"]
+        lines = []
+        for mode in MODES:
+            lines.append(f"mode {mode}")
+            lines.append("| " + " | ".join(["model", *columns]) + " |")
+            lines.append("|" + " --- |" * (len(columns) + 1))
+            for name, modes in self.rows.items():
+                cells = [str(modes[mode][c]) for c in columns]
+                lines.append("| " + " | ".join([name, *cells]) + " |")
+            lines.append("")
+        return "\n".join(lines)
