@@ -51,9 +51,17 @@ def _error(status: int, code: str, message: str) -> tuple[Response, int]:
     return jsonify({"error": {"code": code, "message": message}}), status
 
 
+def _arg(name: str) -> str | None:
+    """A query parameter given at most once (None when absent)."""
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        raise ApiError(400, "invalid_parameter", f"give {name} once")
+    return values[0] if values else None
+
+
 def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
+    raw = _arg(name)
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -65,15 +73,20 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
 
 
 def _identifier(raw: object, name: str) -> str:
+    """An id or category as the API takes it: like the data files, but surrounding whitespace is
+    an error here rather than trimmed (the OpenAPI pattern says so)."""
     try:
-        return parse_identifier(raw, name)
+        value = parse_identifier(raw, name)
     except EventError as e:
         raise ApiError(400, "invalid_parameter", str(e)) from None
+    if value != raw:
+        raise ApiError(400, "invalid_parameter", f"{name} has surrounding whitespace")
+    return value
 
 
 def _text_arg(name: str) -> str | None:
-    raw = request.args.get(name)
-    return None if raw is None or raw == "" else _identifier(raw, name)
+    raw = _arg(name)
+    return None if raw is None else _identifier(raw, name)
 
 
 def _item_json(r: Recommendation) -> dict[str, object]:
@@ -138,7 +151,11 @@ def create_app(services: Services) -> Flask:
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException) -> Any:
         code = (e.name or "error").lower().replace(" ", "_")
-        return _error(e.code or 500, code, e.description or code)
+        response, status = _error(e.code or 500, code, e.description or code)
+        for name, value in e.get_headers():  # e.g. Allow on 405 (RFC 9110)
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(Exception)
     def unexpected(e: Exception) -> Any:
@@ -199,17 +216,19 @@ def create_app(services: Services) -> Flask:
             if not isinstance(raw, dict):
                 raise ApiError(400, "invalid_event", f"events[{n}] must be an object")
             try:
-                events.append(
-                    parse_event(raw.get("user_id"), raw.get("item_id"), raw.get("event"),
-                                raw.get("timestamp", time.time()))
-                )
+                event = parse_event(raw.get("user_id"), raw.get("item_id"), raw.get("event"),
+                                    raw.get("timestamp", time.time()))
             except EventError as e:
                 raise ApiError(400, "invalid_event", f"events[{n}]: {e}") from None
+            if (event.user_id, event.item_id) != (raw.get("user_id"), raw.get("item_id")):
+                raise ApiError(400, "invalid_event", f"events[{n}]: ids must be strings without surrounding "
+                                                     "whitespace")
+            events.append(event)
         stored = services.history.append(events)
         metrics.events.inc(stored)
         return jsonify({"accepted": stored}), 200
 
-    @app.get("/v1/users/<path:user_id>/history")
+    @app.get("/v1/users/<user_id>/history")
     def user_history(user_id: str) -> Any:
         user_id = _identifier(user_id, "user_id")
         events = services.history.recent(user_id, services.max_history)
@@ -223,17 +242,18 @@ def create_app(services: Services) -> Flask:
             }
         )
 
-    @app.delete("/v1/users/<path:user_id>")
+    @app.delete("/v1/users/<user_id>")
     def delete_user(user_id: str) -> Any:
         user_id = _identifier(user_id, "user_id")
         return jsonify({"user_id": user_id, "deleted": services.history.delete_user(user_id)})
 
     @app.get("/v1/recommendations")
     def recommendations() -> Any:
-        user_id = _identifier(request.args.get("user_id", ""), "user_id")
+        user_id = _identifier(_arg("user_id") or "", "user_id")
         k = _int_arg("k", 10, 1, services.max_k)
+        raw_exclude = _arg("exclude")
         try:
-            exclude = Exclude(request.args.get("exclude", "none"))
+            exclude = Exclude("none" if raw_exclude is None else raw_exclude)
         except ValueError:
             raise ApiError(400, "invalid_parameter", "exclude must be none, purchased or seen") from None
         category = _text_arg("category")

@@ -54,14 +54,22 @@ def parse_kind(value: object) -> EventKind:
         raise EventError(f"event must be one of {allowed}, got {str(value)[:40]!r}") from None
 
 
+#: What an identifier may not contain: C0 and C1 control characters.
+CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"  # a regular-expression character range
+
+
 def parse_identifier(value: object, field: str) -> str:
+    """A user id, item id or category: 1-128 characters after trimming surrounding whitespace, no
+    control characters, and (user ids) no '/', so every user can be addressed in a URL path."""
     text = "" if value is None else str(value).strip()
     if not text:
         raise EventError(f"{field} is empty")
     if len(text) > MAX_ID_LENGTH:
         raise EventError(f"{field} is longer than {MAX_ID_LENGTH} characters")
-    if not text.isprintable():
+    if any(c < " " or "\x7f" <= c <= "\x9f" for c in text):
         raise EventError(f"{field} contains control characters")
+    if field == "user_id" and "/" in text:
+        raise EventError("user_id contains '/'")
     return text
 
 

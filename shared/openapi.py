@@ -10,11 +10,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from shared.events import MAX_ID_LENGTH, EventKind
+from shared.events import CONTROL_CHARACTERS, MAX_ID_LENGTH, EventKind
 
 API_VERSION = "1.0.0"
 
-_ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
+_PATTERN = f"^[^\\s{CONTROL_CHARACTERS}]([^{CONTROL_CHARACTERS}]*[^\\s{CONTROL_CHARACTERS}])?$"
+_ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": _PATTERN}
+_USER_ID = {**_ID, "pattern": _PATTERN.replace("[^", "[^/"), "description": "No '/': user ids appear in URL paths."}
 _TIMESTAMP_IN = {
     "description": "ISO-8601 time (naive means UTC) or epoch seconds; defaults to now.",
     "oneOf": [{"type": "string"}, {"type": "number", "minimum": 0, "maximum": 32503680000}],
@@ -39,7 +41,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["user_id", "item_id", "event"],
         "properties": {
-            "user_id": _ID,
+            "user_id": _USER_ID,
             "item_id": _ID,
             "event": {"type": "string", "enum": [k.value for k in EventKind]},
             "timestamp": _TIMESTAMP_IN,
@@ -168,7 +170,7 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _UNAUTHORIZED = _error("Missing or wrong bearer token.")
-_USER_IN_PATH = {"name": "user_id", "in": "path", "required": True, "schema": _ID}
+_USER_IN_PATH = {"name": "user_id", "in": "path", "required": True, "schema": _USER_ID}
 
 _PATHS: dict[str, Any] = {
     "/healthz": {
@@ -228,7 +230,7 @@ _PATHS: dict[str, Any] = {
         "get": {
             "summary": "Personalised top-k items for a shopper.",
             "parameters": [
-                {"name": "user_id", "in": "query", "required": True, "schema": _ID},
+                {"name": "user_id", "in": "query", "required": True, "schema": _USER_ID},
                 {"name": "k", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
                  "description": "At most api.max_k (default 100)."},
