@@ -44,6 +44,11 @@ class _Canary:
     errors_at_start: tuple[int, int] | None = None  # (requests, server errors) when first on the version
 
 
+def _errors(health: Mapping[str, Any]) -> int:
+    """5xx answers plus answers where the model returned garbage (popular items were served)."""
+    return int(health.get("server_errors", 0)) + int(health.get("model_errors", 0))
+
+
 class CanaryJudge:
     def __init__(self, version: int, canaries: list[str], policy: RolloutPolicy, started: float) -> None:
         if not canaries:
@@ -66,9 +71,9 @@ class CanaryJudge:
         health = status.get("health") or {}
         if canary.errors_at_start is not None and status.get("model_version") == self.version:
             requests = int(health.get("requests", 0)) - canary.errors_at_start[0]
-            errors = int(health.get("server_errors", 0)) - canary.errors_at_start[1]
+            errors = _errors(health) - canary.errors_at_start[1]
             if errors > 0 and errors > self.policy.max_server_error_rate * max(requests, 1):
-                return f"{errors} server errors in {requests} requests on version {self.version}"
+                return f"{errors} server or model errors in {requests} requests on version {self.version}"
         return None
 
     def judge(self, statuses: Mapping[str, Mapping[str, Any]], now: float) -> Verdict:
@@ -91,7 +96,7 @@ class CanaryJudge:
             if canary.healthy_since is None:
                 health = status.get("health") or {}
                 canary.healthy_since = now
-                canary.errors_at_start = (int(health.get("requests", 0)), int(health.get("server_errors", 0)))
+                canary.errors_at_start = (int(health.get("requests", 0)), _errors(health))
             if now - canary.healthy_since >= self.policy.soak_s:
                 verdict.healthy.append(device)
             else:

@@ -19,6 +19,7 @@ class RequestHealth:
         self._recent: deque[float] = deque(maxlen=window)  # seconds
         self.requests = 0
         self.server_errors = 0  # 5xx answers
+        self.model_errors = 0  # answers where the model returned garbage and popular items were served
 
     def observe(self, seconds: float, status: int) -> None:
         with self._lock:
@@ -27,14 +28,19 @@ class RequestHealth:
             if status >= 500:
                 self.server_errors += 1
 
+    def model_failed(self) -> None:
+        with self._lock:
+            self.model_errors += 1
+
     def snapshot(self) -> dict[str, object]:
         """Totals since start, and p50/p99 in ms over the last :data:`WINDOW` requests (None if none)."""
         with self._lock:
             recent = sorted(self._recent)
-            requests, errors = self.requests, self.server_errors
+            requests, errors, model_errors = self.requests, self.server_errors, self.model_errors
         if not recent:
             p50 = p99 = None
         else:
             p50 = round(recent[len(recent) // 2] * 1000, 3)
             p99 = round(recent[min(len(recent) - 1, int(0.99 * len(recent)))] * 1000, 3)
-        return {"requests": requests, "server_errors": errors, "p50_ms": p50, "p99_ms": p99}
+        return {"requests": requests, "server_errors": errors, "model_errors": model_errors, "p50_ms": p50,
+                "p99_ms": p99}

@@ -263,6 +263,10 @@ def create_app(services: Services) -> Flask:
         history = services.history.recent(user_id, model.history_length)
         result = recommend(model, history, k, exclude, category)
         metrics.recommendations.labels("fallback" if result.fallback else "model").inc()
+        if result.model_failed:
+            metrics.model_errors.inc()
+            metrics.health.model_failed()
+            log.error("model version %s answered a query with garbage; served popular items", model.version)
         return jsonify(
             {
                 "user_id": user_id,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_agent.recommender import Scores
+from edge_agent.recommender import Scores, ScoringFailed
 from edge_agent.runtime import create_interpreter
 from shared.bundle import Manifest
 from shared.catalog import Catalog
@@ -20,6 +20,10 @@ from shared.catalog import Catalog
 
 class ModelLoadError(RuntimeError):
     """The model does not load, or does not answer as its contract says."""
+
+
+class ModelOutputError(ScoringFailed):
+    """The model answered a query with garbage (indices out of range, scores not finite)."""
 
 
 class LoadedModel:
@@ -51,11 +55,10 @@ class LoadedModel:
         with self._lock:
             out = self._runner(history_items=items_arr, history_weights=weights_arr)
         contributions = out.get("contributions")  # older models have no explanations
-        return Scores(
-            np.array(out["item_indices"][0]),
-            np.array(out["scores"][0]),
-            None if contributions is None else np.array(contributions[0]),
-        )
+        indices, scores = np.array(out["item_indices"][0]), np.array(out["scores"][0])
+        if indices.min() < 0 or indices.max() >= self.manifest.model.num_items or not np.isfinite(scores).all():
+            raise ModelOutputError("the model returned item indices out of range or non-finite scores")
+        return Scores(indices, scores, None if contributions is None else np.array(contributions[0]))
 
     def self_test(self) -> None:
         """Canary query: a one-item history must give top_k distinct in-range indices, finite scores."""
@@ -64,7 +67,7 @@ class LoadedModel:
         weights = [1.0] + [0.0] * (contract.history_length - 1)
         try:
             indices, scores, contributions = self.score(items, weights)
-        except (ValueError, RuntimeError, KeyError) as e:
+        except (ValueError, RuntimeError, KeyError) as e:  # ModelOutputError included
             raise ModelLoadError(f"model failed its self-test query: {e}") from None
         if (
             indices.shape != (contract.top_k,)

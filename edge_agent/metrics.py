@@ -76,6 +76,10 @@ class AgentMetrics:
             ["source"], registry=self.registry,
         )
         self.events = Counter("edge_agent_events_accepted", "Shopper events stored", registry=self.registry)
+        self.model_errors = Counter(
+            "edge_agent_model_output_errors", "Queries the model answered with garbage (served popular items instead)",
+            registry=self.registry,
+        )
         self.health = RequestHealth()  # for the MQTT status; Prometheus has the histogram
         self.updates = Counter(
             "edge_agent_model_updates", "Model update outcomes by result and reason code",

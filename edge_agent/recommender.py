@@ -72,6 +72,11 @@ class RecommendationResult:
     fallback: bool
     model_version: int
     history_used: int
+    model_failed: bool = False  # the model answered with garbage; popular items were served instead
+
+
+class ScoringFailed(RuntimeError):
+    """Raised by a scorer whose model answered garbage: the shopper gets the popularity fallback."""
 
 
 def _excluded(history: Sequence[HistoryEvent], exclude: Exclude) -> set[str]:
@@ -126,9 +131,14 @@ def recommend(
 
     chosen: list[Recommendation] = []
     taken: set[int] = set()
+    failed = False
     if known:
         items, weights = history_inputs(known, scorer.history_length)
-        answer = scorer.score(items, weights)
+        try:
+            answer = scorer.score(items, weights)
+        except ScoringFailed:
+            failed, known = True, []
+    if known:
         picked: list[tuple[int, int, float]] = []  # (column in the answer, item index, score)
         for j, (index, score) in enumerate(zip(answer.indices.tolist(), answer.scores.tolist(), strict=True)):
             if index in taken or not allowed(index):
@@ -152,5 +162,5 @@ def recommend(
         chosen.append(Recommendation(catalog.items[index], None))
         taken.add(index)
     return RecommendationResult(
-        items=chosen, fallback=not known, model_version=scorer.version, history_used=len(known)
+        items=chosen, fallback=not known, model_version=scorer.version, history_used=len(known), model_failed=failed
     )

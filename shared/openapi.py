@@ -97,7 +97,10 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "user_id": {"type": "string"},
             "model_version": {"type": "integer"},
-            "fallback": {"type": "boolean", "description": "True when popularity served it (no usable history)."},
+            "fallback": {
+                "type": "boolean",
+                "description": "True when popularity served it (no usable history, or the model failed).",
+            },
             "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}},
         },
     },

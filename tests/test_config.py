@@ -63,3 +63,56 @@ def test_validate_config_cli(tmp_path: Path) -> None:
     good = subprocess.run([sys.executable, "-m", "edge_agent.cli", "validate-config", str(PROFILES[0])],
                           capture_output=True, text=True, cwd=ROOT)
     assert good.returncode == 0, good.stderr
+
+
+def _every_field() -> list[tuple[str, str, object]]:
+    """(section, key, a value of the wrong type) for every field of the schema."""
+    import dataclasses
+    import typing
+
+    from edge_agent.config import AgentConfig
+
+    wrong_for = {int: "'seven'", float: "'fast'", str: "12", Path: "[1, 2]", bool: "'yes'"}
+    fields = []
+    for section in dataclasses.fields(AgentConfig):
+        section_type = typing.get_type_hints(AgentConfig)[section.name]
+        for key, kind in typing.get_type_hints(section_type).items():
+            fields.append((section.name, key, wrong_for[kind]))
+    return fields
+
+
+@pytest.mark.parametrize(("section", "key", "wrong"), _every_field(), ids=lambda v: str(v))
+def test_every_field_rejects_a_wrong_type_naming_its_key(tmp_path: Path, section: str, key: str,
+                                                         wrong: object) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[{section}]\n{key} = {wrong}\n")
+    with pytest.raises(ConfigError, match=rf"^{section}\.{key}: "):
+        load(path)
+
+
+def _bounded_fields() -> list[tuple[str, str, object]]:
+    import dataclasses
+    import typing
+
+    from edge_agent.config import AgentConfig
+
+    cases = []
+    for section in dataclasses.fields(AgentConfig):
+        section_type = typing.get_type_hints(AgentConfig)[section.name]
+        for f in dataclasses.fields(section_type):
+            if f.metadata.get("lo") is not None:
+                cases.append((section.name, f.name, int(f.metadata["lo"]) - 1))
+            if f.metadata.get("hi") is not None:
+                cases.append((section.name, f.name, int(f.metadata["hi"]) + 1))
+            if f.metadata.get("choices"):
+                cases.append((section.name, f.name, "'none-of-these'"))
+    return cases
+
+
+@pytest.mark.parametrize(("section", "key", "value"), _bounded_fields(), ids=lambda v: str(v))
+def test_every_bounded_field_rejects_out_of_range_values_naming_its_key(tmp_path: Path, section: str, key: str,
+                                                                       value: object) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[{section}]\n{key} = {value}\n")
+    with pytest.raises(ConfigError, match=rf"^{section}\.{key}: must be"):
+        load(path)

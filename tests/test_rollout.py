@@ -49,7 +49,7 @@ def test_canaries_are_promoted_only_after_the_soak_time() -> None:
          "failed: load_failed"),
         (status(6) | {"last_update": {"version": 7, "result": "rejected", "reason": "bad_signature"}}, "rejected"),
         ({"state": "offline"}, "offline"),
-        (status(7, requests=120, errors=5), "5 server errors in 100 requests"),
+        (status(7, requests=120, errors=5), "5 server or model errors in 100 requests"),
     ],
 )
 def test_one_failing_canary_aborts_by_default(later: dict[str, object], why: str) -> None:

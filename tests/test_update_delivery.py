@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from devtools.processes import AgentProcess, Broker
@@ -296,3 +297,48 @@ def test_a_model_that_keeps_killing_the_agent_on_trial_is_rolled_back_and_a_comm
     finally:
         on_trial.stop()
         committed.stop()
+
+
+def test_a_model_answering_garbage_for_some_shoppers_falls_back_to_popular_items_and_says_so(
+    broker: Broker, int8_bundle: Path, trained_run: Path, keys: Path, tmp_path: Path
+) -> None:
+    """A signed float32 model whose vector for one item is NaN: it passes its self-test (a query of
+    the most popular item) and answers every history holding that item with NaN scores."""
+    import keras
+
+    from cloud_trainer.bundler import BundleOptions, write_bundle
+    from cloud_trainer.export import to_tflite
+    from cloud_trainer.model import extract_weights
+
+    weights = extract_weights(keras.models.load_model(trained_run / "model.keras"))
+    catalog = json.loads((int8_bundle / CATALOG_FILE).read_bytes())
+    poisoned = next(i for i in range(len(catalog["items"])) if i != catalog["popular"][0])
+    weights.history_embedding[poisoned] = np.nan
+    contract = manifest_of(int8_bundle).model
+    model = to_tflite(weights, contract.history_length, contract.top_k, "float32", (np.zeros(0), np.zeros(0)),
+                      explanations=False)
+    write_bundle(tmp_path / "poisoned", model, (int8_bundle / CATALOG_FILE).read_bytes(),
+                 replace(contract, variant="float32"), keys / "signing.key", BundleOptions(version=1001), {})
+    publish(tmp_path / "poisoned", broker)
+    agent = start_agent(broker.url, keys, tmp_path, "mqtt.status_interval_s=1")
+    try:
+        agent.wait_ready(60)
+        assert serving(agent) == 1001
+        bad, good = catalog["items"][poisoned]["id"], catalog["items"][catalog["popular"][0]]["id"]
+        agent.request("POST", "/v1/events", json.dumps([
+            {"user_id": "unlucky", "item_id": bad, "event": "purchase"},
+            {"user_id": "lucky", "item_id": good, "event": "purchase"}]).encode())
+        status, unlucky = get_json(agent, "/v1/recommendations?user_id=unlucky&k=5")
+        assert status == 200 and unlucky["fallback"] is True and len(unlucky["items"]) == 5
+        status, lucky = get_json(agent, "/v1/recommendations?user_id=lucky&k=5")
+        assert status == 200 and lucky["fallback"] is False
+        metrics = agent.request("GET", "/metrics")[1].decode()
+        assert "edge_agent_model_output_errors_total 1.0" in metrics
+        watcher = StatusWatcher(broker)
+        try:
+            assert wait_for(lambda: (watcher.latest.get("health") or {}).get("model_errors") == 1, 10), watcher.latest
+        finally:
+            watcher.close()
+        assert "answered a query with garbage" in agent.log() and bad not in agent.log()
+    finally:
+        agent.stop()
