@@ -88,6 +88,8 @@ def csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[dict[str, str]]:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except (gzip.BadGzipFile, EOFError) as e:
         raise InputError(f"{path}: damaged gzip file ({e})") from None
+    except csv.Error as e:  # e.g. a field over MAX_FIELD_BYTES, a NUL byte
+        raise InputError(f"{path}: malformed CSV: {e}") from None
 
 
 def read_events(path: Path) -> EventTable:
@@ -95,23 +97,20 @@ def read_events(path: Path) -> EventTable:
     users: dict[str, int] = {}
     items: dict[str, int] = {}
     u, i, k, t = [], [], [], []
-    try:
-        for row in csv_rows(path, EVENT_COLUMNS):
-            report.rows += 1
-            if None in row or any(v is None for v in row.values()):
-                report.skip("wrong_field_count")
-                continue
-            try:
-                event = parse_event(row["user_id"], row["item_id"], row["event"], row["timestamp"])
-            except EventError as e:
-                report.skip(str(e).split(" ")[0] + "_invalid")
-                continue
-            u.append(users.setdefault(event.user_id, len(users)))
-            i.append(items.setdefault(event.item_id, len(items)))
-            k.append(KIND_CODES[event.kind])
-            t.append(event.timestamp)
-    except csv.Error as e:
-        raise InputError(f"{path}: malformed CSV after row {report.rows}: {e}") from None
+    for row in csv_rows(path, EVENT_COLUMNS):
+        report.rows += 1
+        if None in row or any(v is None for v in row.values()):
+            report.skip("wrong_field_count")
+            continue
+        try:
+            event = parse_event(row["user_id"], row["item_id"], row["event"], row["timestamp"])
+        except EventError as e:
+            report.skip(str(e).split(" ")[0] + "_invalid")
+            continue
+        u.append(users.setdefault(event.user_id, len(users)))
+        i.append(items.setdefault(event.item_id, len(items)))
+        k.append(KIND_CODES[event.kind])
+        t.append(event.timestamp)
     report.kept = len(u)
     if not u:
         raise InputError(f"{path}: no usable events ({report.summary()})")

@@ -342,3 +342,59 @@ def test_a_model_answering_garbage_for_some_shoppers_falls_back_to_popular_items
         assert "answered a query with garbage" in agent.log() and bad not in agent.log()
     finally:
         agent.stop()
+
+
+def test_a_30_s_broker_outage_in_the_middle_of_a_transfer(
+    int8_bundle: Path, keys: Path, tmp_path: Path
+) -> None:
+    """The broker (persistent, as in production) stops for 30 s while an agent is half-way through
+    a bundle: the agent keeps serving, reconnects, resubscribes to what it misses, finishes."""
+    from devtools.processes import free_port
+
+    port, state = free_port(), tmp_path / "broker"
+    state.mkdir()
+    config = state / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                      f"persistence_location {state}/\nlog_dest file {state}/mosquitto.log\n"
+                      + ("user root\n" if os.geteuid() == 0 else ""))
+    broker = Broker(state, port, config)
+    publish(int8_bundle, broker)
+    agent = start_agent(broker.url, keys, tmp_path, "mqtt.status_interval_s=1")
+    try:
+        agent.wait_ready(60)
+        bundle = fresh_bundle(int8_bundle, keys, tmp_path, 1001)
+        catalog = [c for c in chunk_messages(bundle) if c[0] == CATALOG_FILE]
+        sent, held_back = catalog[: len(catalog) // 2], catalog[len(catalog) // 2 :]
+        trainer = RawClient(broker, "trainer")
+        for _, _, topic, data in sent:
+            trainer.publish(topic, data)
+        trainer.publish(MANIFEST_TOPIC, (bundle / ENVELOPE_FILE).read_bytes())
+        trainer.close()
+        assert wait_for(lambda: staged_chunks_present(tmp_path, bundle, sent), 20)
+
+        broker.stop()
+        down = time.monotonic()
+        served = 0
+        while time.monotonic() - down < 30:  # the outage: the agent keeps answering
+            assert serving(agent) == 1000
+            status, body = get_json(agent, "/v1/recommendations?user_id=outage-shopper&k=3")
+            assert status == 200 and len(body["items"]) == 3
+            served += 1
+            time.sleep(1)
+        broker = Broker(state, port, config)  # same port, retained messages restored from disk
+        trainer = RawClient(broker, "trainer")
+        for _, _, topic, data in held_back:
+            trainer.publish(topic, data)
+        trainer.close()
+        assert wait_for(lambda: serving(agent) == 1001, 90), agent.log()
+        watcher = StatusWatcher(broker)
+        try:
+            assert wait_for(lambda: watcher.latest.get("model_version") == 1001, 10), watcher.latest
+            assert watcher.latest["state"] == "online"
+            assert f"{len(catalog)} chunks received" in watcher.latest["last_update"]["reason"]  # each once
+        finally:
+            watcher.close()
+        assert served >= 25
+    finally:
+        agent.stop()
+        broker.stop()
