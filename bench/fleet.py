@@ -84,6 +84,19 @@ class StatusBoard:
         self.client.disconnect()
 
 
+def push(bundle: Path, version: int, url: str, board: StatusBoard, devices: list[str]) -> dict[str, object]:
+    """Publish ``bundle``; seconds from the start of the publish to each device reporting it active."""
+    t0 = time.perf_counter()
+    publish_s = publish(bundle, url)
+    ok = board.wait(devices, version, timeout=600)
+    per_agent = sorted(board.active_at[(d, version)] - t0 for d in devices if (d, version) in board.active_at)
+    return {
+        "all_active": ok, "publish_s": round(publish_s, 2),
+        "fleet_wide_activation_s": round(per_agent[-1], 2) if ok else None,
+        "first_agent_s": round(per_agent[0], 2), "median_agent_s": round(statistics.median(per_agent), 2),
+    }
+
+
 def baseline_transfer(port: int, bundle: Path, subscribers: int) -> dict[str, object]:
     """N bare subscribers each receive every retained chunk of the bundle's version."""
     manifest = parse_manifest(json.loads((bundle / "manifest.envelope").read_bytes())["signed"])
@@ -176,14 +189,7 @@ def main() -> None:
                 devices = [f"bench-{n:02d}" for n in range(args.agents)]
                 time.sleep(2)  # every agent connected and idle
                 print("first install ...", flush=True)
-                t0 = time.perf_counter()
-                publish_s = publish(bundle, mqtt_broker.url)
-                ok = board.wait(devices, 1, timeout=600)
-                per_agent = sorted(board.active_at[(d, 1)] - t0 for d in devices if (d, 1) in board.active_at)
-                results["first_install"] = {
-                    "all_active": ok, "publish_s": round(publish_s, 2),
-                    "fleet_wide_activation_s": round(per_agent[-1], 2) if ok else None,
-                    "first_agent_s": round(per_agent[0], 2), "median_agent_s": round(statistics.median(per_agent), 2),
+                results["first_install"] = push(bundle, 1, mqtt_broker.url, board, devices) | {
                     "broker_rss_kb": rss_kb(mqtt_broker.proc.pid),
                     "agent_rss_kb_median": int(statistics.median(rss_kb(a.proc.pid)["VmRSS"] for a in agents)),
                     "agent_rss_kb_max": max(rss_kb(a.proc.pid)["VmRSS"] for a in agents),
@@ -191,14 +197,7 @@ def main() -> None:
                 print(json.dumps(results["first_install"]), flush=True)
                 print("catalog-only update ...", flush=True)
                 update = catalog_only_update(bundle, work, 2)
-                t0 = time.perf_counter()
-                publish_s = publish(update, mqtt_broker.url)
-                ok = board.wait(devices, 2, timeout=600)
-                per_agent = sorted(board.active_at[(d, 2)] - t0 for d in devices if (d, 2) in board.active_at)
-                results["catalog_only_update"] = {
-                    "all_active": ok, "publish_s": round(publish_s, 2),
-                    "fleet_wide_activation_s": round(per_agent[-1], 2) if ok else None,
-                    "median_agent_s": round(statistics.median(per_agent), 2),
+                results["catalog_only_update"] = push(update, 2, mqtt_broker.url, board, devices) | {
                     "catalog_bytes": (update / CATALOG_FILE).stat().st_size,
                 }
                 print(json.dumps(results["catalog_only_update"]), flush=True)

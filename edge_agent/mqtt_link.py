@@ -64,6 +64,7 @@ class MqttLink:
         self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=INBOX_MESSAGES)
         self._stopping = threading.Event()
         self._chunk_subs: list[str] = []  # one subscription per missing chunk of the bundle being received
+        self._chunk_version: int | None = None  # the version those subscriptions belong to
         prefix, fleet = settings.topic_prefix, settings.fleet
         rings = topics.followed_channels(settings.channel)
         self._manifest_topics = {  # topic -> from a later ring than our own
@@ -133,7 +134,7 @@ class MqttLink:
         log.info("connected to broker %s:%s", self._host, self._port)
         self.connected.set()
         client.subscribe([(topic, 1) for topic in self._manifest_topics])
-        self._chunk_subs = []
+        self._chunk_subs, self._chunk_version = [], None  # a new connection has no subscriptions
         self._follow_bundle()  # after a reconnect: what is still missing
         self.publish_status()
 
@@ -183,13 +184,14 @@ class MqttLink:
         """Subscribe to exactly the chunks the current download still misses (retained: the broker
         sends each at once), so a resumed or partly reused download fetches only those."""
         session = self.updater.session
+        version = None if session is None else session.version
+        if version is not None and version == self._chunk_version:
+            return  # still the same bundle: its subscriptions stand
         wanted = [] if session is None else [
             topics.chunk_topic(self.settings.topic_prefix, self.settings.fleet, session.version, name, index)
             for name, index in session.missing()
         ]
-        if wanted[:1] and self._chunk_subs[:1] and wanted[0].rsplit("/", 2)[0] == self._chunk_subs[0].rsplit("/", 2)[0]:
-            return  # still the same bundle: its subscriptions stand
-        old, self._chunk_subs = self._chunk_subs, wanted
+        old, self._chunk_subs, self._chunk_version = self._chunk_subs, wanted, version
         for batch in range(0, len(old), SUBSCRIBE_BATCH):
             self.client.unsubscribe(old[batch : batch + SUBSCRIBE_BATCH])
         for batch in range(0, len(wanted), SUBSCRIBE_BATCH):

@@ -65,20 +65,25 @@ def test_validate_config_cli(tmp_path: Path) -> None:
     assert good.returncode == 0, good.stderr
 
 
-def _every_field() -> list[tuple[str, str, object]]:
-    """(section, key, a value of the wrong type) for every field of the schema."""
+def _schema() -> list[tuple[str, str, type, dict[str, object]]]:
+    """(section, key, type, metadata) of every field of the configuration schema."""
     import dataclasses
     import typing
 
     from edge_agent.config import AgentConfig
 
-    wrong_for = {int: "'seven'", float: "'fast'", str: "12", Path: "[1, 2]", bool: "'yes'"}
     fields = []
     for section in dataclasses.fields(AgentConfig):
         section_type = typing.get_type_hints(AgentConfig)[section.name]
-        for key, kind in typing.get_type_hints(section_type).items():
-            fields.append((section.name, key, wrong_for[kind]))
+        hints = typing.get_type_hints(section_type)
+        fields += [(section.name, f.name, hints[f.name], dict(f.metadata)) for f in dataclasses.fields(section_type)]
     return fields
+
+
+def _every_field() -> list[tuple[str, str, object]]:
+    """(section, key, a value of the wrong type) for every field of the schema."""
+    wrong_for = {int: "'seven'", float: "'fast'", str: "12", Path: "[1, 2]", bool: "'yes'"}
+    return [(section, key, wrong_for[kind]) for section, key, kind, _ in _schema()]
 
 
 @pytest.mark.parametrize(("section", "key", "wrong"), _every_field(), ids=lambda v: str(v))
@@ -91,21 +96,15 @@ def test_every_field_rejects_a_wrong_type_naming_its_key(tmp_path: Path, section
 
 
 def _bounded_fields() -> list[tuple[str, str, object]]:
-    import dataclasses
-    import typing
-
-    from edge_agent.config import AgentConfig
-
-    cases = []
-    for section in dataclasses.fields(AgentConfig):
-        section_type = typing.get_type_hints(AgentConfig)[section.name]
-        for f in dataclasses.fields(section_type):
-            if f.metadata.get("lo") is not None:
-                cases.append((section.name, f.name, int(f.metadata["lo"]) - 1))
-            if f.metadata.get("hi") is not None:
-                cases.append((section.name, f.name, int(f.metadata["hi"]) + 1))
-            if f.metadata.get("choices"):
-                cases.append((section.name, f.name, "'none-of-these'"))
+    """(section, key, a value just outside its range or choices) for every bounded field."""
+    cases: list[tuple[str, str, object]] = []
+    for section, key, _, meta in _schema():
+        if meta.get("lo") is not None:
+            cases.append((section, key, int(meta["lo"]) - 1))  # type: ignore[call-overload]
+        if meta.get("hi") is not None:
+            cases.append((section, key, int(meta["hi"]) + 1))  # type: ignore[call-overload]
+        if meta.get("choices"):
+            cases.append((section, key, "'none-of-these'"))
     return cases
 
 

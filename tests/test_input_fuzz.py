@@ -11,12 +11,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud_trainer.adapters import (
     ONLINE_RETAIL_COLUMNS,
     RETAILROCKET_COLUMNS,
+    PreparedData,
     prepare_online_retail,
     prepare_retailrocket,
 )
@@ -94,19 +96,14 @@ def test_items_reader(data: bytes, gzipped: bool) -> None:
         assert len(items) <= report.kept
 
 
+@pytest.mark.parametrize(("columns", "adapter"), [(ONLINE_RETAIL_COLUMNS, prepare_online_retail),
+                                                  (RETAILROCKET_COLUMNS, prepare_retailrocket)],
+                         ids=["online-retail", "retailrocket"])
 @FUZZ
-@given(csv_files(ONLINE_RETAIL_COLUMNS), st.booleans())
-def test_online_retail_adapter(data: bytes, gzipped: bool) -> None:
+@given(data=st.data(), gzipped=st.booleans())
+def test_dataset_adapters(columns: tuple[str, ...], adapter: Callable[[Path, Path], PreparedData],
+                          data: st.DataObject, gzipped: bool) -> None:
     with tempfile.TemporaryDirectory() as out:
-        prepared = _run(data, gzipped, lambda p: prepare_online_retail(p, Path(out)))
-        if prepared is not None:
-            _adds_up(prepared.report)  # type: ignore[attr-defined]
-
-
-@FUZZ
-@given(csv_files(RETAILROCKET_COLUMNS), st.booleans())
-def test_retailrocket_adapter(data: bytes, gzipped: bool) -> None:
-    with tempfile.TemporaryDirectory() as out:
-        prepared = _run(data, gzipped, lambda p: prepare_retailrocket(p, Path(out)))
+        prepared = _run(data.draw(csv_files(columns)), gzipped, lambda p: adapter(p, Path(out)))
         if prepared is not None:
             _adds_up(prepared.report)  # type: ignore[attr-defined]
