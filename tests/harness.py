@@ -14,11 +14,20 @@ from dataclasses import replace
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from devtools.processes import AgentProcess, Broker
 from shared import topics
-from shared.bundle import CATALOG_FILE, ENVELOPE_FILE, Manifest, file_entry, parse_manifest, split_chunks
-from shared.signing import load_private_key, sign
+from shared.bundle import (
+    CATALOG_FILE,
+    ENVELOPE_FILE,
+    Manifest,
+    file_entry,
+    parse_manifest,
+    sha256_hex,
+    split_chunks,
+)
+from shared.signing import load_private_key, sign, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "firmware_configs" / "dev.toml"
@@ -50,6 +59,18 @@ def resigned(bundle: Path, keys: Path, out: Path, chunk_size: int | None = None,
     changed = replace(manifest, chunk_size=size, files=files, **changes)  # type: ignore[arg-type]
     (out / ENVELOPE_FILE).write_bytes(sign(changed.to_json(), key))
     return out
+
+
+def verify_installed(folder: Path, trusted: Ed25519PublicKey) -> Manifest:
+    """The manifest of an installed version folder, after checking that it is genuine and complete:
+    signed by ``trusted``, named after its version, every file of the length and sha256 it lists."""
+    verify((folder / ENVELOPE_FILE).read_bytes(), trusted)
+    manifest = manifest_of(folder)
+    assert str(manifest.version) == folder.name
+    for name, entry in manifest.files.items():
+        data = (folder / name).read_bytes()
+        assert len(data) == entry.length and sha256_hex(data) == entry.sha256, (folder, name)
+    return manifest
 
 
 def fresh_bundle(bundle: Path, keys: Path, where: Path, version: int, chunk_size: int = 16 * 1024) -> Path:

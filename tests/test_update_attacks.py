@@ -30,6 +30,7 @@ from harness import (
     publish,
     resigned,
     start_agent,
+    verify_installed,
     wait_for,
 )
 from shared import topics
@@ -42,7 +43,7 @@ from shared.bundle import (
     iso_utc,
     sha256_hex,
 )
-from shared.signing import load_private_key, load_public_key, private_key_pem, sign, verify
+from shared.signing import load_private_key, load_public_key, private_key_pem, sign
 
 PREFIX, FLEET = topics.DEFAULT_PREFIX, "default"
 MANIFEST_TOPIC = topics.manifest_topic(PREFIX, FLEET)
@@ -103,12 +104,7 @@ def nothing_unverified_is_installed(fleet: Fleet) -> Iterator[None]:
     trusted = load_public_key((fleet.keys / "signing.pub").read_bytes())
     versions = fleet.work / "agent" / "models" / "versions"
     for folder in versions.iterdir():
-        manifest = manifest_of(folder)
-        assert str(manifest.version) == folder.name
-        verify((folder / ENVELOPE_FILE).read_bytes(), trusted)
-        for name, entry in manifest.files.items():
-            data = (folder / name).read_bytes()
-            assert len(data) == entry.length and sha256_hex(data) == entry.sha256
+        manifest = verify_installed(folder, trusted)
         assert sorted(p.name for p in folder.iterdir()) == sorted([*manifest.files, ENVELOPE_FILE])
 
 

@@ -33,6 +33,7 @@ from harness import (
     resigned,
     serving_agent,
     start_agent,
+    verify_installed,
     wait_for,
 )
 from shared import topics
@@ -103,19 +104,10 @@ def test_download_resumes_after_kill_9_and_fetches_only_the_missing_chunks(
 
 def _pointed_versions_verify(work: Path, trusted: Ed25519PublicKey) -> tuple[int, int | None]:
     """(active, previous) as models/active.json names them; both complete and genuine."""
-    from shared.bundle import sha256_hex
-    from shared.signing import verify
-
     pointer = json.loads((work / "agent" / "models" / "active.json").read_bytes())
     for version in (pointer["version"], pointer["previous"]):
-        if version is None:
-            continue
-        folder = work / "agent" / "models" / "versions" / str(version)
-        verify((folder / ENVELOPE_FILE).read_bytes(), trusted)
-        manifest = manifest_of(folder)
-        assert manifest.version == version
-        for name, entry in manifest.files.items():
-            assert sha256_hex((folder / name).read_bytes()) == entry.sha256
+        if version is not None:
+            verify_installed(work / "agent" / "models" / "versions" / str(version), trusted)
     return pointer["version"], pointer["previous"]
 
 
