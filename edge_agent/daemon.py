@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-import waitress
-from waitress.server import BaseWSGIServer, MultiSocketServer
+from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 
 from edge_agent.config import AgentConfig
 from edge_agent.durable_files import write_atomic
@@ -150,10 +149,11 @@ class Agent:
     def run(self) -> None:
         self.updater.boot()
         api = self.config.api
-        self._server = waitress.create_server(
-            self.app, host=api.host, port=api.port, threads=api.threads, ident="edge-agent"
-        )
-        log.info("REST API listening on http://%s:%s", api.host, self._server.effective_port)
+        self._server = create_server(self.app, host=api.host, port=api.port, threads=api.threads, ident="edge-agent")
+        listening = (self._server.effective_listen if isinstance(self._server, MultiSocketServer)
+                     else [(api.host, int(self._server.getsockname()[1]))])
+        for host, port in listening:
+            log.info("REST API listening on http://%s:%s", host, port)
         self.link.start()
         self._sweeper = threading.Thread(target=self._sweep_history, name="history-retention", daemon=True)
         self._sweeper.start()
@@ -195,6 +195,10 @@ class Agent:
         if self._server is not None:
             self._server.task_dispatcher.shutdown()  # in-flight requests finish first
         self.link.stop()
+        try:
+            self.updater.stopped_cleanly()
+        except OSError:
+            log.exception("could not record the clean stop of the model on trial")
         if self._sweeper is not None:
             self._sweeper.join(timeout=30)
         self.history.close()

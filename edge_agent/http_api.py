@@ -20,7 +20,8 @@ from werkzeug.exceptions import HTTPException
 from edge_agent.crypto_envelope import TamperedRecord
 from edge_agent.history_store import HistoryStore, StoreError, StoreFull
 from edge_agent.metrics import AgentMetrics
-from edge_agent.recommender import Exclude, Recommendation, recommend
+from edge_agent.recommendation_json import RecommendationJson
+from edge_agent.recommender import Exclude, recommend
 from edge_agent.updater import ActiveModel
 from shared import openapi
 from shared.events import EventError, parse_event, parse_identifier
@@ -89,11 +90,6 @@ def _text_arg(name: str) -> str | None:
     return None if raw is None else _identifier(raw, name)
 
 
-def _item_json(r: Recommendation) -> dict[str, object]:
-    because = None if r.because is None else {"id": r.because.id, "title": r.because.title}
-    return {**r.item.to_json(), "score": r.score, "because": because}
-
-
 def iso_timestamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -104,6 +100,7 @@ def create_app(services: Services) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     metrics = services.metrics
+    bodies = RecommendationJson()
 
     @app.before_request
     def start_timer() -> None:
@@ -262,18 +259,11 @@ def create_app(services: Services) -> Flask:
             raise ApiError(503, "no_model", "no model installed yet; retry later")
         history = services.history.recent(user_id, model.history_length)
         result = recommend(model, history, k, exclude, category)
-        metrics.recommendations.labels("fallback" if result.fallback else "model").inc()
+        metrics.count_recommendation(result.fallback)
         if result.model_failed:
             metrics.model_errors.inc()
             metrics.health.model_failed()
             log.error("model version %s answered a query with garbage; served popular items", model.version)
-        return jsonify(
-            {
-                "user_id": user_id,
-                "model_version": result.model_version,
-                "fallback": result.fallback,
-                "items": [_item_json(r) for r in result.items],
-            }
-        )
+        return Response(bodies.render(user_id, result), mimetype="application/json")
 
     return app

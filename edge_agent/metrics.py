@@ -61,6 +61,9 @@ class _StateCollector(Collector):
         )
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class AgentMetrics:
     def __init__(self, model: Callable[[], ModelFacts | None], store_bytes: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
@@ -71,10 +74,12 @@ class AgentMetrics:
             "edge_agent_http_request_duration_seconds", "REST request latency",
             ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
+        self._request_children: dict[tuple[str, str, int], Histogram] = {}
         self.recommendations = Counter(
             "edge_agent_recommendations", "Recommendation answers by source (model or popularity fallback)",
             ["source"], registry=self.registry,
         )
+        self._by_source = {False: self.recommendations.labels("model"), True: self.recommendations.labels("fallback")}
         self.events = Counter("edge_agent_events_accepted", "Shopper events stored", registry=self.registry)
         self.model_errors = Counter(
             "edge_agent_model_output_errors", "Queries the model answered with garbage (served popular items instead)",
@@ -88,9 +93,16 @@ class AgentMetrics:
 
     def observe_request(self, route: str, method: str, status: int, started: float) -> None:
         seconds = time.perf_counter() - started
-        self.request_seconds.labels(route, method, str(status)).observe(seconds)
+        key = (route, method if method in HTTP_METHODS else "other", status)  # clients choose methods: bound them
+        child = self._request_children.get(key)
+        if child is None:  # labels() locks and validates: once per route, method and status
+            child = self._request_children[key] = self.request_seconds.labels(key[0], key[1], str(status))
+        child.observe(seconds)
         if route not in PROBE_ROUTES:
             self.health.observe(seconds, status)
+
+    def count_recommendation(self, fallback: bool) -> None:
+        self._by_source[fallback].inc()
 
     def count_update(self, result: str, reason: str) -> None:
         self.updates.labels(result, reason.partition(":")[0] or "none").inc()

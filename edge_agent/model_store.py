@@ -162,6 +162,17 @@ class ModelStore:
         write_atomic(self.root / "trial.json", json.dumps({"version": version, "starts": starts}).encode())
         return starts
 
+    def uncount_trial_start(self, version: int) -> None:
+        """The start of ``version`` on trial ended in a clean stop: it does not count against it."""
+        try:
+            marker = json.loads((self.root / "trial.json").read_bytes())
+            if marker.get("version") != version:
+                return
+            starts = max(0, int(marker.get("starts", 0)) - 1)
+        except (FileNotFoundError, ValueError, AttributeError, TypeError):
+            return
+        write_atomic(self.root / "trial.json", json.dumps({"version": version, "starts": starts}).encode())
+
     def trial_version(self) -> int | None:
         try:
             return int(json.loads((self.root / "trial.json").read_bytes())["version"])

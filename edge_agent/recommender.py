@@ -93,15 +93,17 @@ def _main_contributors(positions: Sequence[int], contributions: np.ndarray) -> l
     ``positions[p]`` is the item index at history position ``p``; a repeated item's shares add
     up. Items whose best share is not positive get None (nothing in the history argues for them).
     """
-    rows: dict[int, int] = {}
-    row_of = [rows.setdefault(item, len(rows)) for item in positions]
-    owner = np.zeros((len(rows), len(positions)), dtype=np.float32)
-    owner[row_of, np.arange(len(positions))] = 1.0
-    per_item = owner @ contributions[: len(positions)]  # [distinct history items, columns]
-    best = per_item.argmax(axis=0)
-    amounts = per_item[best, np.arange(per_item.shape[1])]
-    items = list(rows)
-    return [items[r] if a > 0 else None for r, a in zip(best.tolist(), amounts.tolist(), strict=True)]
+    shares = contributions[: len(positions)]
+    items = list(positions)
+    if len(set(items)) < len(items):  # repeated items: add up each one's shares
+        rows: dict[int, int] = {}
+        row_of = [rows.setdefault(item, len(rows)) for item in items]
+        owner = np.zeros((len(rows), len(items)), dtype=np.float32)
+        owner[row_of, np.arange(len(items))] = 1.0
+        shares, items = owner @ shares, list(rows)  # [distinct history items, columns]
+    best = shares.argmax(axis=0).tolist()
+    amounts = shares.max(axis=0).tolist()
+    return [items[r] if a > 0 else None for r, a in zip(best, amounts, strict=True)]
 
 
 def recommend(

@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 #: interpreter, the OOM killer, power) is refused from then on, so the agent cannot crash-loop.
 MAX_LOAD_ATTEMPTS = 2
 #: A newly activated model is on trial until it has served ``trial_s`` seconds. If the agent starts
-#: this many times while it is on trial (it died: a crash in the interpreter while serving, the OOM
-#: killer), the model is refused and the previous one takes over: an automatic rollback.
+#: this many times while it is on trial after dying (a crash in the interpreter while serving, the
+#: OOM killer; a clean stop does not count), the model is refused and the previous one takes over:
+#: an automatic rollback.
 MAX_TRIAL_STARTS = 3
 
 
@@ -151,6 +152,13 @@ class Updater:
             except (OSError, BundleError, SignatureError, ModelLoadError) as e:
                 log.error("installed model version %s is unusable: %s", candidate, e)
         log.info("no installed model yet; waiting for the first bundle")
+
+    def stopped_cleanly(self) -> None:
+        """The agent is stopping on request: this run of a model on trial was no crash."""
+        with self._lock:
+            current = self.active.current
+            if self._trial_since is not None and current is not None and self.store.trial_version() == current.version:
+                self.store.uncount_trial_start(current.version)
 
     def commit_if_due(self) -> bool:
         """End the trial of the serving model once it has served ``trial_s`` seconds; True if it did."""

@@ -58,8 +58,11 @@ class CompactItems(Sequence[CatalogItem]):
 
     For 100k items a tuple of CatalogItem objects parsed from JSON costs ~50 MB of heap (much of it
     fragments left by the parser); packed columns cost ~15 MB. Agents look up a few dozen items
-    per request, which costs about a microsecond each.
+    per request; the last :data:`CACHED_ITEMS` looked up are kept built (about 2 MB), since
+    recommendations keep returning the same popular items.
     """
+
+    CACHED_ITEMS = 8192
 
     def __init__(self, ids: list[str], titles: list[str], categories: list[str], prices: array[float]) -> None:
         self._count = len(ids)
@@ -69,6 +72,7 @@ class CompactItems(Sequence[CatalogItem]):
         self._category_names = names
         self._categories = array("I", (code[c] for c in categories))
         self._prices = prices
+        self._built: dict[int, CatalogItem] = {}
 
     def __len__(self) -> int:
         return self._count
@@ -85,13 +89,20 @@ class CompactItems(Sequence[CatalogItem]):
     def __getitem__(self, index: int | slice) -> CatalogItem | Sequence[CatalogItem]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(self._count))]
+        item = self._built.get(index)
+        if item is not None:
+            return item
         if index < 0:
             index += self._count
         if not 0 <= index < self._count:
             raise IndexError("catalog index out of range")
         price = self._prices[index]
-        return CatalogItem(self._ids[index], self._titles[index], self._category_names[self._categories[index]],
+        item = CatalogItem(self._ids[index], self._titles[index], self._category_names[self._categories[index]],
                            None if math.isnan(price) else price)
+        if len(self._built) >= self.CACHED_ITEMS:
+            self._built.clear()  # (a race with another thread only costs a rebuild)
+        self._built[index] = item
+        return item
 
 
 @dataclass(frozen=True)

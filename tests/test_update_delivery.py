@@ -259,36 +259,42 @@ def test_a_model_that_kills_the_agent_while_loading_is_refused_after_two_attempt
 def test_a_model_that_keeps_killing_the_agent_on_trial_is_rolled_back_and_a_committed_one_is_not(
     broker: Broker, int8_bundle: Path, keys: Path, tmp_path: Path
 ) -> None:
-    """kill -9 stands in for a crash in the interpreter while serving (what systemd would restart)."""
+    """kill -9 stands in for a crash in the interpreter while serving (what systemd would restart).
+    A third agent on trial is stopped cleanly (SIGTERM) as often: clean stops are no crashes."""
     publish(int8_bundle, broker)
-    work_short, work_long = tmp_path / "short-trial", tmp_path / "long-trial"
-    work_short.mkdir()
-    work_long.mkdir()
-    on_trial = start_agent(broker.url, keys, work_long, "model.trial_s=600", 'agent.device_id="long"')
-    committed = start_agent(broker.url, keys, work_short, "model.trial_s=5", 'agent.device_id="short"')
+    settings = {"long": "model.trial_s=600", "short": "model.trial_s=5", "clean": "model.trial_s=600"}
+    for name in settings:
+        (tmp_path / name).mkdir()
+
+    def start(name: str) -> AgentProcess:
+        return start_agent(broker.url, keys, tmp_path / name, settings[name], f'agent.device_id="{name}"')
+
+    agents = {name: start(name) for name in settings}
     try:
-        on_trial.wait_ready(60)
-        committed.wait_ready(60)
+        for agent in agents.values():
+            agent.wait_ready(60)
         publish(fresh_bundle(int8_bundle, keys, tmp_path, 1001), broker)
-        assert wait_for(lambda: serving(on_trial) == 1001 and serving(committed) == 1001, 30)
+        assert wait_for(lambda: all(serving(agent) == 1001 for agent in agents.values()), 30)
         time.sleep(6)  # the short trial ends: version 1001 is committed on that agent
         for death in range(3):
-            kill_9(on_trial)
-            kill_9(committed)
-            on_trial = start_agent(broker.url, keys, work_long, "model.trial_s=600", 'agent.device_id="long"')
-            committed = start_agent(broker.url, keys, work_short, "model.trial_s=5", 'agent.device_id="short"')
-            on_trial.wait_ready(60)
-            committed.wait_ready(60)
-            assert serving(committed) == 1001
-            assert serving(on_trial) == (1001 if death < 2 else 1000)
+            kill_9(agents["long"])
+            kill_9(agents["short"])
+            agents["clean"].stop()
+            agents = {name: start(name) for name in settings}
+            for agent in agents.values():
+                agent.wait_ready(60)
+            assert serving(agents["short"]) == 1001
+            assert serving(agents["clean"]) == 1001
+            assert serving(agents["long"]) == (1001 if death < 2 else 1000)
+        on_trial = agents["long"]
         last = get_json(on_trial, "/v1/model")[1]["last_update"]
         assert last["result"] in ("failed", "rejected") and last["reason"].startswith("crashed:"), last
         assert "rolled back to 1000" in on_trial.log()
         time.sleep(1)  # the retained v1001 manifest arrived again, and was refused
-        assert serving(on_trial) == 1000 and serving(committed) == 1001
+        assert serving(on_trial) == 1000 and serving(agents["short"]) == 1001 and serving(agents["clean"]) == 1001
     finally:
-        on_trial.stop()
-        committed.stop()
+        for agent in agents.values():
+            agent.stop()
 
 
 def test_a_model_answering_garbage_for_some_shoppers_falls_back_to_popular_items_and_says_so(
