@@ -11,7 +11,7 @@ Stages (all by default; ``--only`` picks some):
   for 60 s (20 connections with random pauses of 98 ms on average: Poisson arrivals), then runs
   unpaced with 1 and 4 connections for the maximum throughput. The load generator shares the 2
   cores with the agent. Runs: 100k items, 3,660 items (Online Retail's catalogue), and 100k items
-  with the history cache off.
+  with the history cache off. Baseline in each run: the same paced load on ``GET /healthz`` for 20 s.
   Also agent RSS with the model, and cold start to ready (process start -> /readyz 200).
 - ``footprint``: size of a fresh virtualenv with only ``edge-recommender[edge]`` (no TensorFlow).
 
@@ -204,18 +204,20 @@ def seed_histories(agent: AgentProcess, users: int, per_user: int, n_items: int)
         assert status == 200, body
 
 
-def wrk_script(agent: AgentProcess, work: Path, pause_ms: int | None) -> Path:
+def wrk_script(agent: AgentProcess, work: Path, pause_ms: int | None, probe: bool = False) -> Path:
     """wrk Lua: each request asks for one of the seeded shoppers; ``pause_ms`` paces each connection.
 
     Pauses are random (exponential, mean ``pause_ms``), so the connections behave like independent
     shoppers (Poisson arrivals) rather than firing in lockstep bursts, as fixed pauses make them.
+    With ``probe``, every request is ``GET /healthz`` instead: the same server path with no work.
     """
-    script = work / f"shoppers-{pause_ms}.lua"
+    script = work / f"{'probe' if probe else 'shoppers'}-{pause_ms}.lua"
+    target = '"/healthz"' if probe else '"/v1/recommendations?user_id=bench-" .. math.random(0, 999) .. "&k=10"'
     script.write_text(
         f'wrk.headers["Authorization"] = "Bearer {agent.token}"\n'
         "math.randomseed(42)\n"
         "request = function()\n"
-        '  return wrk.format("GET", "/v1/recommendations?user_id=bench-" .. math.random(0, 999) .. "&k=10")\n'
+        f'  return wrk.format("GET", {target})\n'
         "end\n"
         + (f"delay = function()\n  return math.floor(-{pause_ms} * math.log(1 - math.random()))\nend\n"
            if pause_ms else "")
@@ -228,14 +230,15 @@ def to_ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(agent: AgentProcess, work: Path, connections: int, seconds: int, pause_ms: int | None) -> dict[str, object]:
+def run_wrk(agent: AgentProcess, work: Path, connections: int, seconds: int, pause_ms: int | None,
+            probe: bool = False) -> dict[str, object]:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk (make bench does it)")
     how = f"paced, random pauses of {pause_ms} ms on average per connection" if pause_ms else "as fast as possible"
-    print(f"wrk: {connections} connections for {seconds} s, {how} ...", flush=True)
+    print(f"wrk: {connections} connections for {seconds} s, {how}{', GET /healthz' if probe else ''} ...", flush=True)
     out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
-                          str(wrk_script(agent, work, pause_ms)), agent.base_url],
+                          str(wrk_script(agent, work, pause_ms, probe)), agent.base_url],
                          capture_output=True, text=True, timeout=seconds + 60).stdout
     total = re.search(r"(\d+) requests in", out)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -270,6 +273,9 @@ def bench_http(work: Path, seconds: int, n_items: int, extra: tuple[str, ...] = 
             results["rss_kb_after_load_and_seed"] = rss_kb(agent.proc.pid)
             # 20 connections, each pausing 98 ms on average between requests: about 200 requests/s
             results["fixed_rate_200_rps"] = run_wrk(agent, work, 20, seconds, pause_ms=98)
+            # the same load on /healthz: waitress, Flask and waking idle threads with no work, for the
+            # machine's noise in this run (runs here differ by up to 2x, the probe included)
+            results["fixed_rate_200_rps_healthz_baseline"] = run_wrk(agent, work, 20, 20, pause_ms=98, probe=True)
             results["rss_kb_after_fixed_rate"] = rss_kb(agent.proc.pid)
             results["max_throughput"] = [run_wrk(agent, work, c, 20, None) for c in (1, 4)]
             results["rss_kb_after_max_throughput"] = rss_kb(agent.proc.pid)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_trainer.export import ParityError, check_parity, litert_runner, to_tflite
+from cloud_trainer.export import ParityError, QualityGateError, check_parity, litert_runner, quality_gate, to_tflite
 from cloud_trainer.model import extract_weights
 from shared.bundle import (
     CATALOG_FILE,
@@ -43,7 +43,7 @@ class BundleOptions:
     version: int | None = None  # default: the current Unix time, so later builds are newer
     valid_days: int = 90
     top_k: int = DEFAULT_TOP_K
-    force: bool = False  # publish even if the parity check fails
+    force: bool = False  # bundle even if the parity check or the quantization quality gate fails
     explanations: bool = True  # output each history position's contribution (see export.to_tflite)
 
 
@@ -73,6 +73,17 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
             f"the {options.variant} model differs from the Keras model beyond tolerance "
             f"({parity.to_json()}); use --force to bundle it anyway"
         )
+    gate = None
+    if "targets" in histories.files:  # runs from before the gate have no targets
+        gate = quality_gate(model, model_bytes, options.variant, items, hist_weights, histories["targets"])
+        log.info("quality gate on %d real histories: Recall@20 Keras %.4f, %s %.4f (%.1f%% lower; at most %.0f%%)",
+                 gate.histories, gate.float_recall_at_20, options.variant, gate.exported_recall_at_20,
+                 100 * gate.relative_drop, 100 * gate.max_relative_drop)
+        if not gate.ok and not options.force:
+            raise QualityGateError(
+                f"the {options.variant} model's Recall@20 ({gate.exported_recall_at_20}) is "
+                f"{100 * gate.relative_drop:.1f}% below the float model's ({gate.float_recall_at_20}); at most "
+                f"{100 * gate.max_relative_drop:.0f}% is allowed. Use --force to bundle it anyway")
     catalog_bytes = (run_dir / "catalog.json").read_bytes()
     contract = ModelContract(
         variant=options.variant,
@@ -81,7 +92,8 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
         top_k=top_k,
         num_items=weights.num_items,
     )
-    training = {"run": run_dir.name, "parity": parity.to_json()}
+    training = {"run": run_dir.name, "parity": parity.to_json(),
+                "quality_gate": gate.to_json() if gate else None}
     return write_bundle(out_dir, model_bytes, catalog_bytes, contract, key_path, options, training)
 
 

@@ -208,7 +208,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet", default="default")
     p.add_argument("--version", type=int, help="bundle version (default: current Unix time)")
     p.add_argument("--valid-days", type=int, default=90, help="manifest expiry, in days")
-    p.add_argument("--force", action="store_true", help="bundle even if the parity check fails")
+    p.add_argument("--force", action="store_true",
+                   help="bundle even if the parity check or the quantization quality gate fails")
     p.add_argument("--no-explanations", action="store_true",
                    help="leave per-item explanations out of the graph (int8: ~30%% smaller for large catalogues)")
     p.set_defaults(handler=_export)

@@ -75,6 +75,19 @@ def build_training_set(table: EventTable, history_length: int) -> TrainingSet:
     )
 
 
+def next_baskets(data: TrainingSet, rows: np.ndarray, width: int = 32) -> np.ndarray:
+    """int32 [len(rows), width]: each history row's target items (its next basket), -1 padded."""
+    targets = np.full((len(rows), width), -1, dtype=np.int32)
+    position = {int(row): n for n, row in enumerate(rows)}
+    filled = np.zeros(len(rows), dtype=np.int64)
+    for row, item in zip(data.example_row.tolist(), data.example_target.tolist(), strict=True):
+        n = position.get(row)
+        if n is not None and filled[n] < width:
+            targets[n, filled[n]] = item
+            filled[n] += 1
+    return targets
+
+
 def popularity(table: EventTable, num_items: int, limit: int = 500) -> list[int]:
     """Item indices, most popular first: event-weighted counts decayed by age (30-day half-life)."""
     weights = np.asarray([EVENT_WEIGHTS[KINDS_BY_CODE[c]] for c in range(len(KINDS_BY_CODE))])

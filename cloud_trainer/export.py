@@ -30,7 +30,17 @@ TOLERANCES = {
 TOP_K_BLOCK = 128
 
 
+#: Export refuses an int8 or float16 model whose Recall@20 is more than this much (relative) below
+#: the float Keras model's on the same histories, unless forced.
+MAX_RECALL_DROP = 0.02
+GATE_K = 20
+
+
 class ParityError(RuntimeError):
+    pass
+
+
+class QualityGateError(ParityError):
     pass
 
 
@@ -185,3 +195,53 @@ def check_parity(
         min_overlap_at_10=tolerance["min_overlap_at_10"],
         allowed_relative_score_error=tolerance["max_relative_score_error"],
     )
+
+
+@dataclass
+class QualityGate:
+    """Recall@20 of the Keras model and of its export on the same real histories and next baskets."""
+
+    variant: str
+    histories: int
+    float_recall_at_20: float
+    exported_recall_at_20: float
+    max_relative_drop: float = MAX_RECALL_DROP
+
+    @property
+    def relative_drop(self) -> float:
+        if self.float_recall_at_20 <= 0:
+            return 0.0
+        return (self.float_recall_at_20 - self.exported_recall_at_20) / self.float_recall_at_20
+
+    @property
+    def ok(self) -> bool:
+        return round(self.relative_drop, 6) <= self.max_relative_drop  # 0.5 -> 0.49 is 2%, not 2.0000000001%
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "relative_drop": round(self.relative_drop, 4), "ok": self.ok}
+
+
+def recall_at(ranked: np.ndarray, targets: np.ndarray, k: int = GATE_K) -> float:
+    """Mean Recall@k = hits / min(k, |targets|) over rows with targets; ``targets`` is -1 padded."""
+    total, rows = 0.0, 0
+    for row, wanted in zip(ranked, targets, strict=True):
+        goal = set(wanted[wanted >= 0].tolist())
+        if goal:
+            total += len(goal & set(row[:k].tolist())) / min(k, len(goal))
+            rows += 1
+    return total / rows if rows else 0.0
+
+
+def quality_gate(
+    model: keras.Model, model_bytes: bytes, variant: str, items: np.ndarray, weights: np.ndarray, targets: np.ndarray
+) -> QualityGate:
+    """Compare Recall@20 of the Keras model and of the exported model (in LiteRT) on the same queries."""
+    _, runner = litert_runner(model_bytes)
+    keras_scores = np.asarray(model.predict([items, weights], batch_size=256, verbose=0))
+    keras_ranked = np.argsort(-keras_scores, axis=1, kind="stable")[:, :GATE_K]
+    exported = np.stack([
+        runner(history_items=items[n : n + 1], history_weights=weights[n : n + 1])["item_indices"][0][:GATE_K]  # type: ignore[operator]
+        for n in range(len(items))
+    ])
+    return QualityGate(variant, len(items), round(recall_at(keras_ranked, targets), 4),
+                       round(recall_at(exported, targets), 4))

@@ -5,7 +5,8 @@ Run directory::
     config.json      the settings of this run
     model.keras      the trained Keras model
     catalog.json     items in model index order, with the popularity fallback (shared.catalog)
-    histories.npz    a sample of real training histories, for int8 calibration and parity checks
+    histories.npz    a sample of real training histories with their next baskets (targets, -1 padded):
+                     int8 calibration, the parity check and the quantization quality gate
     metrics.json     data counts, per-epoch loss, wall time
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_trainer.dataset import build_training_set, popularity
+from cloud_trainer.dataset import build_training_set, next_baskets, popularity
 from cloud_trainer.evaluation import cut_time, train_period
 from cloud_trainer.events_io import read_events, read_items
 from shared.catalog import Catalog, CatalogItem
@@ -102,7 +103,8 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
 
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(len(data.hist_items), size=min(config.calibration_histories, len(data.hist_items)), replace=False)
-    np.savez(run_dir / "histories.npz", items=data.hist_items[pick], weights=data.hist_weights[pick])
+    np.savez(run_dir / "histories.npz", items=data.hist_items[pick], weights=data.hist_weights[pick],
+             targets=next_baskets(data, pick))
     metrics = {
         "events_read": table.report.rows,
         "events_kept": table.report.kept,

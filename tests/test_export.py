@@ -58,6 +58,45 @@ def test_bundle_is_signed_and_self_consistent(int8_bundle: Path, keys: Path) -> 
     catalog = parse_catalog((int8_bundle / CATALOG_FILE).read_bytes(), manifest.model.num_items)
     assert catalog.popular and catalog.items[catalog.popular[0]].title
     assert json.loads(signed)["training"]["parity"]["ok"] is True
+    gate = json.loads(signed)["training"]["quality_gate"]
+    assert gate["ok"] is True and gate["histories"] > 100 and gate["float_recall_at_20"] > 0, gate
+
+
+def test_recall_at_on_hand_computed_cases() -> None:
+    from cloud_trainer.export import recall_at
+
+    ranked = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9], [3, 2, 1]])
+    targets = np.array([[1, 9, -1], [7, -1, -1], [-1, -1, -1], [1, 2, 3]])
+    # row 0: 1 hit of min(2, 2); row 1: 0 of 1; row 2: no targets, skipped; row 3: 2 of min(2, 3)
+    assert recall_at(ranked, targets, k=2) == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+
+
+def test_quantization_gate_allows_at_most_a_two_percent_relative_drop() -> None:
+    from cloud_trainer.export import QualityGate
+
+    assert QualityGate("int8", 100, 0.5, 0.49).ok  # exactly 2% lower
+    assert not QualityGate("int8", 100, 0.5, 0.489).ok
+    assert QualityGate("int8", 100, 0.5, 0.6).ok  # better is fine
+
+
+def test_quality_gate_passes_the_real_int8_export_and_refuses_a_degraded_one(  # type: ignore[no-untyped-def]
+    keras_model, trained_run: Path
+) -> None:
+    from cloud_trainer.export import quality_gate, to_tflite
+    from cloud_trainer.model import extract_weights
+
+    data = np.load(trained_run / "histories.npz")
+    items, weights, targets = data["items"], data["weights"], data["targets"]
+    good = to_tflite(extract_weights(keras_model), items.shape[1], 20, "int8", (items, weights))
+    report = quality_gate(keras_model, good, "int8", items, weights, targets)
+    assert report.ok and report.float_recall_at_20 > 0.05, report.to_json()
+    degraded = extract_weights(keras_model)
+    rng = np.random.default_rng(1)
+    degraded.item_vectors = degraded.item_vectors + rng.normal(0, 2 * degraded.item_vectors.std(),
+                                                               degraded.item_vectors.shape).astype(np.float32)
+    bad = to_tflite(degraded, items.shape[1], 20, "int8", (items, weights))
+    report = quality_gate(keras_model, bad, "int8", items, weights, targets)
+    assert not report.ok and report.relative_drop > 0.02, report.to_json()
 
 
 def test_blocked_top_k_in_the_graph_is_exact() -> None:
