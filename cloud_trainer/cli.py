@@ -53,8 +53,8 @@ def _train(args: argparse.Namespace) -> int:
     from cloud_trainer.train import TrainConfig, train
 
     config = TrainConfig(
-        events=str(args.events), items=str(args.items) if args.items else None, dim=args.dim,
-        history_length=args.history_length, epochs=args.epochs, batch_size=args.batch_size,
+        events=str(args.events), items=str(args.items) if args.items else None, model=args.model, dim=args.dim,
+        rank=args.rank, history_length=args.history_length, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed, test_from=args.test_from,
     )
     if args.test_from:
@@ -184,8 +184,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=Path, required=True)
     p.add_argument("--items", type=Path)
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--dim", type=int, default=32)
-    p.add_argument("--history-length", type=int, default=50)
+    p.add_argument("--model", choices=["factorized", "two-tower"], default="factorized",
+                   help="factorized: low-rank item-item model fitted in closed form, with trend and repeat terms "
+                        "(default); two-tower: Keras embeddings trained with a full softmax")
+    p.add_argument("--rank", type=int, default=256, help="factorized: embedding size")
+    p.add_argument("--dim", type=int, default=32, help="two-tower: embedding size")
+    p.add_argument("--history-length", type=int, help="events the model sees (default: 200 factorized, 50 two-tower)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--learning-rate", type=float, default=2e-3)

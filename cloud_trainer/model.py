@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 @dataclass
@@ -27,28 +28,108 @@ class ModelWeights:
     projection_bias: np.ndarray  # [D]
     item_vectors: np.ndarray  # [D, N]
     item_bias: np.ndarray  # [N]
+    pooling: str = "weighted"  # or "distinct"
+    repeat_weight: float = 0.0
 
     @property
     def num_items(self) -> int:
         return int(self.item_bias.shape[0])
 
 
-def build_model(num_items: int, dim: int, history_length: int, l2: float = 1e-6) -> keras.Model:
+def history_present(items: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """bool [B, L]: which positions hold an event. Padding is a suffix of item 0 with weight 0.
+
+    Not ``weights > 0`` alone: in an int8 graph the weights input is quantized in steps of about
+    1/255, so the old positions of a long history (weights ~0.002) would read as padding. Item
+    ids are int32 and exact, so a history runs up to its last position holding a nonzero item or
+    a nonzero weight; only item 0 among the very oldest events of a long history can be missed.
+    """
+    marked = tf.not_equal(items, 0) | (weights > 0)
+    positions = tf.range(1, tf.shape(items)[1] + 1)[None, :]  # 1-based
+    length = tf.reduce_max(tf.where(marked, positions, tf.zeros_like(positions)), axis=1, keepdims=True)
+    return positions <= length
+
+
+def distinct_positions(items: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """float [B, L]: 1 at the first position holding each distinct item of a history, else 0.
+
+    Padding positions (see :func:`history_present`) count for nothing. Histories are most recent
+    first, so each item is pooled once, at its latest position. Used by the Keras model and the
+    TFLite graph alike.
+    """
+    present = history_present(items, weights)
+    same = tf.equal(items[:, :, None], items[:, None, :]) & present[:, None, :]  # [B, L, L]
+    length = tf.shape(items)[1]
+    positions = tf.range(length)
+    earlier = positions[None, :] < positions[:, None]  # [L, L]: m before l
+    repeated = tf.reduce_any(same & earlier[None], axis=2)
+    return tf.cast(present & ~repeated, tf.float32)
+
+
+@keras.saving.register_keras_serializable(package="edge_recommender")
+class DistinctPooling(keras.layers.Layer):
+    def call(self, items: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+        return distinct_positions(items, weights)
+
+
+@keras.saving.register_keras_serializable(package="edge_recommender")
+class RepeatCount(keras.layers.Layer):
+    """``weight * count(i in history)`` for every item i: [B, N]."""
+
+    def __init__(self, num_items: int, weight: float = 0.0, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.num_items, self.initial_weight = num_items, weight
+
+    def build(self, input_shape: object) -> None:
+        self.weight = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.initial_weight),
+                                      name="weight")
+
+    def call(self, items: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+        batch, length = tf.shape(items)[0], tf.shape(items)[1]
+        present = tf.cast(history_present(items, weights), tf.float32)
+        rows = tf.repeat(tf.range(batch), length)
+        flat = rows * self.num_items + tf.reshape(items, [-1])
+        counts = tf.math.unsorted_segment_sum(tf.reshape(present, [-1]), flat, batch * self.num_items)
+        return self.weight * tf.reshape(counts, [batch, self.num_items])
+
+    def get_config(self) -> dict[str, object]:
+        return {**super().get_config(), "num_items": self.num_items, "weight": self.initial_weight}
+
+
+def build_model(num_items: int, dim: int, history_length: int, l2: float = 1e-6, pooling: str = "weighted",
+                repeat_weight: float | None = None) -> keras.Model:
     items = keras.Input((history_length,), dtype="int32", name="history_items")
     weights = keras.Input((history_length,), dtype="float32", name="history_weights")
     h = keras.layers.Embedding(
         num_items, dim, name="history_embedding", embeddings_regularizer=keras.regularizers.L2(l2)
     )(items)
-    pooled = keras.layers.Dot(axes=(1, 1), name="weighted_mean")([weights, h])
+    coefficients = DistinctPooling(name="distinct_pooling")(items, weights) if pooling == "distinct" else weights
+    pooled = keras.layers.Dot(axes=(1, 1), name="weighted_mean")([coefficients, h])
     user = keras.layers.Dense(dim, name="user_projection")(pooled)
     scores = keras.layers.Dense(
         num_items, name="item_vectors", kernel_regularizer=keras.regularizers.L2(l2)
     )(user)
+    if repeat_weight is not None:
+        scores = keras.layers.Add(name="with_repeats")(
+            [scores, RepeatCount(num_items, repeat_weight, name="repeat_count")(items, weights)])
     return keras.Model([items, weights], scores, name="edge_recommender")
+
+
+def model_from_weights(weights: ModelWeights, history_length: int) -> keras.Model:
+    """A Keras model computing exactly what ``weights`` describe (for fitted, not trained, weights)."""
+    model = build_model(weights.num_items, int(weights.projection.shape[0]), history_length,
+                        pooling=weights.pooling, repeat_weight=weights.repeat_weight or None)
+    model.get_layer("history_embedding").set_weights([weights.history_embedding])
+    model.get_layer("user_projection").set_weights([weights.projection, weights.projection_bias])
+    model.get_layer("item_vectors").set_weights([weights.item_vectors, weights.item_bias])
+    return model
 
 
 def extract_weights(model: keras.Model) -> ModelWeights:
     (embedding,) = model.get_layer("history_embedding").get_weights()
     projection, projection_bias = model.get_layer("user_projection").get_weights()
     item_vectors, item_bias = model.get_layer("item_vectors").get_weights()
-    return ModelWeights(embedding, projection, projection_bias, item_vectors, item_bias)
+    names = {layer.name for layer in model.layers}
+    pooling = "distinct" if "distinct_pooling" in names else "weighted"
+    repeat = float(model.get_layer("repeat_count").get_weights()[0]) if "repeat_count" in names else 0.0
+    return ModelWeights(embedding, projection, projection_bias, item_vectors, item_bias, pooling, repeat)

@@ -18,23 +18,34 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cloud_trainer.dataset import build_training_set, next_baskets, popularity
+from cloud_trainer.dataset import TrainingSet, build_training_set, next_baskets, popularity
 from cloud_trainer.evaluation import cut_time, train_period
 from cloud_trainer.events_io import read_events, read_items
 from shared.catalog import Catalog, CatalogItem
 
+if TYPE_CHECKING:
+    import keras
+
 log = logging.getLogger(__name__)
+
+
+MODELS = ("factorized", "two-tower")
+#: History length per model kind when not given (the factorized model counts repeats over more).
+HISTORY_LENGTH = {"factorized": 200, "two-tower": 50}
 
 
 @dataclass
 class TrainConfig:
     events: str
     items: str | None = None
-    dim: int = 32
-    history_length: int = 50
+    model: str = "factorized"  # see cloud_trainer.factorized; "two-tower" is the Keras-trained one
+    dim: int = 32  # two-tower embedding size
+    rank: int = 256  # factorized: embedding size
+    history_length: int | None = None  # default: HISTORY_LENGTH[model]
     epochs: int = 8
     batch_size: int = 512
     learning_rate: float = 2e-3
@@ -53,12 +64,11 @@ def _seed(seed: int) -> None:
 
 
 def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
-    import keras
-    import tensorflow as tf
-
-    from cloud_trainer.model import build_model
-
     started = time.monotonic()
+    if config.model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, not {config.model!r}")
+    if config.history_length is None:
+        config.history_length = HISTORY_LENGTH[config.model]
     _seed(config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     table = read_events(Path(config.events))
@@ -82,23 +92,15 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
     )
     (run_dir / "catalog.json").write_bytes(catalog.to_bytes())
 
-    rows, targets = data.example_row, data.example_target
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((rows, targets))
-        .shuffle(len(rows), seed=config.seed, reshuffle_each_iteration=True)
-        .batch(config.batch_size)
-        .map(
-            lambda r, t: ((tf.gather(data.hist_items, r), tf.gather(data.hist_weights, r)), t),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    model = build_model(num_items, config.dim, config.history_length, config.l2)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    history = model.fit(dataset, epochs=config.epochs, verbose=2)
+    if config.model == "factorized":
+        from cloud_trainer.factorized import FactorizedSettings, fit
+        from cloud_trainer.model import model_from_weights
+
+        model = model_from_weights(fit(table, FactorizedSettings(rank=config.rank, seed=config.seed)),
+                                   config.history_length)
+        loss: list[float] = []
+    else:
+        model, loss = _fit_two_tower(config, data, num_items)
     model.save(run_dir / "model.keras")
 
     rng = np.random.default_rng(config.seed)
@@ -112,9 +114,38 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
         "users": len(table.user_ids),
         "items": num_items,
         "examples": len(data),
-        "loss": [float(v) for v in history.history["loss"]],
+        "model": config.model,
+        "loss": loss,
         "train_seconds": round(time.monotonic() - started, 1),
     }
     (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def _fit_two_tower(config: TrainConfig, data: TrainingSet, num_items: int) -> tuple[keras.Model, list[float]]:
+    """The Keras two-tower model trained with a full softmax over the catalogue on next baskets."""
+    import keras
+    import tensorflow as tf
+
+    from cloud_trainer.model import build_model
+
+    rows, targets = data.example_row, data.example_target
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((rows, targets))
+        .shuffle(len(rows), seed=config.seed, reshuffle_each_iteration=True)
+        .batch(config.batch_size)
+        .map(
+            lambda r, t: ((tf.gather(data.hist_items, r), tf.gather(data.hist_weights, r)), t),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    assert config.history_length is not None
+    model = build_model(num_items, config.dim, config.history_length, config.l2)
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    history = model.fit(dataset, epochs=config.epochs, verbose=2)
+    return model, [float(v) for v in history.history["loss"]]

@@ -107,16 +107,19 @@ def main() -> int:
             print(f"  bought  {r['item_id']:>8}  {by_id.get(r['item_id'], '?')}")
 
         step(8, f"asking the agent for customer {CUSTOMER}'s recommendations over HTTP")
-        path = f"/v1/recommendations?user_id={CUSTOMER}&k=10"
-        status, body = agent.request("GET", path)
-        answer = json.loads(body)
-        print(f"GET {path} -> {status}, model version {answer['model_version']}, fallback {answer['fallback']}")
-        for n, item in enumerate(answer["items"], 1):
-            title = item["title"][:44]
-            score = "popular" if item["score"] is None else f"score {item['score']:.3f}"
-            print(f"  {n:2d}. {item['id']:>8}  {title:44s}  £{item['price']:<6}  {score}")
-            if item["because"]:
-                print(f"      because of {item['because']['id']} {item['because']['title'][:40]}")
+        for query in ("k=10", "k=10&exclude=purchased"):  # what they buy again; then only new items
+            path = f"/v1/recommendations?user_id={CUSTOMER}&{query}"
+            status, body = agent.request("GET", path)
+            answer = json.loads(body)
+            print(f"GET {path} -> {status}, model version {answer['model_version']}, fallback {answer['fallback']}")
+            for n, item in enumerate(answer["items"], 1):
+                title = item["title"][:44]
+                score = "popular" if item["score"] is None else f"score {item['score']:.3f}"
+                print(f"  {n:2d}. {item['id']:>8}  {title:44s}  £{item['price']:<6}  {score}")
+                if item["because"] and item["because"]["id"] == item["id"]:
+                    print("      bought before")
+                elif item["because"]:
+                    print(f"      because of {item['because']['id']} {item['because']['title'][:40]}")
         latencies = []
         for _ in range(200):
             t = time.perf_counter()

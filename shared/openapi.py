@@ -79,7 +79,8 @@ _SCHEMAS: dict[str, Any] = {
             "price": {"type": ["number", "null"]},
             "score": {"type": ["number", "null"], "description": "Model score; null for popularity fill-ins."},
             "because": {
-                "description": "The history item that added most to this item's score, when known.",
+                "description": "The history item that added most to this item's score, when known; the item itself "
+                               "when the shopper bought it before and that weighs most.",
                 "oneOf": [
                     {"type": "null"},
                     {

@@ -90,10 +90,11 @@ def test_quality_gate_passes_the_real_int8_export_and_refuses_a_degraded_one(  #
     good = to_tflite(extract_weights(keras_model), items.shape[1], 20, "int8", (items, weights))
     report = quality_gate(keras_model, good, "int8", items, weights, targets)
     assert report.ok and report.float_recall_at_20 > 0.05, report.to_json()
-    degraded = extract_weights(keras_model)
+    degraded = extract_weights(keras_model)  # noisy item vectors, and the repeat term lost
     rng = np.random.default_rng(1)
     degraded.item_vectors = degraded.item_vectors + rng.normal(0, 2 * degraded.item_vectors.std(),
                                                                degraded.item_vectors.shape).astype(np.float32)
+    degraded.repeat_weight = 0.0
     bad = to_tflite(degraded, items.shape[1], 20, "int8", (items, weights))
     report = quality_gate(keras_model, bad, "int8", items, weights, targets)
     assert not report.ok and report.relative_drop > 0.02, report.to_json()

@@ -1,0 +1,108 @@
+"""The factorized model: closed-form fit, distinct pooling and the in-graph repeat term."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cloud_trainer.events_io import KIND_CODES, EventTable, ReadReport
+from shared.events import EventKind
+
+
+def toy_table(users: int = 40, items: int = 15, events: int = 300, seed: int = 0) -> EventTable:
+    rng = np.random.default_rng(seed)
+    return EventTable(
+        user_ids=[f"u{n}" for n in range(users)], item_ids=[f"i{n}" for n in range(items)],
+        user=rng.integers(0, users, events).astype(np.int32), item=rng.integers(0, items, events).astype(np.int32),
+        kind=np.full(events, KIND_CODES[EventKind.PURCHASE], dtype=np.int8),
+        timestamp=np.sort(rng.uniform(0, 60 * 86400, events)), report=ReadReport(),
+    )
+
+
+def test_full_rank_factorization_scores_exactly_as_ease() -> None:
+    """At full rank, pooling each distinct history item once gives EASE's scores (Steck 2019)."""
+    from cloud_trainer.factorized import FactorizedSettings, ease, fit, shopper_item_matrix
+
+    table = toy_table()
+    weights = fit(table, FactorizedSettings(rank=15, trend_weight=0.0, repeat_weight=0.0))
+    x = shopper_item_matrix(table)
+    user_vectors = x @ weights.history_embedding  # X is 0/1: each bought item pooled once
+    scores = (user_vectors @ weights.projection + weights.projection_bias) @ weights.item_vectors
+    np.testing.assert_allclose(scores, x @ ease(x, 200.0), atol=1e-4)
+    assert weights.pooling == "distinct" and not weights.item_bias.any()
+
+
+def test_truncated_svd_finds_the_top_singular_values() -> None:
+    from cloud_trainer.factorized import truncated_svd
+
+    rng = np.random.default_rng(1)  # a decaying spectrum, as item-item matrices have
+    left, _ = np.linalg.qr(rng.normal(size=(60, 60)))
+    right, _ = np.linalg.qr(rng.normal(size=(60, 60)))
+    b = (left * 0.8 ** np.arange(60)) @ right.T
+    u, s, vt = truncated_svd(b, 10, seed=0)
+    np.testing.assert_allclose(s, np.linalg.svd(b, compute_uv=False)[:10], rtol=1e-6)
+    np.testing.assert_allclose(u.T @ u, np.eye(10), atol=1e-8)
+    np.testing.assert_allclose((u * s) @ vt, u @ u.T @ b, atol=1e-8)
+
+
+def test_trend_bias_counts_only_the_last_days() -> None:
+    from cloud_trainer.factorized import trend
+
+    table = toy_table()
+    recent = table.timestamp >= table.timestamp.max() - 14 * 86400
+    expected = np.log1p(np.bincount(table.item[recent], minlength=15))
+    np.testing.assert_allclose(trend(table, 14), expected)
+    assert trend(table, 14).sum() < trend(table, 90).sum()
+
+
+def test_distinct_pooling_keeps_the_most_recent_position_of_each_item() -> None:
+    from cloud_trainer.model import distinct_positions
+
+    items = np.array([[7, 3, 7, 7, 2, 0, 0], [0, 5, 0, 0, 0, 0, 0]], dtype=np.int32)
+    weights = np.array([[0.3, 0.2, 0.2, 0.1, 0.2, 0.0, 0.0],  # the zeros are padding
+                        [0.5, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0]], dtype=np.float32)  # int8 turned 5's weight to 0
+    np.testing.assert_array_equal(distinct_positions(items, weights).numpy(),
+                                  [[1, 1, 0, 0, 1, 0, 0], [1, 1, 0, 0, 0, 0, 0]])
+
+
+def numpy_scores(weights, items: np.ndarray, mix: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    present = mix > 0
+    first = [n for n in range(len(items)) if present[n] and items[n] not in items[:n][present[:n]]]
+    user = weights.history_embedding[items[first]].sum(axis=0) @ weights.projection + weights.projection_bias
+    scores = user @ weights.item_vectors + weights.item_bias
+    np.add.at(scores, items[present], weights.repeat_weight)
+    return scores
+
+
+def test_repeat_term_in_the_graph_is_exact_and_explained() -> None:
+    """Top-K of dot product + repeat from the dot product's top-K plus the history: the same items
+    and scores as scoring every item, for histories whose items score low without their repeats."""
+    from cloud_trainer.export import litert_runner, to_tflite
+    from cloud_trainer.model import ModelWeights, model_from_weights
+
+    n_items, dim, length, top_k = 500, 8, 12, 10
+    rng = np.random.default_rng(5)
+    weights = ModelWeights(
+        history_embedding=rng.normal(0, 1, (n_items, dim)).astype(np.float32),
+        projection=np.eye(dim, dtype=np.float32), projection_bias=np.zeros(dim, np.float32),
+        item_vectors=rng.normal(0, 1, (dim, n_items)).astype(np.float32),
+        item_bias=rng.normal(0, 0.1, n_items).astype(np.float32), pooling="distinct", repeat_weight=4.0,
+    )
+    items = rng.integers(0, 40, (40, length)).astype(np.int32)  # few distinct items: many repeats
+    mix = rng.random((40, length)).astype(np.float32)
+    items[:, 9:], mix[:, 9:] = 0, 0.0  # padding: item 0, weight 0
+    items[:5, 8], mix[:5, 8] = 0, 1e-4  # item 0 as a real (oldest) event
+    _, runner = litert_runner(to_tflite(weights, length, top_k, "float32", (items, mix)))
+    keras_scores = model_from_weights(weights, length).predict([items, mix], verbose=0)
+    for h, w, from_keras in zip(items, mix, keras_scores, strict=True):
+        expected = numpy_scores(weights, h, w)
+        np.testing.assert_allclose(from_keras, expected, rtol=1e-4, atol=1e-3)
+        out = runner(history_items=h[None], history_weights=w[None])  # type: ignore[operator]
+        got = out["item_indices"][0]
+        assert len(set(got.tolist())) == top_k
+        assert sorted(got.tolist()) == sorted(np.argsort(-expected, kind="stable")[:top_k].tolist())
+        np.testing.assert_allclose(out["scores"][0], expected[got], rtol=1e-4, atol=1e-3)
+        # explanations add up to each score, biases aside
+        np.testing.assert_allclose(out["contributions"][0].sum(axis=0), expected[got] - weights.item_bias[got],
+                                   rtol=1e-4, atol=1e-3)
+    assert any(set(h[:9].tolist()) & set(runner(history_items=h[None], history_weights=w[None])["item_indices"][0]  # type: ignore[operator]
+                                                .tolist()) for h, w in zip(items, mix, strict=True))
