@@ -50,26 +50,39 @@ def history_present(items: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     return positions <= length
 
 
-def distinct_positions(items: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-    """float [B, L]: 1 at the first position holding each distinct item of a history, else 0.
+def history_counts(items: tf.Tensor, weights: tf.Tensor, num_items: int) -> tf.Tensor:
+    """int32 [B, N]: how many positions of each history hold each item (padding not counted)."""
+    batch, length = tf.shape(items)[0], tf.shape(items)[1]
+    present = tf.cast(history_present(items, weights), tf.int32)
+    rows = tf.repeat(tf.range(batch), length)
+    flat = rows * num_items + tf.reshape(items, [-1])
+    counts = tf.math.unsorted_segment_sum(tf.reshape(present, [-1]), flat, batch * num_items)
+    return tf.reshape(counts, [batch, num_items])
 
-    Padding positions (see :func:`history_present`) count for nothing. Histories are most recent
-    first, so each item is pooled once, at its latest position. Used by the Keras model and the
-    TFLite graph alike.
+
+def distinct_positions(items: tf.Tensor, weights: tf.Tensor, counts: tf.Tensor) -> tf.Tensor:
+    """float [B, L]: 1 / (occurrences of the item) at each position holding it, 0 for padding.
+
+    So each distinct history item is pooled once in total, however often it appears; ``counts``
+    is :func:`history_counts`. One scatter and one gather: cheaper in the graph than comparing
+    every position with every other. Used by the Keras model and the TFLite graph alike.
     """
     present = history_present(items, weights)
-    same = tf.equal(items[:, :, None], items[:, None, :]) & present[:, None, :]  # [B, L, L]
-    length = tf.shape(items)[1]
-    positions = tf.range(length)
-    earlier = positions[None, :] < positions[:, None]  # [L, L]: m before l
-    repeated = tf.reduce_any(same & earlier[None], axis=2)
-    return tf.cast(present & ~repeated, tf.float32)
+    occurrences = tf.gather(counts, items, batch_dims=1)  # [B, L]
+    return tf.where(present, 1.0 / tf.cast(tf.maximum(occurrences, 1), tf.float32), 0.0)
 
 
 @keras.saving.register_keras_serializable(package="edge_recommender")
 class DistinctPooling(keras.layers.Layer):
+    def __init__(self, num_items: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.num_items = num_items
+
     def call(self, items: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-        return distinct_positions(items, weights)
+        return distinct_positions(items, weights, history_counts(items, weights, self.num_items))
+
+    def get_config(self) -> dict[str, object]:
+        return {**super().get_config(), "num_items": self.num_items}
 
 
 @keras.saving.register_keras_serializable(package="edge_recommender")
@@ -85,12 +98,7 @@ class RepeatCount(keras.layers.Layer):
                                       name="weight")
 
     def call(self, items: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-        batch, length = tf.shape(items)[0], tf.shape(items)[1]
-        present = tf.cast(history_present(items, weights), tf.float32)
-        rows = tf.repeat(tf.range(batch), length)
-        flat = rows * self.num_items + tf.reshape(items, [-1])
-        counts = tf.math.unsorted_segment_sum(tf.reshape(present, [-1]), flat, batch * self.num_items)
-        return self.weight * tf.reshape(counts, [batch, self.num_items])
+        return self.weight * tf.cast(history_counts(items, weights, self.num_items), tf.float32)
 
     def get_config(self) -> dict[str, object]:
         return {**super().get_config(), "num_items": self.num_items, "weight": self.initial_weight}
@@ -103,7 +111,9 @@ def build_model(num_items: int, dim: int, history_length: int, l2: float = 1e-6,
     h = keras.layers.Embedding(
         num_items, dim, name="history_embedding", embeddings_regularizer=keras.regularizers.L2(l2)
     )(items)
-    coefficients = DistinctPooling(name="distinct_pooling")(items, weights) if pooling == "distinct" else weights
+    coefficients = weights
+    if pooling == "distinct":
+        coefficients = DistinctPooling(num_items, name="distinct_pooling")(items, weights)
     pooled = keras.layers.Dot(axes=(1, 1), name="weighted_mean")([coefficients, h])
     user = keras.layers.Dense(dim, name="user_projection")(pooled)
     scores = keras.layers.Dense(

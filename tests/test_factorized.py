@@ -54,14 +54,16 @@ def test_trend_bias_counts_only_the_last_days() -> None:
     assert trend(table, 14).sum() < trend(table, 90).sum()
 
 
-def test_distinct_pooling_keeps_the_most_recent_position_of_each_item() -> None:
-    from cloud_trainer.model import distinct_positions
+def test_distinct_pooling_counts_each_item_once() -> None:
+    from cloud_trainer.model import distinct_positions, history_counts
 
-    items = np.array([[7, 3, 7, 7, 2, 0, 0], [0, 5, 0, 0, 0, 0, 0]], dtype=np.int32)
+    items = np.array([[7, 3, 7, 7, 2, 0, 0], [0, 5, 0, 0, 0, 0, 0]], dtype=np.int32)  # item 0 twice
     weights = np.array([[0.3, 0.2, 0.2, 0.1, 0.2, 0.0, 0.0],  # the zeros are padding
                         [0.5, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0]], dtype=np.float32)  # int8 turned 5's weight to 0
-    np.testing.assert_array_equal(distinct_positions(items, weights).numpy(),
-                                  [[1, 1, 0, 0, 1, 0, 0], [1, 1, 0, 0, 0, 0, 0]])
+    counts = history_counts(items, weights, 8)
+    np.testing.assert_array_equal(counts.numpy(), [[0, 0, 1, 1, 0, 0, 0, 3], [2, 0, 0, 0, 0, 1, 0, 0]])
+    np.testing.assert_allclose(distinct_positions(items, weights, counts).numpy(),
+                               [[1 / 3, 1, 1 / 3, 1 / 3, 1, 0, 0], [1 / 2, 1, 1 / 2, 0, 0, 0, 0]], rtol=1e-6)
 
 
 def numpy_scores(weights, items: np.ndarray, mix: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
