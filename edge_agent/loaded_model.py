@@ -71,7 +71,8 @@ class LoadedModel:
             raise ModelLoadError(f"model failed its self-test query: {e}") from None
         if (
             indices.shape != (contract.top_k,)
-            or (contributions is not None and contributions.shape != (contract.history_length, contract.top_k))
+            or (contributions is not None and (contributions.ndim != 2 or contributions.shape[1] != contract.top_k
+                                               or not 1 <= contributions.shape[0] <= contract.history_length))
             or len(set(indices.tolist())) != contract.top_k
             or indices.min() < 0
             or indices.max() >= contract.num_items

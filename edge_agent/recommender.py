@@ -26,8 +26,8 @@ class Scores(NamedTuple):
     """A model's answer for one history: top-K item indices and scores, best first.
 
     ``contributions[p, j]`` is history position ``p``'s share of item ``j``'s score (positions as
-    :func:`shared.events.history_inputs` orders them, most recent first); None when the model
-    does not output it.
+    :func:`shared.events.history_inputs` orders them, most recent first; a model may explain only
+    its most recent positions); None when the model does not output it.
     """
 
     indices: np.ndarray
@@ -151,7 +151,8 @@ def recommend(
                 break
         reasons: list[int | None] = [None] * len(picked)
         if answer.contributions is not None and picked:
-            positions = items[: min(len(known), scorer.history_length)]
+            # models explain the most recent positions (all of them, or fewer: see the export)
+            positions = items[: min(len(known), scorer.history_length, answer.contributions.shape[0])]
             reasons = _main_contributors(positions, answer.contributions[:, [j for j, _, _ in picked]])
         for (_, index, score), reason in zip(picked, reasons, strict=True):
             because = None if reason is None else catalog.items[reason]

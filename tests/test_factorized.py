@@ -108,3 +108,26 @@ def test_repeat_term_in_the_graph_is_exact_and_explained() -> None:
                                    rtol=1e-4, atol=1e-3)
     assert any(set(h[:9].tolist()) & set(runner(history_items=h[None], history_weights=w[None])["item_indices"][0]  # type: ignore[operator]
                                                 .tolist()) for h, w in zip(items, mix, strict=True))
+
+
+def test_long_histories_explain_their_most_recent_positions() -> None:
+    from cloud_trainer.export import EXPLAINED_POSITIONS, litert_runner, to_tflite
+    from cloud_trainer.model import ModelWeights
+
+    n_items, dim, length, top_k = 300, 4, EXPLAINED_POSITIONS + 30, 10
+    rng = np.random.default_rng(2)
+    weights = ModelWeights(
+        history_embedding=rng.normal(0, 1, (n_items, dim)).astype(np.float32),
+        projection=np.eye(dim, dtype=np.float32), projection_bias=np.zeros(dim, np.float32),
+        item_vectors=rng.normal(0, 1, (dim, n_items)).astype(np.float32),
+        item_bias=np.zeros(n_items, np.float32), pooling="distinct", repeat_weight=1.0,
+    )
+    items = rng.permutation(n_items)[:length].astype(np.int32)[None]  # distinct items
+    mix = np.full((1, length), 1.0 / length, dtype=np.float32)
+    _, runner = litert_runner(to_tflite(weights, length, top_k, "float32", (items, mix)))
+    out = runner(history_items=items, history_weights=mix)  # type: ignore[operator]
+    got = out["item_indices"][0]
+    assert out["contributions"].shape == (1, EXPLAINED_POSITIONS, top_k)
+    shares = weights.history_embedding[items[0][:EXPLAINED_POSITIONS]] @ weights.item_vectors[:, got]
+    shares += np.equal.outer(items[0][:EXPLAINED_POSITIONS], got)  # the repeat term, weight 1
+    np.testing.assert_allclose(out["contributions"][0], shares, rtol=1e-4, atol=1e-4)

@@ -86,6 +86,16 @@ def test_explanation_names_the_history_item_that_added_most() -> None:
     assert because == {"a": "c", "b": "a", "c": None, "d": None, "e": "c"}  # no positive share: no reason
 
 
+def test_a_model_explaining_only_its_most_recent_positions() -> None:
+    # positions (most recent first): c, a, c; the model explains 2 of its 4 positions
+    contributions = np.array([[0.5, 0.0, 0.1, 0.0, 0.0],    # c (latest)
+                              [0.4, 0.0, 0.2, 0.0, 0.0]])   # a
+    history = [Ev("c", EventKind.VIEW), Ev("a", EventKind.VIEW), Ev("c", EventKind.VIEW)]
+    result = recommend(FixedScorer(contributions), history, 3)
+    because = {r.item.id: (r.because.id if r.because else None) for r in result.items}
+    assert because == {"a": "c", "b": None, "c": "a"}  # the unexplained third position plays no part
+
+
 def test_no_explanations_without_contributions() -> None:
     result = recommend(FixedScorer(), [Ev("a", EventKind.VIEW)], 2)
     assert all(r.because is None for r in result.items)
