@@ -20,7 +20,9 @@ from cloud_trainer.model import ModelWeights, distinct_positions, history_counts
 
 #: Parity tolerances per variant: mean top-10 overlap with Keras, and the largest score error on
 #: the returned items, relative to the range (max - min) of Keras scores for that history: int8
-#: quantizes scores in steps of about range / 255, whatever the scores' distribution.
+#: quantizes scores in steps of about range / 255, whatever the scores' distribution. (Measured
+#: on Online Retail's default model: 1e-6, 2e-4 and 0.037; int8 reaches 0.15 on the tests' model
+#: trained on five weeks.)
 TOLERANCES = {
     "float32": {"min_overlap_at_10": 0.99, "max_relative_score_error": 1e-3},
     "float16": {"min_overlap_at_10": 0.95, "max_relative_score_error": 0.05},
