@@ -176,15 +176,23 @@ def item_knn_scores(data: Split) -> np.ndarray:
     return x[_test_rows(data)] @ similarity
 
 
-def ease_scores(data: Split, lam: float = 200.0) -> np.ndarray:
-    """EASE (Steck 2019): a closed-form item-item model with a zero diagonal."""
-    x = _purchase_matrix(data)
-    gram = x.T @ x
+def ease(x: np.ndarray, lam: float) -> np.ndarray:
+    """EASE's closed form (Steck 2019): B = -P / diag(P) with P = (X'X + lam I)^-1, zero diagonal.
+
+    The baseline below and the factorized model (:mod:`cloud_trainer.factorized`) both use it.
+    """
+    gram = x.T.astype(np.float64) @ x.astype(np.float64)
     gram[np.diag_indices_from(gram)] += lam
     inverse = np.linalg.inv(gram)
     weights = -inverse / np.diag(inverse)
     np.fill_diagonal(weights, 0.0)
-    return x[_test_rows(data)] @ weights
+    return weights
+
+
+def ease_scores(data: Split, lam: float = 200.0) -> np.ndarray:
+    """EASE (Steck 2019): a closed-form item-item model with a zero diagonal."""
+    x = _purchase_matrix(data)
+    return x[_test_rows(data)] @ ease(x, lam)
 
 
 BASELINES: dict[str, Callable[[Split], np.ndarray]] = {

@@ -118,12 +118,12 @@ def _recommend_module(weights: ModelWeights, history_length: int, top_k: int, ex
             ]
         )
         def recommend(self, history_items: tf.Tensor, history_weights: tf.Tensor) -> dict[str, tf.Tensor]:
-            present = history_present(history_items, history_weights)[0]  # [L]
+            present = history_present(history_items, history_weights)  # [1, L]
             counts = None
             if weights.pooling == "distinct" or weights.repeat_weight:
-                counts = history_counts(history_items, history_weights, weights.num_items)  # [1, N] int32
+                counts = history_counts(history_items, present, weights.num_items)  # [1, N] int32
             if weights.pooling == "distinct":
-                coefficients = distinct_positions(history_items, history_weights, counts)  # [1, L]
+                coefficients = distinct_positions(history_items, present, counts)  # [1, L]
             else:
                 coefficients = history_weights
             h = tf.gather(self.h, history_items)  # [1, L, D]
@@ -132,7 +132,7 @@ def _recommend_module(weights: ModelWeights, history_length: int, top_k: int, ex
             scores = tf.matmul(user, self.e, transpose_b=True) + self.e_bias  # [1, N]
             top_scores, top_items = _blocked_top_k(scores, top_k)
             if weights.repeat_weight:  # the shopper's own items: + weight x times in the history
-                top_scores, top_items = _with_repeats(scores, top_items, history_items[0], present, counts[0],
+                top_scores, top_items = _with_repeats(scores, top_items, history_items[0], present[0], counts[0],
                                                       weights.repeat_weight, top_k)
             if not explanations:
                 return {"item_indices": top_items, "scores": top_scores}
@@ -146,7 +146,7 @@ def _recommend_module(weights: ModelWeights, history_length: int, top_k: int, ex
             top_vectors = tf.gather(self.e, top_items[0])  # [K, D]
             contributions = tf.matmul(per_position, top_vectors, transpose_b=True)  # [E, K]
             if weights.repeat_weight:
-                same = tf.equal(history_items[0][:e, None], top_items[0][None, :]) & present[:e, None]
+                same = tf.equal(history_items[0][:e, None], top_items[0][None, :]) & present[0][:e, None]
                 contributions += weights.repeat_weight * tf.cast(same, tf.float32)
             return {"item_indices": top_items, "scores": top_scores, "contributions": contributions[None]}
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cloud_trainer.evaluation import ease
 from cloud_trainer.events_io import KINDS_BY_CODE, EventTable
 from cloud_trainer.model import ModelWeights
 from shared.events import EVENT_WEIGHTS
@@ -58,16 +59,6 @@ def shopper_item_matrix(table: EventTable) -> np.ndarray:
     x = np.zeros((len(table.user_ids), len(table.item_ids)), dtype=np.float32)
     np.maximum.at(x, (table.user, table.item), weights[table.kind])
     return x
-
-
-def ease(x: np.ndarray, l2: float) -> np.ndarray:
-    """EASE's closed form: B = I - P diag(1 / diag(P)) with P = (X'X + l2 I)^-1, zero diagonal."""
-    gram = (x.T.astype(np.float64) @ x.astype(np.float64))
-    gram[np.diag_indices_from(gram)] += l2
-    inverse = np.linalg.inv(gram)
-    b = -inverse / np.diag(inverse)
-    np.fill_diagonal(b, 0.0)
-    return b
 
 
 def truncated_svd(b: np.ndarray, rank: int, seed: int, power_iterations: int = 4) -> tuple[np.ndarray, ...]:

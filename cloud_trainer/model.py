@@ -50,24 +50,23 @@ def history_present(items: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     return positions <= length
 
 
-def history_counts(items: tf.Tensor, weights: tf.Tensor, num_items: int) -> tf.Tensor:
-    """int32 [B, N]: how many positions of each history hold each item (padding not counted)."""
+def history_counts(items: tf.Tensor, present: tf.Tensor, num_items: int) -> tf.Tensor:
+    """int32 [B, N]: how many present positions (:func:`history_present`) of each history hold each item."""
     batch, length = tf.shape(items)[0], tf.shape(items)[1]
-    present = tf.cast(history_present(items, weights), tf.int32)
     rows = tf.repeat(tf.range(batch), length)
     flat = rows * num_items + tf.reshape(items, [-1])
-    counts = tf.math.unsorted_segment_sum(tf.reshape(present, [-1]), flat, batch * num_items)
+    counts = tf.math.unsorted_segment_sum(tf.reshape(tf.cast(present, tf.int32), [-1]), flat, batch * num_items)
     return tf.reshape(counts, [batch, num_items])
 
 
-def distinct_positions(items: tf.Tensor, weights: tf.Tensor, counts: tf.Tensor) -> tf.Tensor:
+def distinct_positions(items: tf.Tensor, present: tf.Tensor, counts: tf.Tensor) -> tf.Tensor:
     """float [B, L]: 1 / (occurrences of the item) at each position holding it, 0 for padding.
 
-    So each distinct history item is pooled once in total, however often it appears; ``counts``
-    is :func:`history_counts`. One scatter and one gather: cheaper in the graph than comparing
-    every position with every other. Used by the Keras model and the TFLite graph alike.
+    So each distinct history item is pooled once in total, however often it appears; ``present``
+    is :func:`history_present`, ``counts`` :func:`history_counts`. One scatter and one gather:
+    cheaper in the graph than comparing every position with every other. Used by the Keras model
+    and the TFLite graph alike.
     """
-    present = history_present(items, weights)
     occurrences = tf.gather(counts, items, batch_dims=1)  # [B, L]
     return tf.where(present, 1.0 / tf.cast(tf.maximum(occurrences, 1), tf.float32), 0.0)
 
@@ -79,7 +78,8 @@ class DistinctPooling(keras.layers.Layer):
         self.num_items = num_items
 
     def call(self, items: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-        return distinct_positions(items, weights, history_counts(items, weights, self.num_items))
+        present = history_present(items, weights)
+        return distinct_positions(items, present, history_counts(items, present, self.num_items))
 
     def get_config(self) -> dict[str, object]:
         return {**super().get_config(), "num_items": self.num_items}
@@ -98,7 +98,8 @@ class RepeatCount(keras.layers.Layer):
                                       name="weight")
 
     def call(self, items: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-        return self.weight * tf.cast(history_counts(items, weights, self.num_items), tf.float32)
+        present = history_present(items, weights)
+        return self.weight * tf.cast(history_counts(items, present, self.num_items), tf.float32)
 
     def get_config(self) -> dict[str, object]:
         return {**super().get_config(), "num_items": self.num_items, "weight": self.initial_weight}

@@ -152,26 +152,23 @@ class ModelStore:
 
     def count_trial_start(self, version: int) -> int | None:
         """Starts of ``version`` while on trial, this one included; None when it is not on trial."""
+        return self._add_trial_starts(version, +1)
+
+    def uncount_trial_start(self, version: int) -> None:
+        """The start of ``version`` on trial ended in a clean stop: it does not count against it."""
+        self._add_trial_starts(version, -1)
+
+    def _add_trial_starts(self, version: int, delta: int) -> int | None:
+        """Add ``delta`` to the trial's start count (never below 0); None when ``version`` is not on trial."""
         try:
             marker = json.loads((self.root / "trial.json").read_bytes())
             if marker.get("version") != version:
                 return None
-            starts = int(marker.get("starts", 0)) + 1
+            starts = max(0, int(marker.get("starts", 0)) + delta)
         except (FileNotFoundError, ValueError, AttributeError, TypeError):
             return None
         write_atomic(self.root / "trial.json", json.dumps({"version": version, "starts": starts}).encode())
         return starts
-
-    def uncount_trial_start(self, version: int) -> None:
-        """The start of ``version`` on trial ended in a clean stop: it does not count against it."""
-        try:
-            marker = json.loads((self.root / "trial.json").read_bytes())
-            if marker.get("version") != version:
-                return
-            starts = max(0, int(marker.get("starts", 0)) - 1)
-        except (FileNotFoundError, ValueError, AttributeError, TypeError):
-            return
-        write_atomic(self.root / "trial.json", json.dumps({"version": version, "starts": starts}).encode())
 
     def trial_version(self) -> int | None:
         try:

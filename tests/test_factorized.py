@@ -20,7 +20,8 @@ def toy_table(users: int = 40, items: int = 15, events: int = 300, seed: int = 0
 
 def test_full_rank_factorization_scores_exactly_as_ease() -> None:
     """At full rank, pooling each distinct history item once gives EASE's scores (Steck 2019)."""
-    from cloud_trainer.factorized import FactorizedSettings, ease, fit, shopper_item_matrix
+    from cloud_trainer.evaluation import ease
+    from cloud_trainer.factorized import FactorizedSettings, fit, shopper_item_matrix
 
     table = toy_table()
     weights = fit(table, FactorizedSettings(rank=15, trend_weight=0.0, repeat_weight=0.0))
@@ -55,14 +56,15 @@ def test_trend_bias_counts_only_the_last_days() -> None:
 
 
 def test_distinct_pooling_counts_each_item_once() -> None:
-    from cloud_trainer.model import distinct_positions, history_counts
+    from cloud_trainer.model import distinct_positions, history_counts, history_present
 
     items = np.array([[7, 3, 7, 7, 2, 0, 0], [0, 5, 0, 0, 0, 0, 0]], dtype=np.int32)  # item 0 twice
     weights = np.array([[0.3, 0.2, 0.2, 0.1, 0.2, 0.0, 0.0],  # the zeros are padding
                         [0.5, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0]], dtype=np.float32)  # int8 turned 5's weight to 0
-    counts = history_counts(items, weights, 8)
+    present = history_present(items, weights)
+    counts = history_counts(items, present, 8)
     np.testing.assert_array_equal(counts.numpy(), [[0, 0, 1, 1, 0, 0, 0, 3], [2, 0, 0, 0, 0, 1, 0, 0]])
-    np.testing.assert_allclose(distinct_positions(items, weights, counts).numpy(),
+    np.testing.assert_allclose(distinct_positions(items, present, counts).numpy(),
                                [[1 / 3, 1, 1 / 3, 1 / 3, 1, 0, 0], [1 / 2, 1, 1 / 2, 0, 0, 0, 0]], rtol=1e-6)
 
 
