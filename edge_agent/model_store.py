@@ -88,6 +88,15 @@ class ModelStore:
                         return data
         return None
 
+    def free_bytes(self) -> int:
+        """Bytes free for the agent on the disk holding the models."""
+        return shutil.disk_usage(self.root).free
+
+    def staged_bytes(self, version: int) -> int:
+        """Disk space the staged files of ``version`` take now."""
+        folder = self.staging_dir(version)
+        return sum(f.stat().st_blocks * 512 for f in folder.iterdir() if f.is_file()) if folder.is_dir() else 0
+
     def discard_staging(self, version: int) -> None:
         shutil.rmtree(self.staging_dir(version), ignore_errors=True)
 

@@ -7,6 +7,7 @@ asynchronous with backoff, so the agent serves with its last good model while th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -37,6 +38,8 @@ MAX_PACKET_BYTES = max(CHUNK_SIZE, MAX_ENVELOPE_BYTES) + 4096
 INBOX_MESSAGES = 32
 #: Topics per SUBSCRIBE/UNSUBSCRIBE packet.
 SUBSCRIBE_BATCH = 64
+#: The heartbeat's message to the worker (no MQTT topic is empty).
+_TICK = ("", b"")
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,10 @@ class MqttLink:
                 self.publish_status()
             except Exception:  # a status is not worth a dead heartbeat thread
                 log.exception("could not publish the status")
+            # the worker, the only caller of the updater, sees whether a deferred update has room
+            # now; when it is busy with messages, the next beat will do
+            with contextlib.suppress(queue.Full):
+                self._inbox.put_nowait(_TICK)
 
     # -- paho callbacks (network thread) ---------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
@@ -161,6 +168,11 @@ class MqttLink:
                 log.exception("error while handling a message on %s", topic)
 
     def _handle(self, topic: str, payload: bytes) -> None:
+        if (topic, payload) == _TICK:
+            if self.updater.retry_when_room():
+                self._follow_bundle()
+                self.publish_status()
+            return
         if topic in self._manifest_topics:
             if not payload:
                 return  # retained manifest cleared

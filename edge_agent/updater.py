@@ -7,6 +7,7 @@ model object they started with.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -33,6 +34,12 @@ MAX_LOAD_ATTEMPTS = 2
 #: OOM killer; a clean stop does not count), the model is refused and the previous one takes over:
 #: an automatic rollback.
 MAX_TRIAL_STARTS = 3
+#: Space a model download leaves free on the data disk, so shoppers' events can still be stored.
+STAGING_HEADROOM_BYTES = 16 * 1024 * 1024
+
+
+def is_disk_full(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -48,6 +55,15 @@ class UpdateResult:
 
 class ModelCrashed(BundleError):
     reason = "crashed"
+
+
+@dataclass(frozen=True)
+class WaitingForSpace:
+    """An update that failed for lack of disk space, to be tried again once there is room."""
+
+    envelope: bytes
+    version: int
+    needed: int  # free bytes that staging it from scratch takes, headroom included
 
 
 class ActiveModel:
@@ -92,6 +108,7 @@ class Updater:
         self.session: UpdateSession | None = None
         self.trial_s = trial_s
         self._trial_since: float | None = None  # monotonic start of the current model's trial
+        self.waiting_for_space: WaitingForSpace | None = None
         self._lock = threading.Lock()  # guards the trial marker (the daemon commits from its own thread)
 
     def _report(self, result: UpdateResult) -> None:
@@ -247,8 +264,15 @@ class Updater:
             return None  # already receiving a newer version (announced on another ring)
         if self.session is not None and self.session.version != session.version:
             self.store.discard_staging(self.session.version)
-        self.store.write_staged_envelope(session.version, envelope)
-        self._reuse_from_disk(session)
+            self.session = None
+        try:
+            self._check_room(session)
+            self.store.write_staged_envelope(session.version, envelope)
+            self._reuse_from_disk(session)
+        except OSError as e:
+            self._out_of_space(session, e)
+            return None
+        self.waiting_for_space = None
         self.session = session
         reused = f", {session.reused} reused from disk" if session.reused else ""
         self._report(UpdateResult(session.version, "receiving", f"{session.missing_count} of "
@@ -280,6 +304,9 @@ class Updater:
             log.warning("rejected chunk for version %s: %s", version, e)
             self._report(UpdateResult(version, "receiving", f"{e.reason}: {e}"))
             return False
+        except OSError as e:
+            self._out_of_space(session, e)
+            return True
         if not session.complete:
             return False
         self._activate(session)
@@ -288,24 +315,69 @@ class Updater:
     def _activate(self, session: UpdateSession) -> None:
         version = session.version
         self.session = None
-        self.store.begin_load(version)  # if the interpreter kills the process, boot() will know
         try:
+            self.store.begin_load(version)  # if the interpreter kills the process, boot() will know
             files = {name: self.store.read_staged(version, name) for name in session.manifest.files}
             model = load_bundle(session.manifest, files, self.num_threads)  # verify, load, self-test
             session.staged()
         except (OSError, BundleError, ModelLoadError) as e:
-            self.store.discard_staging(version)
             self.store.end_load()
+            if isinstance(e, OSError) and is_disk_full(e):
+                self._out_of_space(session, e)
+                return
+            self.store.discard_staging(version)
             self._report(UpdateResult(version, "failed", f"{getattr(e, 'reason', 'load_failed')}: {e}"))
             return
         previous = self.active.current.version if self.active.current else None
-        self.store.promote(version, session.envelope)
-        with self._lock:
-            self.store.set_active(version, previous)
-            self.store.start_trial(version)
-            self._trial_since = time.monotonic()
+        try:
+            self.store.promote(version, session.envelope)
+            with self._lock:
+                self.store.set_active(version, previous)
+                self.store.start_trial(version)
+                self._trial_since = time.monotonic()
+        except OSError as e:
+            self.store.end_load()
+            self._out_of_space(session, e)
+            return
         self.store.end_load()
         self.active.current = model
         session.activated()
         self._report(UpdateResult(version, "activated", f"verified, loaded and self-tested; {session.received} "
                                                         f"chunks received, {session.reused} reused from disk"))
+
+    # -- a full disk ---------------------------------------------------------------------------
+    def _needed_bytes(self, session: UpdateSession) -> int:
+        return session.manifest.total_bytes + STAGING_HEADROOM_BYTES
+
+    def _check_room(self, session: UpdateSession) -> None:
+        """Refuse to start staging a bundle that would leave less than the headroom free."""
+        free = self.store.free_bytes() + self.store.staged_bytes(session.version)
+        if free < self._needed_bytes(session):
+            raise OSError(errno.ENOSPC, f"{free} bytes free")
+
+    def _out_of_space(self, session: UpdateSession, error: OSError) -> None:
+        """Give up an update the disk has no room for: free what it staged, keep serving the active
+        model, and wait for space (see :meth:`retry_when_room`). Other I/O errors propagate."""
+        if not is_disk_full(error):
+            raise error
+        self.store.discard_staging(session.version)
+        self.session = None
+        needed = self._needed_bytes(session)
+        self.waiting_for_space = WaitingForSpace(session.envelope, session.version, needed)
+        free = self.store.free_bytes()
+        self._report(UpdateResult(
+            session.version, "failed",
+            f"disk_full: version {session.version} needs {needed // 2**20} MiB free to stage "
+            f"({session.manifest.total_bytes} bytes plus {STAGING_HEADROOM_BYTES // 2**20} MiB left for history), "
+            f"{free // 2**20} MiB are; the active model keeps serving and the update is retried once there is room",
+        ))
+
+    def retry_when_room(self) -> bool:
+        """Start again an update that failed for lack of space, if there is room now; True if it did."""
+        waiting = self.waiting_for_space
+        if waiting is None or self.session is not None or self.store.free_bytes() < waiting.needed:
+            return False
+        self.waiting_for_space = None
+        log.info("disk space freed: retrying the update to version %s", waiting.version)
+        self.on_manifest(waiting.envelope)
+        return True
