@@ -9,12 +9,13 @@ export EDGE_REC_DATASETS := $(abspath $(DATASETS))
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help demo test lint typecheck install mosquitto wrk bench clean
+.PHONY: help demo test lint typecheck install mosquitto wrk bench soak clean
 
 help:
 	@echo "make demo   train on Online Retail, publish over MQTT, serve recommendations from an edge agent"
 	@echo "make test   lint, type checks and the test suite (real Mosquitto, real LiteRT, real HTTP)"
 	@echo "make bench  benchmarks; results in bench/results/"
+	@echo "make soak   10 min of mixed traffic with a model update each minute; bench/results/soak.json"
 	@echo "variables: DATASETS=$(DATASETS) VENV=$(VENV)"
 
 $(STAMP): pyproject.toml
@@ -60,6 +61,9 @@ bench: $(STAMP) mosquitto wrk
 	$(PY) bench/history.py
 	$(PY) bench/serving.py
 	$(PY) bench/fleet.py
+
+soak: $(STAMP) mosquitto wrk
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) var demo-work .pytest_cache .mypy_cache .ruff_cache

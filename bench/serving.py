@@ -75,7 +75,7 @@ def random_histories(rng: np.random.Generator, count: int, n_items: int = N_ITEM
 
 
 def build_bundle(work: Path, n_items: int = N_ITEMS, dim: int = DIM, history: int = HISTORY,
-                 factorized: bool = False) -> None:
+                 factorized: bool = False, seed: int = 7) -> None:
     """A signed int8 bundle of a model with random weights in ``work/bundle``, its key, weights.
 
     ``factorized`` gives it the default trained model's graph: distinct pooling and the repeat term.
@@ -87,7 +87,7 @@ def build_bundle(work: Path, n_items: int = N_ITEMS, dim: int = DIM, history: in
     from shared.signing import generate_private_key, private_key_pem, public_key_pem
 
     work.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     weights = ModelWeights(
         history_embedding=rng.normal(0, 0.3, (n_items, dim)).astype(np.float32),
         projection=np.eye(dim, dtype=np.float32) if factorized else rng.normal(0, 0.3, (dim, dim)).astype(np.float32),
@@ -239,14 +239,15 @@ def to_ms(text: str) -> float:
 
 
 def run_wrk(agent: AgentProcess, work: Path, connections: int, seconds: int, pause_ms: int | None,
-            probe: bool = False) -> dict[str, object]:
+            probe: bool = False, script: Path | None = None) -> dict[str, object]:
+    """One wrk run; ``script`` replaces the default one (recommendations for the seeded shoppers)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk (make bench does it)")
     how = f"paced, random pauses of {pause_ms} ms on average per connection" if pause_ms else "as fast as possible"
     print(f"wrk: {connections} connections for {seconds} s, {how}{', GET /healthz' if probe else ''} ...", flush=True)
     out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
-                          str(wrk_script(agent, work, pause_ms, probe)), agent.base_url],
+                          str(script or wrk_script(agent, work, pause_ms, probe)), agent.base_url],
                          capture_output=True, text=True, timeout=seconds + 60).stdout
     total = re.search(r"(\d+) requests in", out)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
