@@ -9,12 +9,13 @@ export EDGE_REC_DATASETS := $(abspath $(DATASETS))
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help demo test lint typecheck install mosquitto wrk bench soak clean
+.PHONY: help demo test test-arm64 lint typecheck install mosquitto wrk bench soak clean
 
 help:
 	@echo "make demo   train on Online Retail, publish over MQTT, serve recommendations from an edge agent"
 	@echo "make test   lint, type checks and the test suite (real Mosquitto, real LiteRT, real HTTP)"
 	@echo "make bench  benchmarks; results in bench/results/"
+	@echo "make test-arm64  the agent on an emulated Raspberry Pi OS 64-bit (Debian bookworm arm64, qemu); root"
 	@echo "make soak   10 min of mixed traffic with a model update each minute; bench/results/soak.json"
 	@echo "variables: DATASETS=$(DATASETS) VENV=$(VENV)"
 
@@ -44,6 +45,11 @@ typecheck: $(STAMP)
 
 test: $(STAMP) mosquitto lint typecheck
 	$(PY) -m pytest
+
+# The root file system is built once and cached outside the repo (devtools/arm64_rootfs.sh).
+test-arm64: $(STAMP) mosquitto
+	@rootfs="$$(bash devtools/arm64_rootfs.sh)" && \
+	EDGE_REC_ARM64_ROOTFS="$$rootfs" $(PY) -m pytest tests/arm64 -v -p no:cacheprovider
 
 demo: $(STAMP) mosquitto
 	$(PY) scripts/demo.py --datasets "$(EDGE_REC_DATASETS)"

@@ -89,11 +89,13 @@ def broker(port: int | None = None) -> Iterator[Broker]:
 class AgentProcess:
     """``edge-agent run`` in a subprocess on a free port; its log goes to a file."""
 
-    def __init__(self, config: Path, overrides: list[str], workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, overrides: list[str], workdir: Path, env: dict[str, str] | None = None,
+                 command: list[str] | None = None, start_timeout: float = 60) -> None:
+        """``command`` runs the agent's CLI (default: this Python's ``-m edge_agent.cli``), e.g. in a chroot."""
         self.port = free_port()
         self.log_path = workdir / f"agent-{self.port}.log"
         self.token_path = workdir / f"token-{self.port}"
-        args = [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config),
+        args = [*(command or [sys.executable, "-m", "edge_agent.cli"]), "run", "--config", str(config),
                 "--set", f"api.port={self.port}", "--set", f'api.token_file="{self.token_path}"']
         for o in overrides:
             args += ["--set", o]
@@ -101,7 +103,7 @@ class AgentProcess:
         self.proc = subprocess.Popen(
             args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
-        wait_for_port(self.port, 60, self.proc)
+        wait_for_port(self.port, start_timeout, self.proc)
 
     @property
     def base_url(self) -> str:

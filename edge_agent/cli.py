@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         agent = Agent(config)
-    except (StartupError, StoreError, KeyringError, MasterKeyError) as e:
+    except (StartupError, StoreError, KeyringError, MasterKeyError, OSError) as e:
+        # OSError: a data directory or token file the agent's user cannot read or write
         print(f"edge-agent: cannot start: {e}", file=sys.stderr)
         return 2
     agent.run()

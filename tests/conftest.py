@@ -17,6 +17,10 @@ from devtools.processes import AgentProcess, Broker  # noqa: E402
 from devtools.processes import broker as local_broker  # noqa: E402
 from harness import serving_agent  # noqa: E402
 
+# The emulated Raspberry Pi target (tests/arm64) runs only from `make test-arm64`, which builds its
+# root file system and sets this variable; `make test` never collects it.
+collect_ignore = [] if os.environ.get("EDGE_REC_ARM64_ROOTFS") else ["arm64"]
+
 DATASETS = Path(os.environ.get("EDGE_REC_DATASETS", ROOT.parent / "shared" / "datasets"))
 ONLINE_RETAIL = DATASETS / "online_retail" / "online_retail.csv.gz"
 RETAILROCKET = DATASETS / "retailrocket_sample" / "sample_events.csv"

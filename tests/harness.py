@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -188,3 +189,35 @@ def serving_agent(bundle: Path, broker: Broker, keys: Path, work: Path) -> Itera
         yield agent
     finally:
         agent.stop()
+
+
+PKI_SCRIPT = ROOT / "firmware_configs" / "mosquitto" / "fleet_pki.py"
+
+
+@dataclass
+class SecureBroker:
+    broker: Broker
+    pki: Path
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.broker.port}"
+
+    def tls_args(self, name: str) -> list[str]:
+        return ["--broker", self.url, "--client-id", name, "--ca-file", str(self.pki / "ca.pem"),
+                "--cert-file", str(self.pki / "clients" / f"{name}.pem"),
+                "--key-file", str(self.pki / "clients" / f"{name}.key")]
+
+    def agent_overrides(self, device: str) -> list[str]:
+        return [f'mqtt.url="{self.url}"', f'agent.device_id="{device}"', f'mqtt.ca_file="{self.pki / "ca.pem"}"',
+                f'mqtt.cert_file="{self.pki / "clients" / f"{device}.pem"}"',
+                f'mqtt.key_file="{self.pki / "clients" / f"{device}.key"}"']
+
+
+def make_pki(out: Path, port: int, *extra: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(PKI_SCRIPT), "--out", str(out), "--port", str(port), "--bind", "127.0.0.1",
+         "--device", "dev-1", "--device", "dev-2", "--no-persistence",
+         *(["--run-as", "root"] if os.geteuid() == 0 else []), *extra],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

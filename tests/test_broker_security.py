@@ -5,14 +5,12 @@ credentials read its fleet's models and write only its own status."""
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,46 +18,16 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from devtools.processes import Broker, free_port
-from harness import ROOT, chunk_messages, get_json, resigned, start_agent, wait_for
+from harness import ROOT, SecureBroker, chunk_messages, get_json, make_pki, resigned, start_agent, wait_for
 from shared import topics
 from shared.bundle import ENVELOPE_FILE, Manifest, parse_manifest
 
-PKI_SCRIPT = ROOT / "firmware_configs" / "mosquitto" / "fleet_pki.py"
 PREFIX = topics.DEFAULT_PREFIX
 NOT_AUTHORIZED, ACCEPTED, ACCEPTED_NO_SUBSCRIBERS = 135, 0, 16  # MQTT 5 reason codes
 
 
 def manifest_of_envelope(envelope: bytes) -> Manifest:
     return parse_manifest(json.loads(envelope)["signed"])
-
-
-@dataclass
-class SecureBroker:
-    broker: Broker
-    pki: Path
-
-    @property
-    def url(self) -> str:
-        return f"mqtts://127.0.0.1:{self.broker.port}"
-
-    def tls_args(self, name: str) -> list[str]:
-        return ["--broker", self.url, "--client-id", name, "--ca-file", str(self.pki / "ca.pem"),
-                "--cert-file", str(self.pki / "clients" / f"{name}.pem"),
-                "--key-file", str(self.pki / "clients" / f"{name}.key")]
-
-    def agent_overrides(self, device: str) -> list[str]:
-        return [f'mqtt.url="{self.url}"', f'agent.device_id="{device}"', f'mqtt.ca_file="{self.pki / "ca.pem"}"',
-                f'mqtt.cert_file="{self.pki / "clients" / f"{device}.pem"}"',
-                f'mqtt.key_file="{self.pki / "clients" / f"{device}.key"}"']
-
-
-def make_pki(out: Path, port: int, *extra: str) -> None:
-    result = subprocess.run(
-        [sys.executable, str(PKI_SCRIPT), "--out", str(out), "--port", str(port), "--bind", "127.0.0.1",
-         "--device", "dev-1", "--device", "dev-2", "--no-persistence",
-         *(["--run-as", "root"] if os.geteuid() == 0 else []), *extra],
-        capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,21 @@ def test_validate_config_cli(tmp_path: Path) -> None:
     assert good.returncode == 0, good.stderr
 
 
+def test_a_path_the_agent_cannot_use_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    from shared.signing import generate_private_key, public_key_pem
+
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "fleet.pub").write_bytes(public_key_pem(generate_private_key().public_key()))
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(ROOT / "firmware_configs" / "dev.toml"),
+         "--set", f'agent.data_dir="{tmp_path / "data"}"', "--set", f'api.token_file="{tmp_path / "a-file" / "t"}"',
+         "--set", f'model.trusted_public_key="{tmp_path / "fleet.pub"}"', "--set", 'mqtt.url="mqtt://127.0.0.1:1"'],
+        capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "edge-agent: cannot start:" in result.stderr and "a-file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def _schema() -> list[tuple[str, str, type, dict[str, object]]]:
     """(section, key, type, metadata) of every field of the configuration schema."""
     import dataclasses
