@@ -56,13 +56,16 @@ def _train(args: argparse.Namespace) -> int:
         events=str(args.events), items=str(args.items) if args.items else None, model=args.model, dim=args.dim,
         rank=args.rank, history_length=args.history_length, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed, test_from=args.test_from,
+        distribute=args.distribute, cpu_devices=args.cpu_devices,
     )
+    if args.cpu_devices < 1:
+        raise ValueError("--cpu-devices must be at least 1")
     if args.test_from:
         from cloud_trainer.evaluation import cut_time
 
         cut_time(args.test_from)  # a bad date is an error now, not after reading the data
     metrics = train(config, args.out)
-    print(json.dumps({k: metrics[k] for k in ("users", "items", "examples", "loss", "train_seconds")}))
+    print(json.dumps({k: metrics[k] for k in ("users", "items", "examples", "loss", "replicas", "train_seconds")}))
     print(f"run directory: {args.out}")
     return 0
 
@@ -195,6 +198,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--test-from", help="YYYY-MM-DD (UTC): train only on earlier events; evaluate on the rest")
+    p.add_argument("--distribute", choices=["none", "mirrored"], default="none",
+                   help="two-tower: train under tf.distribute.MirroredStrategy (every GPU, else the logical CPUs)")
+    p.add_argument("--cpu-devices", type=int, default=1,
+                   help="split the CPU into this many logical devices (a strategy without GPUs, or to test one)")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("evaluate", help="Recall/NDCG/coverage of a run and of the baselines on the held-out period")

@@ -69,7 +69,10 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None) -> e
         log.info("%s: recall@20 %.4f (all), %.4f (new)", name, report.rows[name]["all"]["recall@20"],
                  report.rows[name]["new"]["recall@20"])
     if run_dir is not None:
+        from cloud_trainer.report import write_report
+
         (run_dir / "evaluation.json").write_text(json.dumps({"test_from": day, **report.rows}, indent=1))
+        log.info("report: %s", write_report(run_dir, report, day))
     return report
 
 

@@ -25,6 +25,8 @@ from shared.events import EventKind
 PURCHASE = KIND_CODES[EventKind.PURCHASE]
 RECALL_AT = (10, 20, 50)
 NDCG_AT = (10, 20)
+#: Cut-offs of the recall@K curves in the report (the table shows RECALL_AT).
+CURVE_AT = (1, 2, 5, 10, 20, 50, 100)
 MODES = ("all", "new")
 
 
@@ -106,14 +108,15 @@ def top_k(scores: np.ndarray, k: int, exclude: list[set[int]] | None = None) -> 
 def recall_ndcg(ranked: np.ndarray, targets: list[set[int]]) -> dict[str, float]:
     """Mean Recall@K and NDCG@K over the users with targets (users without any are skipped)."""
     discounts = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
-    sums = {f"recall@{k}": 0.0 for k in RECALL_AT} | {f"ndcg@{k}": 0.0 for k in NDCG_AT}
+    recall_at = sorted(set(RECALL_AT) | {k for k in CURVE_AT if k <= ranked.shape[1]})
+    sums = {f"recall@{k}": 0.0 for k in recall_at} | {f"ndcg@{k}": 0.0 for k in NDCG_AT}
     users = 0
     for row, wanted in zip(ranked, targets, strict=True):
         if not wanted:
             continue
         users += 1
         hits = np.fromiter((int(i) in wanted for i in row), dtype=bool, count=len(row))
-        for k in RECALL_AT:
+        for k in recall_at:
             sums[f"recall@{k}"] += hits[:k].sum() / min(k, len(wanted))
         for k in NDCG_AT:
             ideal = discounts[: min(k, len(wanted))].sum()
@@ -123,7 +126,7 @@ def recall_ndcg(ranked: np.ndarray, targets: list[set[int]]) -> dict[str, float]
 
 def evaluate(scores: np.ndarray, data: Split) -> dict[str, dict[str, float]]:
     """Both modes' metrics for a [test users, items] score matrix (higher is better)."""
-    k = max(RECALL_AT)
+    k = min(max(CURVE_AT), data.num_items)
     results = {}
     for mode in MODES:
         ranked = top_k(scores, k, data.bought_before if mode == "new" else None)

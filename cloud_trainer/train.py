@@ -29,6 +29,7 @@ from shared.catalog import Catalog, CatalogItem
 
 if TYPE_CHECKING:
     import keras
+    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,26 @@ class TrainConfig:
     seed: int = 7
     calibration_histories: int = 512
     test_from: str | None = None  # YYYY-MM-DD (UTC): hold out events from then on for `evaluate`
+    distribute: str = "none"  # two-tower: "mirrored" trains under tf.distribute.MirroredStrategy
+    cpu_devices: int = 1  # split the CPU into this many logical devices (to use or test a strategy without GPUs)
+
+
+DISTRIBUTE = ("none", "mirrored")
+
+
+def _strategy(config: TrainConfig) -> tf.distribute.Strategy:
+    """The tf.distribute strategy: MirroredStrategy over every GPU, or over the logical CPUs when
+    there is none; the default (no-op) strategy for "none". Call before TensorFlow runs anything."""
+    import tensorflow as tf
+
+    if config.cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices)
+    if config.distribute == "none":
+        return tf.distribute.get_strategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    return tf.distribute.MirroredStrategy(devices)
 
 
 def _seed(seed: int) -> None:
@@ -67,8 +88,14 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
     started = time.monotonic()
     if config.model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, not {config.model!r}")
+    if config.distribute not in DISTRIBUTE:
+        raise ValueError(f"distribute must be one of {', '.join(DISTRIBUTE)}, not {config.distribute!r}")
+    if config.distribute != "none" and config.model != "two-tower":
+        raise ValueError(f"--distribute applies to the model trained by epochs (--model two-tower); the "
+                         f"{config.model} model is fitted in closed form")
     if config.history_length is None:
         config.history_length = HISTORY_LENGTH[config.model]
+    strategy = _strategy(config)
     _seed(config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     table = read_events(Path(config.events))
@@ -100,7 +127,7 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
                                    config.history_length)
         loss: list[float] = []
     else:
-        model, loss = _fit_two_tower(config, data, num_items)
+        model, loss = _fit_two_tower(config, data, num_items, strategy)
     model.save(run_dir / "model.keras")
 
     rng = np.random.default_rng(config.seed)
@@ -116,6 +143,7 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
         "examples": len(data),
         "model": config.model,
         "loss": loss,
+        "replicas": strategy.num_replicas_in_sync,
         "train_seconds": round(time.monotonic() - started, 1),
     }
     (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
@@ -123,8 +151,10 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
     return metrics
 
 
-def _fit_two_tower(config: TrainConfig, data: TrainingSet, num_items: int) -> tuple[keras.Model, list[float]]:
-    """The Keras two-tower model trained with a full softmax over the catalogue on next baskets."""
+def _fit_two_tower(config: TrainConfig, data: TrainingSet, num_items: int,
+                   strategy: tf.distribute.Strategy) -> tuple[keras.Model, list[float]]:
+    """The Keras two-tower model trained with a full softmax over the catalogue on next baskets;
+    under ``strategy`` each global batch is split across its replicas."""
     import keras
     import tensorflow as tf
 
@@ -142,10 +172,12 @@ def _fit_two_tower(config: TrainConfig, data: TrainingSet, num_items: int) -> tu
         .prefetch(tf.data.AUTOTUNE)
     )
     assert config.history_length is not None
-    model = build_model(num_items, config.dim, config.history_length, config.l2)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
+    with strategy.scope():  # variables mirrored on every replica
+        model = build_model(num_items, config.dim, config.history_length, config.l2)
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    log.info("training on %d replica(s)", strategy.num_replicas_in_sync)
     history = model.fit(dataset, epochs=config.epochs, verbose=2)
     return model, [float(v) for v in history.history["loss"]]

@@ -141,6 +141,29 @@ def test_train_then_evaluate_prints_the_model_float_and_int8_beside_the_baseline
     saved = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     assert saved["test_from"] == "2010-12-20" and saved["model (int8, LiteRT)"]["all"]["users"] > 50
     assert (tmp_path / "t.md").read_text().strip() == result.stdout.strip()
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert result.stdout.strip() in report and "![Recall@K](recall_at_k.png)" in report
+    png = (tmp_path / "run" / "report" / "recall_at_k.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    curve = saved["model (int8, LiteRT)"]["all"]
+    assert all(0 <= curve[f"recall@{k}"] <= 1 for k in ev.CURVE_AT) and curve["recall@100"] > 0
+
+
+def test_the_report_plots_recall_curves_and_the_loss_of_a_model_trained_by_epochs(tmp_path: Path) -> None:
+    from cloud_trainer.report import write_report
+
+    (tmp_path / "config.json").write_text(json.dumps({"model": "two-tower", "dim": 32, "seed": 7}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"loss": [7.5, 6.25, 6.0], "users": 3, "items": 4}))
+    report = ev.Report()
+    for name, scale in (("model (int8, LiteRT)", 1.0), ("popularity", 0.5)):
+        row = {f"recall@{k}": round(scale * k / 100, 4) for k in ev.CURVE_AT}
+        report.rows[name] = {mode: row | {"ndcg@10": 0.1, "ndcg@20": 0.2, "coverage@20": 0.3, "users": 3}
+                             for mode in ev.MODES}
+    text = write_report(tmp_path, report, "2011-11-09").read_text()
+    assert "| model (int8, LiteRT) | 0.1 | 0.2 | 0.5 |" in text and "2011-11-09" in text
+    assert "6.2500" in text and "- `dim`: 32" in text and "- items: 4" in text
+    for png in ("recall_at_k.png", "training_loss.png"):
+        assert f"({png})" in text and (tmp_path / "report" / png).read_bytes().startswith(b"\x89PNG")
 
 
 def test_evaluating_a_run_trained_on_the_test_period_is_refused(prepared: Path, trained_run: Path) -> None:

@@ -1,0 +1,104 @@
+"""The human-readable report of an evaluated run: ``<run>/report/report.md`` with PNG plots.
+
+Written by ``cloud-trainer evaluate --run RUN``: the run's configuration and data, the metric
+tables of the model (float and int8) beside the baselines, recall@K curves of every row in both
+modes, and the training loss per epoch when the model has one (the factorized model is fitted in
+closed form: no loss to plot, and the report says so).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cloud_trainer.evaluation import CURVE_AT, MODES, Report
+
+REPORT_DIR = "report"
+
+
+def _curve(metrics: dict[str, float]) -> tuple[list[int], list[float]]:
+    ks = [k for k in CURVE_AT if f"recall@{k}" in metrics]
+    return ks, [metrics[f"recall@{k}"] for k in ks]
+
+
+def _plot_recall(report: Report, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(MODES), figsize=(11, 4.2), sharey=False)
+    for ax, mode in zip(axes, MODES, strict=True):
+        for name, modes in report.rows.items():
+            ks, values = _curve(modes[mode])
+            model = name.startswith("model")
+            ax.plot(ks, values, marker="o", linewidth=2.4 if model else 1.2, linestyle="-" if model else "--",
+                    label=name)
+        ax.set_xscale("log")
+        ax.set_xticks(list(CURVE_AT), [str(k) for k in CURVE_AT])
+        ax.set_xlabel("K (full ranking over all training items)")
+        ax.set_ylabel("Recall@K")
+        ax.set_title(f"mode {mode}" + (" (items bought before excluded)" if mode == "new" else ""))
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _plot_loss(loss: list[float], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(range(1, len(loss) + 1), loss, marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path, report: Report, test_from: str) -> Path:
+    """Write ``run_dir/report/`` and return the Markdown file's path."""
+    folder = run_dir / REPORT_DIR
+    folder.mkdir(exist_ok=True)
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+    _plot_recall(report, folder / "recall_at_k.png")
+    loss = [float(v) for v in metrics.get("loss") or []]
+    lines = [
+        f"# Evaluation of run `{run_dir.name}`",
+        "",
+        f"Test period from {test_from} (UTC); the model and every baseline were fitted on earlier events only.",
+        "Full ranking over all training items. Recall@K = hits / min(K, |targets|) (so a curve can dip at",
+        "small K, where the denominator is K); NDCG@K binary.",
+        "Mode **all**: targets are the distinct items bought in the test period. Mode **new**: items the",
+        "shopper never bought before, with their past items excluded from the ranking.",
+        "",
+        "## Configuration",
+        "",
+        *[f"- `{key}`: {value}" for key, value in sorted(config.items()) if not isinstance(value, (dict, list))],
+        "",
+    ]
+    data = [f"- {key.replace('_', ' ')}: {metrics[key]}" for key in
+            ("events_read", "events_kept", "events_skipped", "users", "items", "examples") if key in metrics]
+    if data:
+        lines += ["## Training data", "", *data, ""]
+    lines += ["## Metrics", "", report.table(), "", "## Recall@K", "", "![Recall@K](recall_at_k.png)", ""]
+    lines += ["## Training loss", ""]
+    if loss:
+        _plot_loss(loss, folder / "training_loss.png")
+        lines += ["![training loss per epoch](training_loss.png)", "",
+                  "Per epoch: " + ", ".join(f"{v:.4f}" for v in loss), ""]
+    else:
+        lines += [f"The `{config.get('model', 'two-tower')}` model is fitted in closed form (no epochs, no loss).",
+                  ""]
+    if "train_seconds" in metrics:
+        lines += [f"Training wall time: {metrics['train_seconds']} s.", ""]
+    path = folder / "report.md"
+    path.write_text("\n".join(lines))
+    return path
