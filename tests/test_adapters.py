@@ -85,3 +85,45 @@ def test_unusable_files_are_clear_errors(tmp_path: Path, content: bytes, message
     path.write_bytes(content)
     with pytest.raises(InputError, match=message):
         read_events(path)
+
+
+def test_parquet_events_are_read_in_batches_and_equal_the_csv(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csv
+    from datetime import datetime
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cloud_trainer import events_io
+
+    with gzip.open(prepared / "events.csv.gz", "rt", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    columns = {c: [r[c] for r in rows] for c in ("user_id", "item_id", "event")}
+    stamps = pa.array([datetime.fromisoformat(r["timestamp"]) for r in rows], pa.timestamp("s", tz="UTC"))
+    pq.write_table(pa.table({**columns, "timestamp": stamps}), tmp_path / "events.parquet", row_group_size=4096)
+    monkeypatch.setattr(events_io, "PARQUET_BATCH_ROWS", 1000)  # many batches, as a large file has
+    from_csv, from_parquet = read_events(prepared / "events.csv.gz"), read_events(tmp_path / "events.parquet")
+    assert from_parquet.user_ids == from_csv.user_ids and from_parquet.item_ids == from_csv.item_ids
+    for name in ("user", "item", "kind", "timestamp"):
+        assert np.array_equal(getattr(from_parquet, name), getattr(from_csv, name)), name
+    assert from_parquet.report.rows == from_csv.report.rows == len(rows) > 30_000
+
+
+def test_parquet_problems_are_clear_errors_or_counted_skips(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"user_id": ["a"], "item_id": ["x"], "event": ["view"]}), tmp_path / "short.parquet")
+    with pytest.raises(InputError, match="missing columns timestamp"):
+        read_events(tmp_path / "short.parquet")
+    (tmp_path / "fake.parquet").write_bytes(b"user_id,item_id\n" * 10)
+    with pytest.raises(InputError, match="not a readable Parquet file"):
+        read_events(tmp_path / "fake.parquet")
+    table = pa.table({"user_id": ["a", None, "c"], "item_id": ["x", "y", "z"], "event": ["view", "cart", "nap"],
+                      "timestamp": [1.7e9, 1.7e9, 1.7e9]})
+    pq.write_table(table, tmp_path / "nulls.parquet")
+    events = read_events(tmp_path / "nulls.parquet")
+    assert len(events) == 1 and events.report.rows == 3 and sum(events.report.skipped.values()) == 2
