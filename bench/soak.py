@@ -127,6 +127,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=10)
     parser.add_argument("--items", type=int, default=ONLINE_RETAIL_ITEMS,
                         help="catalogue size of the rank-256 models (default: the Online Retail model's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="agent setting, e.g. history.cache_users=0 (repeatable)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk (make soak does it)")
@@ -137,7 +140,7 @@ def main() -> None:
         bundles = make_versions(work, args.items, args.minutes)
         with broker() as mqtt:
             publish(bundles[0], mqtt.url)
-            agent = start_agent(work, mqtt.url, work / "model-0" / "signing.pub", ("api.threads=4",))
+            agent = start_agent(work, mqtt.url, work / "model-0" / "signing.pub", ("api.threads=4", *args.set))
             try:
                 agent.wait_ready(120)
                 seed_histories(agent, SHOPPERS, 20, args.items)
@@ -170,6 +173,7 @@ def main() -> None:
             "what": (f"{args.minutes} min of mixed traffic (~200 requests/s: 80% recommendations, 20% events) on "
                      f"an agent with a {args.items:,}-item rank-256 int8 model; a new version (rotating over "
                      f"{MODELS} models) published 30 s into every minute after the first"),
+            "agent_settings": args.set or "profile defaults (dev.toml)",
             "errors": sum(int(w["errors"]) for w in windows),  # type: ignore[call-overload]
             "requests": sum(int(w["requests"]) for w in windows),  # type: ignore[call-overload]
             "updates_published": args.minutes - 1,
@@ -184,10 +188,10 @@ def main() -> None:
             "tracebacks_in_agent_log": log.count("Traceback"),
             "windows": windows,
         }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k not in ("windows", "rss_kb_samples_every_5s")}, indent=1))
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":
