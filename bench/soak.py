@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fleet import publish  # noqa: E402
 from serving import (  # noqa: E402
     ONLINE_RETAIL_ITEMS,
     ROOT,
@@ -92,11 +92,6 @@ def make_versions(work: Path, n_items: int, count: int) -> list[Path]:
                      BundleOptions(version=version), {"synthetic": True, "soak": True})
         bundles.append(out)
     return bundles
-
-
-def publish(bundle: Path, url: str) -> None:
-    subprocess.run([sys.executable, "-m", "cloud_trainer.cli", "publish", "--bundle", str(bundle), "--broker", url],
-                   check=True, cwd=ROOT, capture_output=True)
 
 
 class RssSampler:

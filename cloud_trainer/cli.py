@@ -58,8 +58,6 @@ def _train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate, seed=args.seed, test_from=args.test_from,
         distribute=args.distribute, cpu_devices=args.cpu_devices,
     )
-    if args.cpu_devices < 1:
-        raise ValueError("--cpu-devices must be at least 1")
     if args.test_from:
         from cloud_trainer.evaluation import cut_time
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from cloud_trainer.evaluation import CURVE_AT, MODES, Report
 
@@ -21,12 +22,17 @@ def _curve(metrics: dict[str, float]) -> tuple[list[int], list[float]]:
     return ks, [metrics[f"recall@{k}"] for k in ks]
 
 
-def _plot_recall(report: Report, out: Path) -> None:
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot_recall(report: Report, out: Path) -> None:
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(MODES), figsize=(11, 4.2), sharey=False)
     for ax, mode in zip(axes, MODES, strict=True):
         for name, modes in report.rows.items():
@@ -47,11 +53,7 @@ def _plot_recall(report: Report, out: Path) -> None:
 
 
 def _plot_loss(loss: list[float], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.plot(range(1, len(loss) + 1), loss, marker="o")
     ax.set_xlabel("epoch")

@@ -90,6 +90,8 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, not {config.model!r}")
     if config.distribute not in DISTRIBUTE:
         raise ValueError(f"distribute must be one of {', '.join(DISTRIBUTE)}, not {config.distribute!r}")
+    if config.cpu_devices < 1:
+        raise ValueError(f"cpu_devices must be at least 1, not {config.cpu_devices}")
     if config.distribute != "none" and config.model != "two-tower":
         raise ValueError(f"--distribute applies to the model trained by epochs (--model two-tower); the "
                          f"{config.model} model is fitted in closed form")
