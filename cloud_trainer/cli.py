@@ -56,14 +56,15 @@ def _train(args: argparse.Namespace) -> int:
         events=str(args.events), items=str(args.items) if args.items else None, model=args.model, dim=args.dim,
         rank=args.rank, history_length=args.history_length, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed, test_from=args.test_from,
-        distribute=args.distribute, cpu_devices=args.cpu_devices,
+        distribute=args.distribute, cpu_devices=args.cpu_devices, cold_start=args.cold_start,
     )
     if args.test_from:
         from cloud_trainer.evaluation import cut_time
 
         cut_time(args.test_from)  # a bad date is an error now, not after reading the data
     metrics = train(config, args.out)
-    print(json.dumps({k: metrics[k] for k in ("users", "items", "examples", "loss", "replicas", "train_seconds")}))
+    shown = ("users", "items", "new_items", "examples", "loss", "replicas", "train_seconds")
+    print(json.dumps({k: metrics[k] for k in shown}))
     print(f"run directory: {args.out}")
     return 0
 
@@ -72,7 +73,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from cloud_trainer.evaluate_run import evaluate_run
 
     report = evaluate_run(args.run, args.events, args.test_from)
-    table = report.table()
+    table = report.text()
     print(table)
     if args.out:
         args.out.write_text(table)
@@ -183,7 +184,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the model on an events table")
     p.add_argument("--events", type=Path, required=True)
-    p.add_argument("--items", type=Path)
+    p.add_argument("--items", type=Path, help="items table (item_id,title,category,price): titles in the catalogue; "
+                   "items without events join the model through their side features")
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--model", choices=["factorized", "two-tower"], default="factorized",
                    help="factorized: low-rank item-item model fitted in closed form, with trend and repeat terms "
@@ -200,6 +202,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="two-tower: train under tf.distribute.MirroredStrategy (every GPU, else the logical CPUs)")
     p.add_argument("--cpu-devices", type=int, default=1,
                    help="split the CPU into this many logical devices (a strategy without GPUs, or to test one)")
+    p.add_argument("--no-cold-start", dest="cold_start", action="store_false",
+                   help="leave items of --items that have no events out of the model (default: their vectors are "
+                        "predicted from title words, category and price bucket)")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("evaluate", help="Recall/NDCG/coverage of a run and of the baselines on the held-out period")

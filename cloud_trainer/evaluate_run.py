@@ -3,6 +3,11 @@
 The model is scored twice: the float Keras model, and its int8 TFLite export in LiteRT (what the
 agents run), both over every training item. A run trained on data that includes the test period
 is refused: its figures would be a leak, not a result.
+
+Then the cold-start section: shoppers who bought items that had no training events ("new
+items"), ranked over the whole catalogue of the run (trained items plus the new items it
+knows from side features), beside the same model without the new items, and the new items
+ranked on their own with each kind of side feature left out (float model).
 """
 
 from __future__ import annotations
@@ -14,8 +19,19 @@ from pathlib import Path
 import numpy as np
 
 from cloud_trainer import evaluation
-from cloud_trainer.events_io import KINDS_BY_CODE, read_events
+from cloud_trainer.events_io import KINDS_BY_CODE, EventTable, read_events
+from cloud_trainer.side_features import SideFeatureSettings, extend_with_cold_items
+from shared.catalog import CatalogItem, parse_catalog
 from shared.events import history_inputs
+
+#: Cold-start ablations: which side features predict the new items' vectors.
+FEATURE_ABLATIONS = {
+    "title words, category, price bucket (as trained)": {},
+    "title words only": {"use_category": False, "use_price": False},
+    "price bucket only": {"use_title": False, "use_category": False},
+}
+#: Without side features every new item gets the same vector: their order is arbitrary.
+NO_FEATURES = "no side features (all new items alike: a random order)"
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +40,11 @@ class EvaluationError(ValueError):
     pass
 
 
-def model_histories(data: evaluation.Split, history_length: int) -> tuple[np.ndarray, np.ndarray]:
+def model_histories(train: EventTable, history: list[np.ndarray],
+                    history_length: int) -> tuple[np.ndarray, np.ndarray]:
     """The model's inputs for every test user: their training events, as the agent would build them."""
-    train = data.train
     items, weights = [], []
-    for rows in data.history:
+    for rows in history:
         events = [(int(train.item[r]), KINDS_BY_CODE[int(train.kind[r])]) for r in rows[-history_length:]]
         i, w = history_inputs(events, history_length)
         items.append(i)
@@ -63,7 +79,9 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None) -> e
              day, len(data.users), sum(1 for t in data.targets["new"] if t), data.num_items)
     report = evaluation.Report()
     if run_dir is not None:
-        _evaluate_model(run_dir, config, data, report)
+        model = _RunModel(run_dir, config)
+        _evaluate_model(model, run_dir, data, report)
+        _evaluate_cold_start(model, run_dir, table, evaluation.cut_time(day), report)
     for name, scorer in evaluation.BASELINES.items():
         report.rows[name] = evaluation.evaluate(scorer(data), data)
         log.info("%s: recall@20 %.4f (all), %.4f (new)", name, report.rows[name]["all"]["recall@20"],
@@ -71,28 +89,79 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None) -> e
     if run_dir is not None:
         from cloud_trainer.report import write_report
 
-        (run_dir / "evaluation.json").write_text(json.dumps({"test_from": day, **report.rows}, indent=1))
+        (run_dir / "evaluation.json").write_text(json.dumps(
+            {"test_from": day, **report.rows, "cold_start": report.cold_start, "among_new_items": report.among_new},
+            indent=1))
         log.info("report: %s", write_report(run_dir, report, day))
     return report
 
 
-def _evaluate_model(run_dir: Path, config: dict[str, object], data: evaluation.Split,
-                    report: evaluation.Report) -> None:
-    import keras
+class _RunModel:
+    """A run's model, float and int8, scoring over the run's whole catalogue."""
 
-    from cloud_trainer.export import to_tflite
-    from cloud_trainer.model import extract_weights
+    def __init__(self, run_dir: Path, config: dict[str, object]) -> None:
+        import keras
 
-    catalog = json.loads((run_dir / "catalog.json").read_bytes())
-    if [item["id"] for item in catalog["items"]] != data.train.item_ids:
+        from cloud_trainer.export import to_tflite
+        from cloud_trainer.model import extract_weights
+
+        self.history_length = int(config["history_length"])  # type: ignore[call-overload]
+        self.keras = keras.models.load_model(run_dir / "model.keras")
+        self.weights = extract_weights(self.keras)
+        calibration = np.load(run_dir / "histories.npz")
+        self.int8 = to_tflite(self.weights, self.history_length, self.weights.num_items, "int8",
+                              (calibration["items"], calibration["weights"]), explanations=False)
+
+    def inputs(self, train: EventTable, history: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return model_histories(train, history, self.history_length)
+
+    def scores(self, items: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float and int8 [users, catalogue] scores (the int8 ones order items as the model's top-K does)."""
+        float_scores = np.asarray(self.keras.predict([items, weights], batch_size=512, verbose=0))
+        return float_scores, litert_scores(self.int8, items, weights, self.weights.num_items)
+
+
+def _catalogue(run_dir: Path) -> list[CatalogItem]:
+    """The run's catalogue items in model index order."""
+    data = (run_dir / "catalog.json").read_bytes()
+    return list(parse_catalog(data, len(json.loads(data)["items"])).items)
+
+
+def _evaluate_model(model: _RunModel, run_dir: Path, data: evaluation.Split, report: evaluation.Report) -> None:
+    catalogue = [item.id for item in _catalogue(run_dir)]
+    if catalogue[: data.num_items] != data.train.item_ids:
         raise EvaluationError("the run's items are not the training period's items of these events")
-    history_length = int(config["history_length"])  # type: ignore[call-overload]
-    items, weights = model_histories(data, history_length)
-    model = keras.models.load_model(run_dir / "model.keras")
-    report.rows["model (float, Keras)"] = evaluation.evaluate(
-        np.asarray(model.predict([items, weights], batch_size=512, verbose=0)), data)
-    calibration = np.load(run_dir / "histories.npz")
-    int8 = to_tflite(extract_weights(model), history_length, data.num_items, "int8",
-                     (calibration["items"], calibration["weights"]), explanations=False)
-    report.rows["model (int8, LiteRT)"] = evaluation.evaluate(
-        litert_scores(int8, items, weights, data.num_items), data)
+    float_scores, int8_scores = model.scores(*model.inputs(data.train, data.history))
+    known = slice(0, data.num_items)  # the protocol ranks the training items only
+    report.rows["model (float, Keras)"] = evaluation.evaluate(float_scores[:, known], data)
+    report.rows["model (int8, LiteRT)"] = evaluation.evaluate(int8_scores[:, known], data)
+
+
+def _evaluate_cold_start(model: _RunModel, run_dir: Path, table: EventTable, cut: float,
+                         report: evaluation.Report) -> None:
+    from cloud_trainer.model import model_from_weights
+
+    items = _catalogue(run_dir)
+    data = evaluation.cold_start_split(table, cut, [item.id for item in items])
+    if not data.users:
+        log.info("cold start: nobody bought an item without training events in the test period")
+        return
+    inputs = model.inputs(evaluation.train_period(table, cut), data.history)
+    float_scores, int8_scores = model.scores(*inputs)
+    without = int8_scores.copy()
+    without[:, data.num_known :] = -np.inf
+    log.info("cold start: %d shoppers bought %d new items (%d in the run's catalogue)", len(data.users),
+             len({i for t in data.new_targets for i in t}), data.num_items - data.num_known)
+    report.cold_start = {"model (int8, LiteRT), trained items only": evaluation.cold_start_metrics(without, data)}
+    if data.num_items == data.num_known:
+        return
+    report.cold_start["model (float, Keras), with new items"] = evaluation.cold_start_metrics(float_scores, data)
+    report.cold_start["model (int8, LiteRT), with new items"] = evaluation.cold_start_metrics(int8_scores, data)
+    report.among_new["int8 (LiteRT), side features as trained"] = evaluation.among_new_items(int8_scores, data)
+    known_items, new_items = items[: data.num_known], items[data.num_known :]
+    trained = model.weights.first_items(data.num_known)
+    for name, switches in FEATURE_ABLATIONS.items():
+        extended = extend_with_cold_items(trained, known_items, new_items, SideFeatureSettings(**switches))
+        scores = model_from_weights(extended, model.history_length).predict(list(inputs), verbose=0)
+        report.among_new[f"float, side features: {name}"] = evaluation.among_new_items(np.asarray(scores), data)
+    report.among_new[NO_FEATURES] = evaluation.random_among_new_items(data)

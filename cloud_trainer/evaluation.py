@@ -9,6 +9,8 @@
   are excluded from the ranking.
 - Recall@K = hits / min(K, |targets|); NDCG@K with binary gains; coverage@20 = distinct items in
   all top-20 lists / items.
+- Cold start (:func:`cold_start_split`): the shoppers who bought items with no training events,
+  ranked over a run's whole catalogue, which may know such items from their side features.
 """
 
 from __future__ import annotations
@@ -91,6 +93,90 @@ def split(table: EventTable, cut: float) -> Split:
         result.targets["all"].append(test_purchases[u])
         result.targets["new"].append(test_purchases[u] - bought)
     return result
+
+
+@dataclass
+class ColdStartSplit:
+    """The shoppers who bought a *new* item in the test period: one with no training events.
+
+    Such items can be ranked only by a model that knows them from side features (catalogue
+    indices ``num_known`` and up, :mod:`cloud_trainer.side_features`). Users: at least one
+    training purchase and one test purchase of a new item. ``new_targets`` are the new items they
+    bought, ``all_targets`` everything they bought in the test period; a bought item the catalogue
+    does not list gets a negative index, so it counts as a target that cannot be hit.
+    """
+
+    users: list[str]
+    history: list[np.ndarray]  # per user: row indices into the training period, in time order
+    new_targets: list[set[int]]
+    all_targets: list[set[int]]
+    num_known: int  # catalogue indices below this are training items
+    num_items: int  # the whole catalogue, known and new
+
+
+def cold_start_split(table: EventTable, cut: float, catalogue: list[str]) -> ColdStartSplit:
+    """``catalogue``: item ids by model index, the training period's items first (as trained)."""
+    train = train_period(table, cut)
+    num_known = len(train.item_ids)
+    if catalogue[:num_known] != train.item_ids or set(catalogue[num_known:]) & set(train.item_ids):
+        raise ValueError("the catalogue does not start with the training period's items")
+    index = {item_id: n for n, item_id in enumerate(catalogue)}
+    unlisted: dict[str, int] = {}
+    user_index = {user_id: n for n, user_id in enumerate(train.user_ids)}
+    order = np.lexsort((train.timestamp, train.user))
+    bounds = np.searchsorted(train.user[order], np.arange(len(train.user_ids) + 1))
+    bought: dict[int, set[int]] = {}
+    test = (table.timestamp >= cut) & (table.kind == PURCHASE)
+    for u, i in zip(table.user[test].tolist(), table.item[test].tolist(), strict=True):
+        user = user_index.get(table.user_ids[u])
+        if user is not None:
+            item_id = table.item_ids[i]
+            item = index.get(item_id)
+            if item is None:
+                item = unlisted.setdefault(item_id, -1 - len(unlisted))
+            bought.setdefault(user, set()).add(item)
+    result = ColdStartSplit([], [], [], [], num_known, len(catalogue))
+    for u in sorted(bought):
+        rows = order[bounds[u] : bounds[u + 1]]
+        new = {i for i in bought[u] if i < 0 or i >= num_known}
+        if new and (train.kind[rows] == PURCHASE).any():
+            result.users.append(train.user_ids[u])
+            result.history.append(rows)
+            result.new_targets.append(new)
+            result.all_targets.append(bought[u])
+    return result
+
+
+def cold_start_metrics(scores: np.ndarray, data: ColdStartSplit, k: int = 20) -> dict[str, float]:
+    """For a [users, whole catalogue] score matrix: Recall@k of the new items bought and of every
+    item bought, and the share of top-k slots that went to new items."""
+    ranked = top_k(scores, k)
+    return {
+        f"recall@{k} new items": recall_ndcg(ranked, data.new_targets)[f"recall@{k}"],
+        f"recall@{k} all items": recall_ndcg(ranked, data.all_targets)[f"recall@{k}"],
+        f"new-item share of top {k}": round(float((ranked >= data.num_known).mean()), 4),
+        "users": len(data.users),
+    }
+
+
+def among_new_items(scores: np.ndarray, data: ColdStartSplit, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
+    """Recall@K when only the new items are ranked (a "new for you" shelf): which of them does
+    this shopper want?"""
+    new = scores[:, data.num_known :]
+    ranked = top_k(new, min(max(ks), new.shape[1])) + data.num_known
+    metrics = recall_ndcg(ranked, data.new_targets)
+    return {f"recall@{k}": metrics[f"recall@{k}"] for k in ks}
+
+
+def random_among_new_items(data: ColdStartSplit, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
+    """The expected :func:`among_new_items` recall of a random order: for a shopper with ``t``
+    rankable targets among ``m`` new items, expected hits in the top k are ``t * k / m``."""
+    m = data.num_items - data.num_known
+    out = {}
+    for k in ks:
+        values = [min(k, m) * sum(1 for i in wanted if i >= 0) / m / min(k, len(wanted)) for wanted in data.new_targets]
+        out[f"recall@{k}"] = round(float(np.mean(values)), 4) if values and m else 0.0
+    return out
 
 
 def top_k(scores: np.ndarray, k: int, exclude: list[set[int]] | None = None) -> np.ndarray:
@@ -209,6 +295,8 @@ BASELINES: dict[str, Callable[[Split], np.ndarray]] = {
 @dataclass
 class Report:
     rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # name -> mode -> metrics
+    cold_start: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> cold_start_metrics
+    among_new: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> among_new_items
 
     def table(self) -> str:
         columns = [f"recall@{k}" for k in RECALL_AT] + [f"ndcg@{k}" for k in NDCG_AT] + ["coverage@20", "users"]
@@ -222,3 +310,20 @@ class Report:
                 lines.append("| " + " | ".join([name, *cells]) + " |")
             lines.append("")
         return "\n".join(lines)
+
+    def text(self) -> str:
+        """Every table: both modes, then the cold-start ones."""
+        return "\n".join([self.table(), *self.cold_start_tables()]).rstrip() + "\n"
+
+    def cold_start_tables(self) -> list[str]:
+        lines = []
+        for title, rows in (("new items: shoppers who bought an item without training events, whole catalogue",
+                             self.cold_start),
+                            ("new items ranked on their own", self.among_new)):
+            if not rows:
+                continue
+            columns = list(next(iter(rows.values())))
+            lines += [title, "| " + " | ".join(["model", *columns]) + " |", "|" + " --- |" * (len(columns) + 1)]
+            lines += ["| " + " | ".join([name, *(str(m[c]) for c in columns)]) + " |" for name, m in rows.items()]
+            lines.append("")
+        return lines

@@ -14,7 +14,7 @@ moment ago are served on the device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import keras
 import numpy as np
@@ -34,6 +34,11 @@ class ModelWeights:
     @property
     def num_items(self) -> int:
         return int(self.item_bias.shape[0])
+
+    def first_items(self, count: int) -> ModelWeights:
+        """The same model over its first ``count`` items only."""
+        return replace(self, history_embedding=self.history_embedding[:count],
+                       item_vectors=self.item_vectors[:, :count], item_bias=self.item_bias[:count])
 
 
 def history_present(items: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:

@@ -90,7 +90,21 @@ def write_report(run_dir: Path, report: Report, test_from: str) -> Path:
             ("events_read", "events_kept", "events_skipped", "users", "items", "examples") if key in metrics]
     if data:
         lines += ["## Training data", "", *data, ""]
-    lines += ["## Metrics", "", report.table(), "", "## Recall@K", "", "![Recall@K](recall_at_k.png)", ""]
+    lines += ["## Metrics", "", report.table(), ""]
+    if report.cold_start:
+        lines += [
+            "## New items (cold start)",
+            "",
+            "New items are items bought in the test period that have no training events. The run knows the",
+            f"new items of its items file ({metrics.get('new_items', 0)}) through vectors predicted from their",
+            "side features (title words, category, price bucket; `cloud_trainer/side_features.py`). The first",
+            "table ranks the whole catalogue for the shoppers who bought a new item, with and without the new",
+            "items; the second ranks only the new items for them (a \"new for you\" shelf), with each kind of",
+            "side feature left out. A bought item that the items file does not list counts as a miss.",
+            "",
+            *report.cold_start_tables(),
+        ]
+    lines += ["## Recall@K", "", "![Recall@K](recall_at_k.png)", ""]
     lines += ["## Training loss", ""]
     if loss:
         _plot_loss(loss, folder / "training_loss.png")

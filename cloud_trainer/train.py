@@ -4,7 +4,8 @@ Run directory::
 
     config.json      the settings of this run
     model.keras      the trained Keras model
-    catalog.json     items in model index order, with the popularity fallback (shared.catalog)
+    catalog.json     items in model index order, with the popularity fallback (shared.catalog): the
+                     trained items, then the items file's items without events (cold start)
     histories.npz    a sample of real training histories with their next baskets (targets, -1 padded):
                      int8 calibration, the parity check and the quantization quality gate
     metrics.json     data counts, per-epoch loss, wall time
@@ -54,6 +55,7 @@ class TrainConfig:
     seed: int = 7
     calibration_histories: int = 512
     test_from: str | None = None  # YYYY-MM-DD (UTC): hold out events from then on for `evaluate`
+    cold_start: bool = True  # items in the items file without events join the model (cloud_trainer.side_features)
     distribute: str = "none"  # two-tower: "mirrored" trains under tf.distribute.MirroredStrategy
     cpu_devices: int = 1  # split the CPU into this many logical devices (to use or test a strategy without GPUs)
 
@@ -115,21 +117,29 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
         "training set: %d examples from %d histories, %d users, %d items",
         len(data), len(data.hist_items), len(table.user_ids), num_items,
     )
-    catalog = Catalog(
-        items=tuple(metadata.get(item_id, CatalogItem(id=item_id)) for item_id in table.item_ids),
-        popular=tuple(popularity(table, num_items)),
-    )
-    (run_dir / "catalog.json").write_bytes(catalog.to_bytes())
+    from cloud_trainer.model import extract_weights, model_from_weights
 
+    model: keras.Model | None = None  # a fitted model is built from its weights below
     if config.model == "factorized":
         from cloud_trainer.factorized import FactorizedSettings, fit
-        from cloud_trainer.model import model_from_weights
 
-        model = model_from_weights(fit(table, FactorizedSettings(rank=config.rank, seed=config.seed)),
-                                   config.history_length)
+        weights = fit(table, FactorizedSettings(rank=config.rank, seed=config.seed))
         loss: list[float] = []
     else:
         model, loss = _fit_two_tower(config, data, num_items, strategy)
+        weights = extract_weights(model)
+    known = [metadata.get(item_id, CatalogItem(id=item_id)) for item_id in table.item_ids]
+    new = items_without_events(metadata, table.item_ids) if config.cold_start else []
+    if new:
+        from cloud_trainer.side_features import SideFeatureSettings, extend_with_cold_items
+
+        log.info("cold start: %d items of the items file have no training events", len(new))
+        weights = extend_with_cold_items(weights, known, new, SideFeatureSettings())
+        model = None
+    if model is None:
+        model = model_from_weights(weights, config.history_length)
+    catalog = Catalog(items=(*known, *new), popular=tuple(popularity(table, num_items)))
+    (run_dir / "catalog.json").write_bytes(catalog.to_bytes())
     model.save(run_dir / "model.keras")
 
     rng = np.random.default_rng(config.seed)
@@ -142,6 +152,7 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
         "events_skipped": dict(table.report.skipped),
         "users": len(table.user_ids),
         "items": num_items,
+        "new_items": len(new),
         "examples": len(data),
         "model": config.model,
         "loss": loss,
@@ -151,6 +162,13 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
     (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def items_without_events(metadata: dict[str, CatalogItem], trained: list[str]) -> list[CatalogItem]:
+    """Items of the items file that have no training events, by id: they follow the trained items
+    in the model and catalogue, with vectors predicted from their side features."""
+    known = set(trained)
+    return [metadata[item_id] for item_id in sorted(metadata) if item_id not in known]
 
 
 def _fit_two_tower(config: TrainConfig, data: TrainingSet, num_items: int,

@@ -64,6 +64,36 @@ def test_split_picks_test_users_targets_and_never_leaks_the_test_period() -> Non
         assert list(data.train.timestamp[rows]) == sorted(data.train.timestamp[rows])
 
 
+def test_cold_start_split_finds_the_shoppers_of_new_items_without_leaking_the_test_period() -> None:
+    # z has no training events; the run's catalogue lists it after the trained items, beside y (never bought)
+    data = ev.cold_start_split(TOY, CUT, ["a", "b", "c", "d", "y", "z"])
+    assert data.users == ["ann", "cat"]  # bob bought z too, but nothing in training
+    assert data.num_known == 4 and data.num_items == 6
+    assert data.new_targets == [{5}, {5}] and data.all_targets == [{0, 3, 5}, {5}]
+    train = ev.train_period(TOY, CUT)
+    for rows in data.history:
+        assert (train.timestamp[rows] < CUT).all()
+    # a catalogue without z: z is a target nobody can hit
+    unlisted = ev.cold_start_split(TOY, CUT, ["a", "b", "c", "d"])
+    assert unlisted.new_targets == [{-1}, {-1}] and unlisted.num_items == 4
+    with pytest.raises(ValueError, match="training period's items"):
+        ev.cold_start_split(TOY, CUT, ["b", "a", "c", "d", "z"])
+
+
+def test_cold_start_metrics_by_hand() -> None:
+    data = ev.cold_start_split(TOY, CUT, ["a", "b", "c", "d", "y", "z"])
+    # ann: z (5) first, then a, y, ...; cat: y (4) first, then z
+    scores = np.array([[5.0, 1, 1, 1, 4, 9], [1, 1, 1, 1, 9, 8]])
+    metrics = ev.cold_start_metrics(scores, data, k=2)
+    assert metrics["recall@2 new items"] == pytest.approx((1 + 1) / 2)
+    assert metrics["recall@2 all items"] == pytest.approx((2 / 2 + 1) / 2)  # ann: z and a of a, d, z
+    assert metrics["new-item share of top 2"] == pytest.approx(3 / 4)
+    among = ev.among_new_items(scores, data, ks=(1, 2))
+    assert among == {"recall@1": 0.5, "recall@2": 1.0}  # ann ranks z first, cat ranks y first
+    # random order of the 2 new items: each shopper's one target is first half the time
+    assert ev.random_among_new_items(data, ks=(1, 2)) == {"recall@1": 0.5, "recall@2": 1.0}
+
+
 def test_recall_and_ndcg_by_hand() -> None:
     ranked = np.array([[5, 1, 7, 2] + list(range(10, 56)), list(range(100, 150))])
     metrics = ev.recall_ndcg(ranked, [{1, 2, 99}, {100}])
@@ -131,9 +161,10 @@ def test_train_then_evaluate_prints_the_model_float_and_int8_beside_the_baseline
     prepared: Path, tmp_path: Path
 ) -> None:
     events = str(prepared / "events.csv.gz")
-    trained = _cli("train", "--events", events, "--out", str(tmp_path / "run"), "--test-from", "2010-12-20",
-                   "--dim", "8", "--epochs", "1")
+    trained = _cli("train", "--events", events, "--items", str(prepared / "items.csv"), "--out",
+                   str(tmp_path / "run"), "--test-from", "2010-12-20")
     assert trained.returncode == 0, trained.stderr
+    assert json.loads(trained.stdout.splitlines()[0])["new_items"] > 100  # listed, first sold from 2010-12-20
     result = _cli("evaluate", "--events", events, "--run", str(tmp_path / "run"), "--out", str(tmp_path / "t.md"))
     assert result.returncode == 0, result.stderr
     for row in ("model (float, Keras)", "model (int8, LiteRT)", "repeat-purchase", "EASE (lambda 200)"):
@@ -142,7 +173,16 @@ def test_train_then_evaluate_prints_the_model_float_and_int8_beside_the_baseline
     assert saved["test_from"] == "2010-12-20" and saved["model (int8, LiteRT)"]["all"]["users"] > 50
     assert (tmp_path / "t.md").read_text().strip() == result.stdout.strip()
     report = (tmp_path / "run" / "report" / "report.md").read_text()
-    assert result.stdout.strip() in report and "![Recall@K](recall_at_k.png)" in report
+    tables = result.stdout.strip().split("\n\n")
+    assert len(tables) == 4 and all(table in report for table in tables) and "![Recall@K](recall_at_k.png)" in report
+    # new items: shoppers who bought them are found, and the side features rank what they bought
+    cold = saved["cold_start"]
+    assert cold["model (int8, LiteRT), trained items only"]["recall@20 new items"] == 0.0
+    assert cold["model (int8, LiteRT), with new items"]["users"] > 30
+    among = saved["among_new_items"]
+    random_order = among["no side features (all new items alike: a random order)"]["recall@10"]
+    assert among["int8 (LiteRT), side features as trained"]["recall@10"] > 2 * random_order
+    assert among["float, side features: title words only"]["recall@10"] > 2 * random_order
     png = (tmp_path / "run" / "report" / "recall_at_k.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     curve = saved["model (int8, LiteRT)"]["all"]
