@@ -86,9 +86,10 @@ def _export(args: argparse.Namespace) -> int:
     options = BundleOptions(variant=args.variant, fleet=args.fleet, version=args.version,
                             valid_days=args.valid_days, force=args.force,
                             explanations=not args.no_explanations)
-    manifest = build_bundle(args.run, args.key, args.out, options)
+    out = args.out or args.run / "bundle"
+    manifest = build_bundle(args.run, args.key, out, options)
     size = manifest.files["model.tflite"].length
-    print(f"bundle version {manifest.version} for fleet {manifest.fleet}: {args.out} "
+    print(f"bundle version {manifest.version} for fleet {manifest.fleet}: {out} "
           f"(model {size} bytes, {manifest.model.num_items} items, expires {manifest.expires})")
     return 0
 
@@ -217,7 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run to a signed TFLite bundle")
     p.add_argument("--run", type=Path, required=True, help="run directory from train")
     p.add_argument("--key", type=Path, required=True, help="signing.key from keygen")
-    p.add_argument("--out", type=Path, required=True, help="bundle folder")
+    p.add_argument("--out", type=Path, help="bundle folder (default: RUN/bundle, beside the run's model and metrics)")
     p.add_argument("--variant", choices=("int8", "float16", "float32"), default="int8")
     p.add_argument("--fleet", default="default")
     p.add_argument("--version", type=int, help="bundle version (default: current Unix time)")

@@ -158,7 +158,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_train_then_evaluate_prints_the_model_float_and_int8_beside_the_baselines(
-    prepared: Path, tmp_path: Path
+    prepared: Path, keys: Path, tmp_path: Path
 ) -> None:
     events = str(prepared / "events.csv.gz")
     trained = _cli("train", "--events", events, "--items", str(prepared / "items.csv"), "--out",
@@ -183,6 +183,13 @@ def test_train_then_evaluate_prints_the_model_float_and_int8_beside_the_baseline
     random_order = among["no side features (all new items alike: a random order)"]["recall@10"]
     assert among["int8 (LiteRT), side features as trained"]["recall@10"] > 2 * random_order
     assert among["float, side features: title words only"]["recall@10"] > 2 * random_order
+    # the run directory also holds its bundle; the new items are in the model the agents get
+    exported = _cli("export", "--run", str(tmp_path / "run"), "--key", str(keys / "signing.key"))
+    assert exported.returncode == 0, exported.stderr
+    counts = json.loads(trained.stdout.splitlines()[0])
+    catalog = json.loads((tmp_path / "run" / "bundle" / "catalog.json").read_text())
+    assert len(catalog["items"]) == counts["items"] + counts["new_items"]
+    assert f"{counts['items'] + counts['new_items']} items" in exported.stdout  # the signed manifest's count
     png = (tmp_path / "run" / "report" / "recall_at_k.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     curve = saved["model (int8, LiteRT)"]["all"]

@@ -105,19 +105,24 @@ def test_the_int8_graph_recommends_a_new_item_to_shoppers_of_its_kind() -> None:
 def test_training_appends_the_items_file_s_new_items_unless_told_not_to(prepared, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
+    import keras
+
     from cloud_trainer.events_io import read_items
     from cloud_trainer.train import TrainConfig, train
 
     listed, _ = read_items(prepared / "items.csv")
     runs = {}
-    for cold_start in (True, False):
-        run = tmp_path / str(cold_start)
+    for n, cold_start in enumerate((True, False, True)):
+        run = tmp_path / str(n)
         config = TrainConfig(events=str(prepared / "events.csv.gz"), items=str(prepared / "items.csv"),
                              test_from="2010-12-20", cold_start=cold_start, calibration_histories=64)
         metrics = train(config, run)
         runs[cold_start] = [item["id"] for item in json.loads((run / "catalog.json").read_text())["items"]]
         assert len(runs[cold_start]) == metrics["items"] + metrics["new_items"]  # type: ignore[operator]
     trained, new = runs[False], runs[True][len(runs[False]) :]
+    # the same data twice: the same model, bit for bit
+    first, again = (keras.models.load_model(tmp_path / name / "model.keras") for name in ("0", "2"))
+    assert all(np.array_equal(a, b) for a, b in zip(first.get_weights(), again.get_weights(), strict=True))
     assert runs[True][: len(trained)] == trained  # the trained items keep their indices
     assert new == sorted(set(listed) - set(trained)) and len(new) > 100
 
