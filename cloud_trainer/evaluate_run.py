@@ -21,7 +21,7 @@ import numpy as np
 from cloud_trainer import evaluation
 from cloud_trainer.events_io import KINDS_BY_CODE, EventTable, read_events
 from cloud_trainer.side_features import SideFeatureSettings, extend_with_cold_items
-from shared.catalog import CatalogItem, parse_catalog
+from shared.catalog import parse_catalog
 from shared.events import history_inputs
 
 #: Cold-start ablations: which side features predict the new items' vectors.
@@ -80,8 +80,8 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None) -> e
     report = evaluation.Report()
     if run_dir is not None:
         model = _RunModel(run_dir, config)
-        _evaluate_model(model, run_dir, data, report)
-        _evaluate_cold_start(model, run_dir, table, evaluation.cut_time(day), report)
+        _evaluate_model(model, data, report)
+        _evaluate_cold_start(model, table, evaluation.cut_time(day), report)
     for name, scorer in evaluation.BASELINES.items():
         report.rows[name] = evaluation.evaluate(scorer(data), data)
         log.info("%s: recall@20 %.4f (all), %.4f (new)", name, report.rows[name]["all"]["recall@20"],
@@ -97,7 +97,7 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None) -> e
 
 
 class _RunModel:
-    """A run's model, float and int8, scoring over the run's whole catalogue."""
+    """A run's model, float and int8, scoring over the run's whole catalogue (``items``)."""
 
     def __init__(self, run_dir: Path, config: dict[str, object]) -> None:
         import keras
@@ -108,6 +108,7 @@ class _RunModel:
         self.history_length = int(config["history_length"])  # type: ignore[call-overload]
         self.keras = keras.models.load_model(run_dir / "model.keras")
         self.weights = extract_weights(self.keras)
+        self.items = list(parse_catalog((run_dir / "catalog.json").read_bytes(), self.weights.num_items).items)
         calibration = np.load(run_dir / "histories.npz")
         self.int8 = to_tflite(self.weights, self.history_length, self.weights.num_items, "int8",
                               (calibration["items"], calibration["weights"]), explanations=False)
@@ -121,15 +122,8 @@ class _RunModel:
         return float_scores, litert_scores(self.int8, items, weights, self.weights.num_items)
 
 
-def _catalogue(run_dir: Path) -> list[CatalogItem]:
-    """The run's catalogue items in model index order."""
-    data = (run_dir / "catalog.json").read_bytes()
-    return list(parse_catalog(data, len(json.loads(data)["items"])).items)
-
-
-def _evaluate_model(model: _RunModel, run_dir: Path, data: evaluation.Split, report: evaluation.Report) -> None:
-    catalogue = [item.id for item in _catalogue(run_dir)]
-    if catalogue[: data.num_items] != data.train.item_ids:
+def _evaluate_model(model: _RunModel, data: evaluation.Split, report: evaluation.Report) -> None:
+    if [item.id for item in model.items[: data.num_items]] != data.train.item_ids:
         raise EvaluationError("the run's items are not the training period's items of these events")
     float_scores, int8_scores = model.scores(*model.inputs(data.train, data.history))
     known = slice(0, data.num_items)  # the protocol ranks the training items only
@@ -137,16 +131,15 @@ def _evaluate_model(model: _RunModel, run_dir: Path, data: evaluation.Split, rep
     report.rows["model (int8, LiteRT)"] = evaluation.evaluate(int8_scores[:, known], data)
 
 
-def _evaluate_cold_start(model: _RunModel, run_dir: Path, table: EventTable, cut: float,
-                         report: evaluation.Report) -> None:
+def _evaluate_cold_start(model: _RunModel, table: EventTable, cut: float, report: evaluation.Report) -> None:
     from cloud_trainer.model import model_from_weights
 
-    items = _catalogue(run_dir)
+    items = model.items
     data = evaluation.cold_start_split(table, cut, [item.id for item in items])
     if not data.users:
         log.info("cold start: nobody bought an item without training events in the test period")
         return
-    inputs = model.inputs(evaluation.train_period(table, cut), data.history)
+    inputs = model.inputs(data.train, data.history)
     float_scores, int8_scores = model.scores(*inputs)
     without = int8_scores.copy()
     without[:, data.num_known :] = -np.inf

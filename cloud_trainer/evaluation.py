@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -68,19 +68,31 @@ class Split:
         return len(self.train.item_ids)
 
 
+def _rows_by_user(train: EventTable) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows ordered by (user, time), and where each user's run starts and ends in that order."""
+    order = np.lexsort((train.timestamp, train.user))
+    return order, np.searchsorted(train.user[order], np.arange(len(train.user_ids) + 1))
+
+
+def _test_purchases(table: EventTable, train: EventTable, cut: float) -> Iterator[tuple[int, str]]:
+    """(training-period user index, item id) of each test-period purchase by a user seen in training."""
+    user_index = {user_id: n for n, user_id in enumerate(train.user_ids)}
+    test = (table.timestamp >= cut) & (table.kind == PURCHASE)
+    for u, i in zip(table.user[test].tolist(), table.item[test].tolist(), strict=True):
+        user = user_index.get(table.user_ids[u])
+        if user is not None:
+            yield user, table.item_ids[i]
+
+
 def split(table: EventTable, cut: float) -> Split:
     train = train_period(table, cut)
     item_index = {item_id: n for n, item_id in enumerate(train.item_ids)}
-    user_index = {user_id: n for n, user_id in enumerate(train.user_ids)}
-    order = np.lexsort((train.timestamp, train.user))
-    bounds = np.searchsorted(train.user[order], np.arange(len(train.user_ids) + 1))
+    order, bounds = _rows_by_user(train)
     test_purchases: dict[int, set[int]] = {}
-    test = (table.timestamp >= cut) & (table.kind == PURCHASE)
-    for u, i in zip(table.user[test].tolist(), table.item[test].tolist(), strict=True):
-        known_user = user_index.get(table.user_ids[u])
-        known_item = item_index.get(table.item_ids[i])
-        if known_user is not None and known_item is not None:
-            test_purchases.setdefault(known_user, set()).add(known_item)
+    for user, item_id in _test_purchases(table, train, cut):
+        known_item = item_index.get(item_id)
+        if known_item is not None:
+            test_purchases.setdefault(user, set()).add(known_item)
     result = Split(train, [], [], {mode: [] for mode in MODES}, [])
     for u in sorted(test_purchases):
         rows = order[bounds[u] : bounds[u + 1]]
@@ -106,8 +118,9 @@ class ColdStartSplit:
     does not list gets a negative index, so it counts as a target that cannot be hit.
     """
 
+    train: EventTable  # the training period, own vocabularies (see train_period)
     users: list[str]
-    history: list[np.ndarray]  # per user: row indices into the training period, in time order
+    history: list[np.ndarray]  # per user: row indices into train, in time order
     new_targets: list[set[int]]
     all_targets: list[set[int]]
     num_known: int  # catalogue indices below this are training items
@@ -122,20 +135,14 @@ def cold_start_split(table: EventTable, cut: float, catalogue: list[str]) -> Col
         raise ValueError("the catalogue does not start with the training period's items")
     index = {item_id: n for n, item_id in enumerate(catalogue)}
     unlisted: dict[str, int] = {}
-    user_index = {user_id: n for n, user_id in enumerate(train.user_ids)}
-    order = np.lexsort((train.timestamp, train.user))
-    bounds = np.searchsorted(train.user[order], np.arange(len(train.user_ids) + 1))
+    order, bounds = _rows_by_user(train)
     bought: dict[int, set[int]] = {}
-    test = (table.timestamp >= cut) & (table.kind == PURCHASE)
-    for u, i in zip(table.user[test].tolist(), table.item[test].tolist(), strict=True):
-        user = user_index.get(table.user_ids[u])
-        if user is not None:
-            item_id = table.item_ids[i]
-            item = index.get(item_id)
-            if item is None:
-                item = unlisted.setdefault(item_id, -1 - len(unlisted))
-            bought.setdefault(user, set()).add(item)
-    result = ColdStartSplit([], [], [], [], num_known, len(catalogue))
+    for user, item_id in _test_purchases(table, train, cut):
+        item = index.get(item_id)
+        if item is None:
+            item = unlisted.setdefault(item_id, -1 - len(unlisted))
+        bought.setdefault(user, set()).add(item)
+    result = ColdStartSplit(train, [], [], [], [], num_known, len(catalogue))
     for u in sorted(bought):
         rows = order[bounds[u] : bounds[u + 1]]
         new = {i for i in bought[u] if i < 0 or i >= num_known}
