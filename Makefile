@@ -67,6 +67,7 @@ bench: $(STAMP) mosquitto wrk
 	$(PY) bench/history.py
 	$(PY) bench/serving.py
 	$(PY) bench/fleet.py
+	$(PY) bench/cold_start.py
 
 soak: $(STAMP) mosquitto wrk
 	$(PY) bench/soak.py

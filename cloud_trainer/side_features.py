@@ -5,8 +5,9 @@ learned embedding, so no shopper could be shown it until the next training run w
 This module gives it one. Each item is described by
 
 - the words of its title (lower case, letters and digits, words of at least 2 characters that
-  occur in at least ``min_word_items`` training items' titles),
-- its category, when the data has one (one indicator per category seen in training),
+  occur in at least ``min_items`` training items' titles; the ``max_names`` most used),
+- its category, when the data has one (one indicator per category of at least ``min_items``
+  training items; the ``max_names`` most used),
 - its price bucket (``price_buckets`` quantiles of log price over the training items),
 - an intercept,
 
@@ -47,7 +48,8 @@ _WORD = re.compile(r"[a-z0-9]+")
 class SideFeatureSettings:
     l2: float = 3.0  # ridge penalty
     vector_scale: float = 5.0  # undoes the ridge's shrinkage of predicted item vectors
-    min_word_items: int = 2  # a title word is a feature if at least this many training items use it
+    min_items: int = 2  # a title word or category is a feature if at least this many trained items have it
+    max_names: int = 4096  # at most this many title words, and this many categories (the most used)
     price_buckets: int = 8
     use_title: bool = True
     use_category: bool = True
@@ -58,6 +60,53 @@ def title_words(title: str) -> list[str]:
     """The distinct words of a title, lower case, at least 2 characters (``"12 PENCILS TALL TUBE"`` ->
     ``["12", "pencils", "tall", "tube"]``)."""
     return list(dict.fromkeys(w for w in _WORD.findall(title.lower()) if len(w) >= 2))
+
+
+@dataclass(frozen=True)
+class SparseRows:
+    """A sparse [rows, columns] matrix as (row, column, value) triples, rows ascending.
+
+    An item has a handful of features among thousands, so dense matrices would cost items x
+    features x 8 bytes (3 GB for 40k items and 10k words); these cost a few per item. numpy only:
+    the products below are bincounts, one per dense column.
+    """
+
+    rows: np.ndarray  # int64 [nnz]
+    cols: np.ndarray  # int64 [nnz]
+    vals: np.ndarray  # float64 [nnz]
+    shape: tuple[int, int]
+
+    def dense(self) -> np.ndarray:
+        x = np.zeros(self.shape)
+        np.add.at(x, (self.rows, self.cols), self.vals)
+        return x
+
+    def gram(self) -> np.ndarray:
+        """X'X [columns, columns]: every pair of entries that share a row."""
+        first = np.searchsorted(self.rows, self.rows, side="left")
+        count = np.searchsorted(self.rows, self.rows, side="right") - first  # entries in each entry's row
+        left = np.repeat(np.arange(len(self.rows)), count)
+        right = np.repeat(first, count) + np.arange(len(left)) - np.repeat(np.cumsum(count) - count, count)
+        width = self.shape[1]
+        flat = np.bincount(self.cols[left] * width + self.cols[right], weights=self.vals[left] * self.vals[right],
+                           minlength=width * width)
+        return flat.reshape(width, width)
+
+    def dot(self, w: np.ndarray) -> np.ndarray:
+        """X W: [rows, k] for W [columns, k]."""
+        return _scatter(self.rows, self.cols, self.vals, w, self.shape[0])
+
+    def t_dot(self, y: np.ndarray) -> np.ndarray:
+        """X'Y: [columns, k] for Y [rows, k]."""
+        return _scatter(self.cols, self.rows, self.vals, y, self.shape[1])
+
+
+def _scatter(out_index: np.ndarray, in_index: np.ndarray, vals: np.ndarray, dense: np.ndarray,
+             size: int) -> np.ndarray:
+    out = np.empty((size, dense.shape[1]))
+    for j in range(dense.shape[1]):
+        out[:, j] = np.bincount(out_index, weights=vals * dense[in_index, j], minlength=size)
+    return out
 
 
 @dataclass
@@ -76,47 +125,55 @@ class FeatureSpace:
     def fit(cls, items: Sequence[CatalogItem], settings: SideFeatureSettings) -> FeatureSpace:
         space = cls()
         if settings.use_title:
-            counts = Counter(w for item in items for w in title_words(item.title))
-            kept = sorted(w for w, n in counts.items() if n >= settings.min_word_items)
-            space.words = {w: n for n, w in enumerate(kept)}
+            space.words = _vocabulary(Counter(w for item in items for w in title_words(item.title)), settings)
         if settings.use_category:
-            names = sorted({item.category for item in items if item.category})
-            space.categories = {name: n for n, name in enumerate(names)}
+            space.categories = _vocabulary(Counter(item.category for item in items if item.category), settings)
         prices = np.log([item.price for item in items if item.price is not None and item.price > 0])
         if settings.use_price and settings.price_buckets > 1 and len(prices):
             quantiles = np.linspace(0, 1, settings.price_buckets + 1)[1:-1]
             space.price_edges = np.unique(np.quantile(prices, quantiles))
         return space
 
-    def matrix(self, items: Sequence[CatalogItem]) -> np.ndarray:
-        """float64 [items, size]: the intercept, then title words (each row's words scaled to unit
-        length, so a long title does not outweigh a short one), categories, price bucket."""
-        x = np.zeros((len(items), self.size))
-        x[:, 0] = 1.0
+    def matrix(self, items: Sequence[CatalogItem]) -> SparseRows:
+        """[items, size]: the intercept, then title words (each row's words scaled to unit length, so
+        a long title does not outweigh a short one), categories, price bucket."""
+        rows: list[int] = []
+        cols: list[int] = []
+        vals: list[float] = []
         words_at, categories_at = 1, 1 + len(self.words)
         price_at = categories_at + len(self.categories)
         for row, item in enumerate(items):
-            columns = [self.words[w] for w in title_words(item.title) if w in self.words]
-            if columns:
-                x[row, [words_at + c for c in columns]] = 1.0 / np.sqrt(len(columns))
+            words = [words_at + self.words[w] for w in title_words(item.title) if w in self.words]
+            columns = [0, *words]
+            values = [1.0] + ([len(words) ** -0.5] * len(words) if words else [])
             category = self.categories.get(item.category)
             if category is not None:
-                x[row, categories_at + category] = 1.0
+                columns.append(categories_at + category)
+                values.append(1.0)
             if len(self.price_edges) and item.price is not None and item.price > 0:
-                x[row, price_at + int(np.searchsorted(self.price_edges, np.log(item.price)))] = 1.0
-        return x
+                columns.append(price_at + int(np.searchsorted(self.price_edges, np.log(item.price))))
+                values.append(1.0)
+            rows += [row] * len(columns)
+            cols += columns
+            vals += values
+        return SparseRows(np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64),
+                          np.asarray(vals, dtype=np.float64), (len(items), self.size))
 
 
-def ridge(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
-    """``argmin_w |x w - y|^2 + l2 |w|^2`` (intercept column included in the penalty; it is tiny
-    next to the data), solved as the smaller of the two normal-equation systems."""
-    if x.shape[0] >= x.shape[1]:
-        gram = x.T @ x
-        gram[np.diag_indices_from(gram)] += l2
-        return np.linalg.solve(gram, x.T @ y)
-    gram = x @ x.T
+def _vocabulary(counts: Counter[str], settings: SideFeatureSettings) -> dict[str, int]:
+    """Column per name used by at least ``min_items`` items, the ``max_names`` most used ones
+    (the ridge solves a features x features system)."""
+    common = [name for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+              if n >= settings.min_items][: settings.max_names]
+    return {name: n for n, name in enumerate(sorted(common))}
+
+
+def ridge(x: SparseRows, y: np.ndarray, l2: float) -> np.ndarray:
+    """``argmin_w |x w - y|^2 + l2 |w|^2`` by the normal equations (features x features; the
+    intercept column is penalised too, which is tiny next to the data)."""
+    gram = x.gram()
     gram[np.diag_indices_from(gram)] += l2
-    return x.T @ np.linalg.solve(gram, y)
+    return np.linalg.solve(gram, x.t_dot(y))
 
 
 def predict_item_weights(weights: ModelWeights, known: Sequence[CatalogItem], new: Sequence[CatalogItem],
@@ -132,7 +189,7 @@ def predict_item_weights(weights: ModelWeights, known: Sequence[CatalogItem], ne
     x_known, x_new = space.matrix(known), space.matrix(new)
     dim = weights.history_embedding.shape[1]
     targets = np.hstack([weights.history_embedding, weights.item_vectors.T, weights.item_bias[:, None]])
-    predicted = x_new @ ridge(x_known, targets.astype(np.float64), settings.l2)
+    predicted = x_new.dot(ridge(x_known, targets.astype(np.float64), settings.l2))
     return predicted[:, :dim], settings.vector_scale * predicted[:, dim:-1].T, predicted[:, -1]
 
 
