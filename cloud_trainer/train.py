@@ -128,8 +128,9 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
     else:
         model, loss = _fit_two_tower(config, data, num_items, strategy)
         weights = extract_weights(model)
-    known = [metadata.get(item_id, CatalogItem(id=item_id)) for item_id in table.item_ids]
-    new = items_without_events(metadata, table.item_ids) if config.cold_start else []
+    known, new = catalogue_items(metadata, table.item_ids)
+    if not config.cold_start:
+        new = []
     if new:
         from cloud_trainer.side_features import SideFeatureSettings, extend_with_cold_items
 
@@ -164,11 +165,14 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
     return metrics
 
 
-def items_without_events(metadata: dict[str, CatalogItem], trained: list[str]) -> list[CatalogItem]:
-    """Items of the items file that have no training events, by id: they follow the trained items
-    in the model and catalogue, with vectors predicted from their side features."""
+def catalogue_items(metadata: dict[str, CatalogItem],
+                    trained: list[str]) -> tuple[list[CatalogItem], list[CatalogItem]]:
+    """The trained items in model order (bare ids where the items file lacks them), and the items of
+    the items file that have no training events, by id: those follow the trained items in the model
+    and catalogue, with vectors predicted from their side features."""
     known = set(trained)
-    return [metadata[item_id] for item_id in sorted(metadata) if item_id not in known]
+    return ([metadata.get(item_id, CatalogItem(id=item_id)) for item_id in trained],
+            [metadata[item_id] for item_id in sorted(metadata) if item_id not in known])
 
 
 def _fit_two_tower(config: TrainConfig, data: TrainingSet, num_items: int,

@@ -27,8 +27,7 @@ from cloud_trainer.events_io import read_events, read_items  # noqa: E402
 from cloud_trainer.factorized import FactorizedSettings, fit  # noqa: E402
 from cloud_trainer.model import model_from_weights  # noqa: E402
 from cloud_trainer.side_features import SideFeatureSettings, extend_with_cold_items  # noqa: E402
-from cloud_trainer.train import HISTORY_LENGTH, items_without_events  # noqa: E402
-from shared.catalog import CatalogItem  # noqa: E402
+from cloud_trainer.train import HISTORY_LENGTH, catalogue_items  # noqa: E402
 
 TIE = 0.001
 
@@ -48,8 +47,7 @@ def main() -> int:
     cut = evaluation.cut_time(args.validate_from)
     train = evaluation.train_period(before_test, cut)
     metadata, _ = read_items(args.items)
-    known = [metadata.get(item_id, CatalogItem(id=item_id)) for item_id in train.item_ids]
-    new = items_without_events(metadata, train.item_ids)
+    known, new = catalogue_items(metadata, train.item_ids)
     data = evaluation.cold_start_split(before_test, cut, [*train.item_ids, *(item.id for item in new)])
     print(f"validation {args.validate_from} .. {args.test_from}: {len(train.item_ids)} trained items, "
           f"{len(new)} new items listed, {len(data.users)} shoppers bought a new item", flush=True)
