@@ -127,7 +127,7 @@ def build_bundle(work: Path, n_items: int = N_ITEMS, dim: int = DIM, history: in
 
 def bench_scoring(work: Path, queries: int) -> dict[str, object]:
     from edge_agent.loaded_model import LoadedModel
-    from edge_agent.recommender import recommend
+    from shared.recommendation import recommend
 
     bundle = work / "bundle"
     manifest = parse_manifest(json.loads((bundle / ENVELOPE_FILE).read_bytes())["signed"])

@@ -17,6 +17,17 @@ from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE
 if TYPE_CHECKING:
     from cloud_trainer.publisher import BrokerOptions
 
+#: The factorized model's settings ``train`` takes (besides --rank and --history-length).
+TUNED_SETTINGS = {
+    "ease_l2": "EASE's ridge penalty (lambda)",
+    "repeat_weight": "score added per occurrence of an item in the shopper's history",
+    "trend_weight": "weight of the item bias log(1 + purchases in the last --trend-days days)",
+    "trend_days": "the trend's window, in days",
+    "view_weight": "a view's entry in the shopper-item matrix (a purchase's is 1)",
+    "cart_weight": "a cart event's entry in the shopper-item matrix",
+    "cold_start_scale": "scale of new items' vectors predicted from side features",
+}
+
 
 def _keygen(args: argparse.Namespace) -> int:
     from shared.signing import generate_private_key, key_id, private_key_pem, public_key_pem
@@ -57,6 +68,9 @@ def _train(args: argparse.Namespace) -> int:
         rank=args.rank, history_length=args.history_length, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed, test_from=args.test_from,
         distribute=args.distribute, cpu_devices=args.cpu_devices, cold_start=args.cold_start,
+        tune=args.tune, target=args.target,
+        **{name: getattr(args, name) for name in (*TUNED_SETTINGS, "tune_budget", "validation_share")
+           if getattr(args, name) is not None},
     )
     if args.test_from:
         from cloud_trainer.evaluation import cut_time
@@ -72,7 +86,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from cloud_trainer.evaluate_run import evaluate_run
 
-    report = evaluate_run(args.run, args.events, args.test_from)
+    report = evaluate_run(args.run, args.events, args.test_from, args.target)
     table = report.text()
     print(table)
     if args.out:
@@ -191,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["factorized", "two-tower"], default="factorized",
                    help="factorized: low-rank item-item model fitted in closed form, with trend and repeat terms "
                         "(default); two-tower: Keras embeddings trained with a full softmax")
-    p.add_argument("--rank", type=int, default=256, help="factorized: embedding size")
+    p.add_argument("--rank", type=int, default=256, help="factorized: embedding size (a starting point when tuning)")
     p.add_argument("--dim", type=int, default=32, help="two-tower: embedding size")
     p.add_argument("--history-length", type=int, help="events the model sees (default: 200 factorized, 50 two-tower)")
     p.add_argument("--epochs", type=int, default=8)
@@ -206,12 +220,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cold-start", dest="cold_start", action="store_false",
                    help="leave items of --items that have no events out of the model (default: their vectors are "
                         "predicted from title words, category and price bucket)")
+    tuning = p.add_argument_group(
+        "factorized model settings", "chosen on a validation window of the training events (the most recent "
+        "--validation-share of them) within --tune-budget seconds; the values given are where the search starts, "
+        "or, with --no-tune, the settings used")
+    tuning.add_argument("--no-tune", dest="tune", action="store_false", help="use the settings as given")
+    tuning.add_argument("--target", choices=("purchase", "any"), default="purchase",
+                        help="what counts as a hit when choosing: a purchase, or for logs with few purchases any "
+                             "event (evaluate then uses the same)")
+    tuning.add_argument("--tune-budget", type=float, metavar="SECONDS", help="default 180")
+    tuning.add_argument("--validation-share", type=float, help="default 0.1")
+    for name, help_text in TUNED_SETTINGS.items():
+        tuning.add_argument(f"--{name.replace('_', '-')}", type=float, help=help_text)
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("evaluate", help="Recall/NDCG/coverage of a run and of the baselines on the held-out period")
     p.add_argument("--events", type=Path, required=True, help="the same events table the run was trained from")
     p.add_argument("--run", type=Path, help="run directory (trained with --test-from); baselines only without")
     p.add_argument("--test-from", help="YYYY-MM-DD; default: the run's")
+    p.add_argument("--target", choices=("purchase", "any"),
+                   help="what counts as a hit: a purchase, or any event; default: the run's (purchase)")
     p.add_argument("--out", type=Path, help="also write the table (Markdown) here")
     p.set_defaults(handler=_evaluate)
 

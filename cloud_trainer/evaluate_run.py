@@ -1,8 +1,10 @@
 """``cloud-trainer evaluate``: a trained run and the baselines, on the held-out period of the same events.
 
-The model is scored twice: the float Keras model, and its int8 TFLite export in LiteRT (what the
-agents run), both over every training item. A run trained on data that includes the test period
-is refused: its figures would be a leak, not a result.
+The model is scored twice: the float Keras model over every training item (a reference), and
+what agents serve: the int8 TFLite export, built as ``export`` builds it (top K and
+explanations in the graph), behind the agent's own recommendation function with its history
+cap, exclusions and popularity fill (:mod:`cloud_trainer.served`). A run trained on data that
+includes the test period is refused: its figures would be a leak, not a result.
 
 Then the cold-start section: shoppers who bought items that had no training events ("new
 items"), ranked over the whole catalogue of the run (trained items plus the new items it
@@ -20,9 +22,14 @@ import numpy as np
 
 from cloud_trainer import evaluation
 from cloud_trainer.events_io import KINDS_BY_CODE, EventTable, read_events
+from cloud_trainer.served import ServedModel, served_rankings, stored_histories
 from cloud_trainer.side_features import SideFeatureSettings, extend_with_cold_items
 from shared.catalog import parse_catalog
 from shared.events import history_inputs
+from shared.recommendation import Exclude
+
+#: The table's row of what agents serve.
+SERVED = "model (int8, LiteRT, as served)"
 
 #: Cold-start ablations: which side features predict the new items' vectors.
 FEATURE_ABLATIONS = {
@@ -52,20 +59,22 @@ def model_histories(train: EventTable, history: list[np.ndarray],
     return np.asarray(items, dtype=np.int32), np.asarray(weights, dtype=np.float32)
 
 
-def litert_scores(model_bytes: bytes, items: np.ndarray, weights: np.ndarray, num_items: int) -> np.ndarray:
-    """A [users, items] matrix that orders items as the TFLite model's full top-K does."""
-    from cloud_trainer.export import litert_runner
-
-    _, runner = litert_runner(model_bytes)
-    scores = np.full((len(items), num_items), -np.inf)
-    for row in range(len(items)):
-        out = runner(history_items=items[row : row + 1], history_weights=weights[row : row + 1])  # type: ignore[operator]
-        ranked = out["item_indices"][0]
-        scores[row, ranked] = np.arange(len(ranked), 0, -1)
+def ranks_as_scores(ranked: np.ndarray, num_items: int) -> np.ndarray:
+    """A [users, items] matrix ordering items as ``ranked`` ([users, K], -1 for none) does;
+    unranked items score -inf."""
+    scores = np.full((len(ranked), num_items), -np.inf)
+    for row, items in enumerate(ranked):
+        items = items[items >= 0]
+        scores[row, items] = np.arange(len(items), 0, -1)
     return scores
 
 
-def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None) -> evaluation.Report:
+#: The agent's exclusion that leaves out what mode new's targets exclude, per target.
+EXCLUDE_FOR = {"purchase": Exclude.PURCHASED, "any": Exclude.SEEN}
+
+
+def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
+                 target: str | None = None) -> evaluation.Report:
     config = json.loads((run_dir / "config.json").read_text()) if run_dir else {}
     day = test_from or config.get("test_from")
     if not day:
@@ -74,12 +83,15 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None) -> e
         raise EvaluationError(f"the run was trained with test_from={config.get('test_from')!r}, not {day!r}: "
                               "its training data overlaps the test period")
     table = read_events(events)
-    data = evaluation.split(table, evaluation.cut_time(day))
+    model = _RunModel(run_dir, config) if run_dir is not None else None
+    # the targets: what test users bought of the items the model can recommend (the trained items,
+    # and new items listed in the run's catalogue); the baselines know the trained items only
+    data = evaluation.split(table, evaluation.cut_time(day), [item.id for item in model.items] if model else None,
+                            target or str(config.get("target", "purchase")))
     log.info("test period from %s: %d test users (%d with new items), %d items",
              day, len(data.users), sum(1 for t in data.targets["new"] if t), data.num_items)
     report = evaluation.Report()
-    if run_dir is not None:
-        model = _RunModel(run_dir, config)
+    if model is not None:
         _evaluate_model(model, data, report)
         _evaluate_cold_start(model, table, evaluation.cut_time(day), report)
     for name, scorer in evaluation.BASELINES.items():
@@ -90,45 +102,57 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None) -> e
         from cloud_trainer.report import write_report
 
         (run_dir / "evaluation.json").write_text(json.dumps(
-            {"test_from": day, **report.rows, "cold_start": report.cold_start, "among_new_items": report.among_new},
-            indent=1))
+            {"test_from": day, "target": data.target, **report.rows, "cold_start": report.cold_start,
+             "among_new_items": report.among_new}, indent=1))
         log.info("report: %s", write_report(run_dir, report, day))
     return report
 
 
 class _RunModel:
-    """A run's model, float and int8, scoring over the run's whole catalogue (``items``)."""
+    """A run's model: float (Keras) over its whole catalogue, and int8 as agents run it."""
 
     def __init__(self, run_dir: Path, config: dict[str, object]) -> None:
         import keras
 
+        from cloud_trainer.bundler import DEFAULT_TOP_K
         from cloud_trainer.export import to_tflite
         from cloud_trainer.model import extract_weights
 
         self.history_length = int(config["history_length"])  # type: ignore[call-overload]
         self.keras = keras.models.load_model(run_dir / "model.keras")
         self.weights = extract_weights(self.keras)
-        self.items = list(parse_catalog((run_dir / "catalog.json").read_bytes(), self.weights.num_items).items)
+        catalog = parse_catalog((run_dir / "catalog.json").read_bytes(), self.weights.num_items)
+        self.items = list(catalog.items)
         calibration = np.load(run_dir / "histories.npz")
-        self.int8 = to_tflite(self.weights, self.history_length, self.weights.num_items, "int8",
-                              (calibration["items"], calibration["weights"]), explanations=False)
+        self.top_k = min(DEFAULT_TOP_K, self.weights.num_items)
+        int8 = to_tflite(self.weights, self.history_length, self.top_k, "int8",
+                         (calibration["items"], calibration["weights"]))
+        self.served = ServedModel(int8, catalog, self.history_length)
 
     def inputs(self, train: EventTable, history: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         return model_histories(train, history, self.history_length)
 
-    def scores(self, items: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """float and int8 [users, catalogue] scores (the int8 ones order items as the model's top-K does)."""
-        float_scores = np.asarray(self.keras.predict([items, weights], batch_size=512, verbose=0))
-        return float_scores, litert_scores(self.int8, items, weights, self.weights.num_items)
+    def float_scores(self, inputs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.keras.predict(list(inputs), batch_size=512, verbose=0))
+
+    def int8_ranked(self, inputs: tuple[np.ndarray, np.ndarray], allowed: np.ndarray | None = None) -> np.ndarray:
+        """[users, top K] of the int8 graph itself (no popularity fill) under a filter mask, -1 where
+        fewer than K allowed items came back."""
+        ranked = np.stack([self.served.score(items, weights, allowed).indices
+                           for items, weights in zip(*inputs, strict=True)])
+        return ranked if allowed is None else np.where(allowed[ranked], ranked, -1)
 
 
 def _evaluate_model(model: _RunModel, data: evaluation.Split, report: evaluation.Report) -> None:
     if [item.id for item in model.items[: data.num_items]] != data.train.item_ids:
         raise EvaluationError("the run's items are not the training period's items of these events")
-    float_scores, int8_scores = model.scores(*model.inputs(data.train, data.history))
-    known = slice(0, data.num_items)  # the protocol ranks the training items only
-    report.rows["model (float, Keras)"] = evaluation.evaluate(float_scores[:, known], data)
-    report.rows["model (int8, LiteRT)"] = evaluation.evaluate(int8_scores[:, known], data)
+    report.rows["model (float, Keras)"] = evaluation.evaluate(model.float_scores(model.inputs(data.train,
+                                                                                          data.history)), data)
+    # what the agent serves: its catalogue (new items too), the REST route's history, exclusions
+    histories = stored_histories(data.train, data.history, model.history_length)
+    report.rows[SERVED] = evaluation.evaluate_ranked(
+        {"all": served_rankings(model.served, histories, model.top_k),
+         "new": served_rankings(model.served, histories, model.top_k, EXCLUDE_FOR[data.target])}, data)
 
 
 def _evaluate_cold_start(model: _RunModel, table: EventTable, cut: float, report: evaluation.Report) -> None:
@@ -140,17 +164,21 @@ def _evaluate_cold_start(model: _RunModel, table: EventTable, cut: float, report
         log.info("cold start: nobody bought an item without training events in the test period")
         return
     inputs = model.inputs(data.train, data.history)
-    float_scores, int8_scores = model.scores(*inputs)
-    without = int8_scores.copy()
-    without[:, data.num_known :] = -np.inf
+    trained_only = np.arange(data.num_items) < data.num_known
     log.info("cold start: %d shoppers bought %d new items (%d in the run's catalogue)", len(data.users),
              len({i for t in data.new_targets for i in t}), data.num_items - data.num_known)
+    without = ranks_as_scores(model.int8_ranked(inputs, trained_only), data.num_items)
     report.cold_start = {"model (int8, LiteRT), trained items only": evaluation.cold_start_metrics(without, data)}
     if data.num_items == data.num_known:
         return
-    report.cold_start["model (float, Keras), with new items"] = evaluation.cold_start_metrics(float_scores, data)
-    report.cold_start["model (int8, LiteRT), with new items"] = evaluation.cold_start_metrics(int8_scores, data)
-    report.among_new["int8 (LiteRT), side features as trained"] = evaluation.among_new_items(int8_scores, data)
+    served = ranks_as_scores(served_rankings(model.served, stored_histories(data.train, data.history,
+                                                                            model.history_length), model.top_k),
+                             data.num_items)
+    report.cold_start["model (float, Keras), with new items"] = evaluation.cold_start_metrics(
+        model.float_scores(inputs), data)
+    report.cold_start[f"{SERVED}, with new items"] = evaluation.cold_start_metrics(served, data)
+    among_new = ranks_as_scores(model.int8_ranked(inputs, ~trained_only), data.num_items)
+    report.among_new["int8 (LiteRT), side features as trained"] = evaluation.among_new_items(among_new, data)
     known_items, new_items = items[: data.num_known], items[data.num_known :]
     trained = model.weights.first_items(data.num_known)
     for name, switches in FEATURE_ABLATIONS.items():

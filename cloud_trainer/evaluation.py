@@ -1,12 +1,16 @@
 """The evaluation protocol every quality figure of this project uses, and the baselines (pure numpy).
 
-- Time split: train on events before the cut, test on events from the cut on. Only items seen in
-  training can be ranked; item indices are those of :func:`train_period` (the model's too).
-- Test users: at least one purchase in training and one test-period purchase of a known item.
-- Full ranking over every training item, never sampled negatives.
+- Time split: train on events before the cut, test on events from the cut on. Item indices are
+  those of :func:`train_period` (the model's too), then a model's new items (items listed
+  without training events, known from side features) if it has any.
+- Test users: at least one purchase in training and one test-period purchase of a rankable item
+  (with ``target="any"``, read "event" for "purchase" throughout: :data:`TARGETS`).
+- Full ranking over every item the model can rank, never sampled negatives; the baselines rank
+  the training items.
 - Mode ``all``: targets are the distinct items a user bought in the test period (repeats count).
   Mode ``new``: targets are test items the user never bought before; the items they bought before
-  are excluded from the ranking.
+  are excluded from the ranking (the model, as served, excludes what the agent's history of the
+  user shows; see :mod:`cloud_trainer.served`).
 - Recall@K = hits / min(K, |targets|); NDCG@K with binary gains; coverage@20 = distinct items in
   all top-20 lists / items.
 - Cold start (:func:`cold_start_split`): the shoppers who bought items with no training events,
@@ -16,7 +20,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -25,6 +29,16 @@ from cloud_trainer.events_io import KIND_CODES, EventTable
 from shared.events import EventKind
 
 PURCHASE = KIND_CODES[EventKind.PURCHASE]
+#: What a hit is: a purchase (the default), or for shops with few purchases in their logs any
+#: event (view, cart, purchase). "Bought before" in mode new and the test users' condition follow.
+TARGETS: dict[str, tuple[int, ...]] = {"purchase": (PURCHASE,), "any": tuple(KIND_CODES.values())}
+
+
+def is_target(kinds: np.ndarray, target: str) -> np.ndarray:
+    """bool per event kind code: does it count under ``target`` (a key of :data:`TARGETS`)?"""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+    return np.isin(kinds, TARGETS[target])
 RECALL_AT = (10, 20, 50)
 NDCG_AT = (10, 20)
 #: Cut-offs of the recall@K curves in the report (the table shows RECALL_AT).
@@ -62,6 +76,7 @@ class Split:
     history: list[np.ndarray]  # per test user: row indices into train, in time order
     targets: dict[str, list[set[int]]]  # mode -> per test user: target item indices
     bought_before: list[set[int]]  # per test user: items bought in training (excluded in mode new)
+    target: str = "purchase"  # what counts as "bought" (TARGETS)
 
     @property
     def num_items(self) -> int:
@@ -74,29 +89,35 @@ def _rows_by_user(train: EventTable) -> tuple[np.ndarray, np.ndarray]:
     return order, np.searchsorted(train.user[order], np.arange(len(train.user_ids) + 1))
 
 
-def _test_purchases(table: EventTable, train: EventTable, cut: float) -> Iterator[tuple[int, str]]:
-    """(training-period user index, item id) of each test-period purchase by a user seen in training."""
+def _test_purchases(table: EventTable, train: EventTable, cut: float, target: str) -> Iterator[tuple[int, str]]:
+    """(training-period user index, item id) of each test-period purchase (``target`` event) by a
+    user seen in training."""
     user_index = {user_id: n for n, user_id in enumerate(train.user_ids)}
-    test = (table.timestamp >= cut) & (table.kind == PURCHASE)
+    test = (table.timestamp >= cut) & is_target(table.kind, target)
     for u, i in zip(table.user[test].tolist(), table.item[test].tolist(), strict=True):
         user = user_index.get(table.user_ids[u])
         if user is not None:
             yield user, table.item_ids[i]
 
 
-def split(table: EventTable, cut: float) -> Split:
+def split(table: EventTable, cut: float, catalogue: list[str] | None = None, target: str = "purchase") -> Split:
+    """The protocol's test users and targets. With a model's ``catalogue`` (item ids by model
+    index, the training period's items first, as trained) the items it lists beyond the training
+    items (new items, see :mod:`cloud_trainer.side_features`) count as targets too."""
     train = train_period(table, cut)
-    item_index = {item_id: n for n, item_id in enumerate(train.item_ids)}
+    if catalogue is not None and catalogue[: len(train.item_ids)] != train.item_ids:
+        raise ValueError("the catalogue does not start with the training period's items")
+    item_index = {item_id: n for n, item_id in enumerate(catalogue or train.item_ids)}
     order, bounds = _rows_by_user(train)
     test_purchases: dict[int, set[int]] = {}
-    for user, item_id in _test_purchases(table, train, cut):
+    for user, item_id in _test_purchases(table, train, cut, target):
         known_item = item_index.get(item_id)
         if known_item is not None:
             test_purchases.setdefault(user, set()).add(known_item)
-    result = Split(train, [], [], {mode: [] for mode in MODES}, [])
+    result = Split(train, [], [], {mode: [] for mode in MODES}, [], target)
     for u in sorted(test_purchases):
         rows = order[bounds[u] : bounds[u + 1]]
-        bought = set(train.item[rows[train.kind[rows] == PURCHASE]].tolist())
+        bought = set(train.item[rows[is_target(train.kind[rows], target)]].tolist())
         if not bought:
             continue
         result.users.append(train.user_ids[u])
@@ -127,8 +148,10 @@ class ColdStartSplit:
     num_items: int  # the whole catalogue, known and new
 
 
-def cold_start_split(table: EventTable, cut: float, catalogue: list[str]) -> ColdStartSplit:
-    """``catalogue``: item ids by model index, the training period's items first (as trained)."""
+def catalogue_split(table: EventTable, cut: float, catalogue: list[str], target: str = "purchase") -> ColdStartSplit:
+    """Every shopper with a training purchase and a test-period purchase, whatever they bought,
+    ranked over ``catalogue`` (item ids by model index, the training period's items first, as
+    trained): :func:`cold_start_split` without its condition on new items."""
     train = train_period(table, cut)
     num_known = len(train.item_ids)
     if catalogue[:num_known] != train.item_ids or set(catalogue[num_known:]) & set(train.item_ids):
@@ -137,7 +160,7 @@ def cold_start_split(table: EventTable, cut: float, catalogue: list[str]) -> Col
     unlisted: dict[str, int] = {}
     order, bounds = _rows_by_user(train)
     bought: dict[int, set[int]] = {}
-    for user, item_id in _test_purchases(table, train, cut):
+    for user, item_id in _test_purchases(table, train, cut, target):
         item = index.get(item_id)
         if item is None:
             item = unlisted.setdefault(item_id, -1 - len(unlisted))
@@ -145,13 +168,20 @@ def cold_start_split(table: EventTable, cut: float, catalogue: list[str]) -> Col
     result = ColdStartSplit(train, [], [], [], [], num_known, len(catalogue))
     for u in sorted(bought):
         rows = order[bounds[u] : bounds[u + 1]]
-        new = {i for i in bought[u] if i < 0 or i >= num_known}
-        if new and (train.kind[rows] == PURCHASE).any():
+        if is_target(train.kind[rows], target).any():
             result.users.append(train.user_ids[u])
             result.history.append(rows)
-            result.new_targets.append(new)
+            result.new_targets.append({i for i in bought[u] if i < 0 or i >= num_known})
             result.all_targets.append(bought[u])
     return result
+
+
+def cold_start_split(table: EventTable, cut: float, catalogue: list[str]) -> ColdStartSplit:
+    """``catalogue``: item ids by model index, the training period's items first (as trained)."""
+    data = catalogue_split(table, cut, catalogue)
+    keep = [n for n, new in enumerate(data.new_targets) if new]
+    return replace(data, users=[data.users[n] for n in keep], history=[data.history[n] for n in keep],
+                   new_targets=[data.new_targets[n] for n in keep], all_targets=[data.all_targets[n] for n in keep])
 
 
 def cold_start_metrics(scores: np.ndarray, data: ColdStartSplit, k: int = 20) -> dict[str, float]:
@@ -199,32 +229,44 @@ def top_k(scores: np.ndarray, k: int, exclude: list[set[int]] | None = None) -> 
 
 
 def recall_ndcg(ranked: np.ndarray, targets: list[set[int]]) -> dict[str, float]:
-    """Mean Recall@K and NDCG@K over the users with targets (users without any are skipped)."""
+    """Mean Recall@K and NDCG@K over the users with targets (users without any are skipped), and
+    the standard error of the mean Recall@20 (``se(recall@20)``). ``ranked`` may hold -1 for
+    empty places."""
     discounts = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
     recall_at = sorted(set(RECALL_AT) | {k for k in CURVE_AT if k <= ranked.shape[1]})
     sums = {f"recall@{k}": 0.0 for k in recall_at} | {f"ndcg@{k}": 0.0 for k in NDCG_AT}
-    users = 0
+    per_user_recall_at_20: list[float] = []
     for row, wanted in zip(ranked, targets, strict=True):
         if not wanted:
             continue
-        users += 1
         hits = np.fromiter((int(i) in wanted for i in row), dtype=bool, count=len(row))
         for k in recall_at:
             sums[f"recall@{k}"] += hits[:k].sum() / min(k, len(wanted))
+        per_user_recall_at_20.append(hits[:20].sum() / min(20, len(wanted)))
         for k in NDCG_AT:
             ideal = discounts[: min(k, len(wanted))].sum()
             sums[f"ndcg@{k}"] += (hits[:k] * discounts[:k]).sum() / ideal
-    return {name: round(total / users, 4) if users else 0.0 for name, total in sums.items()} | {"users": users}
+    users = len(per_user_recall_at_20)
+    se = float(np.std(per_user_recall_at_20, ddof=1) / np.sqrt(users)) if users > 1 else 0.0
+    return ({name: round(total / users, 4) if users else 0.0 for name, total in sums.items()}
+            | {"se(recall@20)": round(se, 4), "users": users})
 
 
 def evaluate(scores: np.ndarray, data: Split) -> dict[str, dict[str, float]]:
     """Both modes' metrics for a [test users, items] score matrix (higher is better)."""
     k = min(max(CURVE_AT), data.num_items)
+    return evaluate_ranked({mode: top_k(scores, k, data.bought_before if mode == "new" else None)
+                            for mode in MODES}, data)
+
+
+def evaluate_ranked(ranked: dict[str, np.ndarray], data: Split) -> dict[str, dict[str, float]]:
+    """Both modes' metrics for ranked lists per mode ([test users, K] item indices, -1 for none):
+    mode ``new``'s lists must leave out what each user bought before."""
     results = {}
     for mode in MODES:
-        ranked = top_k(scores, k, data.bought_before if mode == "new" else None)
-        metrics = recall_ndcg(ranked, data.targets[mode])
-        metrics["coverage@20"] = round(len(np.unique(ranked[:, :20])) / data.num_items, 4)
+        metrics = recall_ndcg(ranked[mode], data.targets[mode])
+        listed = ranked[mode][:, :20]
+        metrics["coverage@20"] = round(len(np.unique(listed[listed >= 0])) / data.num_items, 4)
         results[mode] = metrics
     return results
 
@@ -234,7 +276,7 @@ def evaluate(scores: np.ndarray, data: Split) -> dict[str, dict[str, float]]:
 def _purchase_matrix(data: Split) -> np.ndarray:
     """[train users, items] 1.0 where the user bought the item in training."""
     train = data.train
-    bought = train.kind == PURCHASE
+    bought = is_target(train.kind, data.target)
     x = np.zeros((len(train.user_ids), data.num_items), dtype=np.float64)
     x[train.user[bought], train.item[bought]] = 1.0
     return x
@@ -257,7 +299,7 @@ def repeat_purchase_scores(data: Split) -> np.ndarray:
     popularity = popularity_scores(data)[0]
     scores = np.tile(popularity / (popularity.max() + 1.0), (len(data.users), 1))
     for row, rows in enumerate(data.history):
-        bought = rows[train.kind[rows] == PURCHASE]
+        bought = rows[is_target(train.kind[rows], data.target)]
         np.add.at(scores[row], train.item[bought], 1.0)
     return scores
 
@@ -306,7 +348,8 @@ class Report:
     among_new: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> among_new_items
 
     def table(self) -> str:
-        columns = [f"recall@{k}" for k in RECALL_AT] + [f"ndcg@{k}" for k in NDCG_AT] + ["coverage@20", "users"]
+        columns = ([f"recall@{k}" for k in RECALL_AT] + ["se(recall@20)"] + [f"ndcg@{k}" for k in NDCG_AT]
+                   + ["coverage@20", "users"])
         lines = []
         for mode in MODES:
             lines.append(f"mode {mode}")

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from cloud_trainer.model import ModelWeights, distinct_positions, history_counts, history_present
+from shared.recommendation import ALLOWED_INPUT
 
 #: Parity tolerances per variant: mean top-10 overlap with Keras, and the largest score error on
 #: the returned items, relative to the range (max - min) of Keras scores for that history: int8
@@ -32,6 +33,9 @@ TOLERANCES = {
 #: Explanations cover the most recent this many history positions ("because you bought X"
 #: names one of them): with a 200-event history, explaining all of it cost 0.7 ms a query.
 EXPLAINED_POSITIONS = 50
+
+#: How far below the lowest score items a filter leaves out are put, as a share of the score range.
+FILTER_GAP = 0.02
 
 #: Items per block in :func:`_blocked_top_k`.
 TOP_K_BLOCK = 128
@@ -78,11 +82,12 @@ def _blocked_top_k(scores: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def _with_repeats(scores: tf.Tensor, top_items: tf.Tensor, history: tf.Tensor, present: tf.Tensor,
-                  counts: tf.Tensor, weight: float, k: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Top k of ``scores + weight * counts`` from the top k of ``scores`` alone, plus the history.
+                  counts: tf.Tensor, allowed: tf.Tensor, weight: float, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Top k of ``scores + weight * counts`` over the allowed items, from the top k of the allowed
+    items by ``scores`` alone, plus the history.
 
     Exact: the repeat term is >= 0 and only history items get it, so every item of the final top
-    k is among the k best by ``scores`` or in the history. Adding it to all N scores instead would
+    k is among the k best allowed by ``scores`` or in the history. Adding it to all N scores instead would
     be simpler, but in int8 the whole score vector would then share one scale stretched by the
     repeat term, and the order of new items would blur (mode new lost 2.1% against 1.3% here).
     Duplicates (an item both in the top k and the history, or repeated in it) and padding are
@@ -92,7 +97,8 @@ def _with_repeats(scores: tf.Tensor, top_items: tf.Tensor, history: tf.Tensor, p
     rescored = tf.gather(scores[0], candidates) + weight * tf.cast(tf.gather(counts, candidates), tf.float32)
     slots = tf.range(tf.shape(candidates)[0])
     first_slot = tf.math.unsorted_segment_min(slots, candidates, num_segments=tf.shape(counts)[0])  # [N]
-    real = tf.concat([tf.ones([k], tf.bool), present], axis=0) & tf.equal(tf.gather(first_slot, candidates), slots)
+    real = (tf.concat([tf.ones([k], tf.bool), present], axis=0) & tf.equal(tf.gather(first_slot, candidates), slots)
+            & tf.gather(allowed, candidates))
     rescored = tf.where(real, rescored, tf.reduce_min(rescored) - 1.0)
     top_scores, position = tf.math.top_k(rescored[None], k=k)
     return top_scores, tf.gather(candidates, position[0])[None]
@@ -115,9 +121,11 @@ def _recommend_module(weights: ModelWeights, history_length: int, top_k: int, ex
             input_signature=[
                 tf.TensorSpec([1, history_length], tf.int32, name="history_items"),
                 tf.TensorSpec([1, history_length], tf.float32, name="history_weights"),
+                tf.TensorSpec([1, weights.num_items], tf.bool, name=ALLOWED_INPUT),
             ]
         )
-        def recommend(self, history_items: tf.Tensor, history_weights: tf.Tensor) -> dict[str, tf.Tensor]:
+        def recommend(self, history_items: tf.Tensor, history_weights: tf.Tensor,
+                      item_allowed: tf.Tensor) -> dict[str, tf.Tensor]:
             present = history_present(history_items, history_weights)  # [1, L]
             counts = None
             if weights.pooling == "distinct" or weights.repeat_weight:
@@ -130,10 +138,16 @@ def _recommend_module(weights: ModelWeights, history_length: int, top_k: int, ex
             pooled = tf.matmul(coefficients[:, None, :], h)[:, 0, :]  # [1, D]
             user = pooled if identity else tf.matmul(pooled, self.w) + self.b  # [1, D]
             scores = tf.matmul(user, self.e, transpose_b=True) + self.e_bias  # [1, N]
-            top_scores, top_items = _blocked_top_k(scores, top_k)
+            # Filters rank the whole catalogue: items not allowed drop below the lowest score of
+            # all, so they come back only after every allowed item (the agent drops them; see
+            # shared.recommendation). The gap is a share of the score range, so that it survives
+            # int8, whose steps are range / 255 (calibration includes filtered queries).
+            low = tf.reduce_min(scores)
+            filtered = tf.where(item_allowed, scores, low - FILTER_GAP * (tf.reduce_max(scores) - low))
+            top_scores, top_items = _blocked_top_k(filtered, top_k)
             if weights.repeat_weight:  # the shopper's own items: + weight x times in the history
                 top_scores, top_items = _with_repeats(scores, top_items, history_items[0], present[0], counts[0],
-                                                      weights.repeat_weight, top_k)
+                                                      item_allowed[0], weights.repeat_weight, top_k)
             if not explanations:
                 return {"item_indices": top_items, "scores": top_scores}
             # The user vector is linear in the history, so each position's share of a returned
@@ -175,9 +189,15 @@ def to_tflite(
     if variant == "int8":
         cal_items, cal_weights = calibration
 
+        # every other calibration query filters half the items, so the int8 range holds the gap
+        everything = np.ones((1, weights.num_items), dtype=bool)
+        rng = np.random.default_rng(0)
+
         def representative() -> Iterator[dict[str, np.ndarray]]:
             for i in range(len(cal_items)):
-                yield {"history_items": cal_items[i : i + 1], "history_weights": cal_weights[i : i + 1]}
+                allowed = everything if i % 2 == 0 else rng.random((1, weights.num_items)) < 0.5
+                yield {"history_items": cal_items[i : i + 1], "history_weights": cal_weights[i : i + 1],
+                       ALLOWED_INPUT: allowed}
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
@@ -193,13 +213,31 @@ def to_tflite(
         return bytes(converter.convert())
 
 
-def litert_runner(model_bytes: bytes) -> tuple[str, object]:
-    """(signature name, signature runner) in LiteRT, the runtime the agents use."""
-    from ai_edge_litert.interpreter import Interpreter
+class LiteRTModel:
+    """An exported model in LiteRT, the runtime the agents use: ``model(history_items=...,
+    history_weights=..., item_allowed=None)`` runs one query (every item allowed by default)."""
 
-    interpreter = Interpreter(model_content=model_bytes, num_threads=1)
-    (signature,) = interpreter.get_signature_list()
-    return signature, interpreter.get_signature_runner(signature)
+    def __init__(self, model_bytes: bytes) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._interpreter = Interpreter(model_content=model_bytes, num_threads=1)
+        (self.signature,) = self._interpreter.get_signature_list()
+        self._runner = self._interpreter.get_signature_runner(self.signature)
+        (num_items,) = self._runner.get_input_details()[ALLOWED_INPUT]["shape"][1:]
+        self._everything = np.ones((1, num_items), dtype=bool)
+
+    def __call__(self, history_items: np.ndarray, history_weights: np.ndarray,
+                 item_allowed: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        allowed = self._everything if item_allowed is None else item_allowed.reshape(1, -1)
+        out: dict[str, np.ndarray] = self._runner(history_items=history_items, history_weights=history_weights,
+                                                  **{ALLOWED_INPUT: allowed})
+        return out
+
+
+def litert_runner(model_bytes: bytes) -> tuple[str, LiteRTModel]:
+    """(signature name, the model in LiteRT)."""
+    model = LiteRTModel(model_bytes)
+    return model.signature, model
 
 
 @dataclass
@@ -230,7 +268,7 @@ def check_parity(
     keras_scores = np.asarray(model.predict([items, weights], batch_size=256, verbose=0))
     overlaps, errors = [], []
     for n in range(len(items)):
-        out = runner(history_items=items[n : n + 1], history_weights=weights[n : n + 1])  # type: ignore[operator]
+        out = runner(history_items=items[n : n + 1], history_weights=weights[n : n + 1])
         got_items, got_scores = out["item_indices"][0], out["scores"][0]
         expected = np.argsort(-keras_scores[n], kind="stable")[:10]
         overlaps.append(len(set(expected.tolist()) & set(got_items[:10].tolist())) / 10)
@@ -290,7 +328,7 @@ def quality_gate(
     keras_scores = np.asarray(model.predict([items, weights], batch_size=256, verbose=0))
     keras_ranked = np.argsort(-keras_scores, axis=1, kind="stable")[:, :GATE_K]
     exported = np.stack([
-        runner(history_items=items[n : n + 1], history_weights=weights[n : n + 1])["item_indices"][0][:GATE_K]  # type: ignore[operator]
+        runner(history_items=items[n : n + 1], history_weights=weights[n : n + 1])["item_indices"][0][:GATE_K]
         for n in range(len(items))
     ])
     return QualityGate(variant, len(items), round(recall_at(keras_ranked, targets), 4),

@@ -17,8 +17,8 @@ It is an embedding dot-product model like :mod:`cloud_trainer.model`'s, with the
   history item's score, inside the graph (see :mod:`cloud_trainer.export`), so shoppers see what
   they keep buying, ordered by how often.
 
-Defaults were chosen on a validation split cut from the training period only (train before
-2011-10-09, validate on 2011-10-09 .. 2011-11-08); see README "Model quality".
+``cloud-trainer train`` chooses these settings per data set on a validation window cut from
+the training period (:mod:`cloud_trainer.tuning`); the defaults below are its starting point.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 from cloud_trainer.evaluation import ease
 from cloud_trainer.events_io import KINDS_BY_CODE, EventTable
 from cloud_trainer.model import ModelWeights
-from shared.events import EVENT_WEIGHTS
+from shared.events import EVENT_WEIGHTS, EventKind
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,20 @@ class FactorizedSettings:
     trend_days: float = 14.0
     trend_weight: float = 0.05
     repeat_weight: float = 0.5
+    view_weight: float = EVENT_WEIGHTS[EventKind.VIEW]  # a view's entry in the shopper-item matrix
+    cart_weight: float = EVENT_WEIGHTS[EventKind.CART]  # (a purchase's is 1)
     seed: int = 7
 
+    def event_weights(self) -> np.ndarray:
+        """float32 per event kind code (:data:`cloud_trainer.events_io.KINDS_BY_CODE`)."""
+        by_kind = {EventKind.VIEW: self.view_weight, EventKind.CART: self.cart_weight, EventKind.PURCHASE: 1.0}
+        return np.asarray([by_kind[kind] for kind in KINDS_BY_CODE], dtype=np.float32)
 
-def shopper_item_matrix(table: EventTable) -> np.ndarray:
+
+def shopper_item_matrix(table: EventTable, event_weights: np.ndarray) -> np.ndarray:
     """float32 [users, items]: each shopper's strongest event weight per item (0 if none)."""
-    weights = np.asarray([EVENT_WEIGHTS[KINDS_BY_CODE[c]] for c in range(len(KINDS_BY_CODE))], dtype=np.float32)
     x = np.zeros((len(table.user_ids), len(table.item_ids)), dtype=np.float32)
-    np.maximum.at(x, (table.user, table.item), weights[table.kind])
+    np.maximum.at(x, (table.user, table.item), event_weights[table.kind])
     return x
 
 
@@ -80,22 +86,35 @@ def trend(table: EventTable, days: float) -> np.ndarray:
     return np.log1p(np.bincount(table.item[recent], minlength=len(table.item_ids)).astype(np.float64))
 
 
-def fit(table: EventTable, settings: FactorizedSettings) -> ModelWeights:
+def item_factors(table: EventTable, settings: FactorizedSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(history embeddings U [N, r], item vectors S V' [r, N]) of the rank-r EASE factorization."""
     num_items = len(table.item_ids)
     if num_items > MAX_ITEMS:
         raise TooManyItems(f"{num_items} items: the factorized model solves an items x items system and takes at "
                            f"most {MAX_ITEMS}; train with --model two-tower")
     rank = min(settings.rank, num_items)
     log.info("EASE item-item solve over %d items (lambda %g) ...", num_items, settings.l2)
-    b = ease(shopper_item_matrix(table), settings.l2)
+    b = ease(shopper_item_matrix(table, settings.event_weights()), settings.l2)
     log.info("rank-%d factorization ...", rank)
     u, s, vt = truncated_svd(b, rank, settings.seed)
+    # U has orthonormal columns: even entries, kind to int8; S V' is quantized per output channel
+    return u.astype(np.float32), (s[:, None] * vt).astype(np.float32)
+
+
+def assemble(factors: tuple[np.ndarray, np.ndarray], table: EventTable, settings: FactorizedSettings) -> ModelWeights:
+    """The model from its item factors (:func:`item_factors`) and the trend and repeat settings."""
+    u, item_vectors = factors
+    rank = u.shape[1]
     return ModelWeights(
-        history_embedding=u.astype(np.float32),  # orthonormal columns: even entries, kind to int8
+        history_embedding=u,
         projection=np.eye(rank, dtype=np.float32),
         projection_bias=np.zeros(rank, dtype=np.float32),
-        item_vectors=(s[:, None] * vt).astype(np.float32),  # quantized per output channel
+        item_vectors=item_vectors,
         item_bias=(settings.trend_weight * trend(table, settings.trend_days)).astype(np.float32),
         pooling="distinct",
         repeat_weight=settings.repeat_weight,
     )
+
+
+def fit(table: EventTable, settings: FactorizedSettings) -> ModelWeights:
+    return assemble(item_factors(table, settings), table, settings)

@@ -64,6 +64,36 @@ def _plot_loss(loss: list[float], out: Path) -> None:
     plt.close(fig)
 
 
+def _tuning(run_dir: Path) -> list[str]:
+    """The settings search of ``train`` (cloud_trainer.tuning), if it ran."""
+    path = run_dir / "tuning.json"
+    if not path.exists():
+        return []
+    tuning = json.loads(path.read_text())
+    trials = sorted(tuning["trials"], key=lambda t: -t["objective"])
+    names = list(tuning["chosen"])
+    lines = [
+        "## Settings chosen on the validation window",
+        "",
+        f"Searched: {', '.join(tuning['searched'])}, by coordinate ascent on the training events from "
+        f"{tuning['validation_from']} (UTC) on ({tuning['validation_shoppers']} shoppers; models fitted on "
+        f"the events before). {len(trials)} trials in {tuning['seconds']} s of a {tuning['budget_s']:g} s "
+        f"budget; stopped: {tuning['stopped_by']}. Objective: the mean of Recall@20 in modes all and new.",
+        "",
+        "| setting | start | chosen |",
+        "| --- | --- | --- |",
+        *[f"| {name} | {tuning['start'][name]} | {tuning['chosen'][name]} |" for name in names],
+        "",
+    ]
+    if trials:
+        lines += ["The best trials:", "", "| " + " | ".join([*names, "recall@20 all", "recall@20 new", "objective"])
+                  + " |", "|" + " --- |" * (len(names) + 3)]
+        lines += ["| " + " | ".join(str(t[c]) for c in [*names, "recall@20 all", "recall@20 new", "objective"])
+                  + " |" for t in trials[:5]]
+        lines.append("")
+    return lines
+
+
 def write_report(run_dir: Path, report: Report, test_from: str) -> Path:
     """Write ``run_dir/report/`` and return the Markdown file's path."""
     folder = run_dir / REPORT_DIR
@@ -76,8 +106,10 @@ def write_report(run_dir: Path, report: Report, test_from: str) -> Path:
         f"# Evaluation of run `{run_dir.name}`",
         "",
         f"Test period from {test_from} (UTC); the model and every baseline were fitted on earlier events only.",
-        "Full ranking over all training items. Recall@K = hits / min(K, |targets|) (so a curve can dip at",
-        "small K, where the denominator is K); NDCG@K binary.",
+        "Full ranking over every item the model knows (the baselines: the training items). The int8 row is",
+        "what agents serve: the exported graph behind the agent's recommendation function, with its history",
+        "cap, exclusions and popularity fill. Recall@K = hits / min(K, |targets|) (so a curve can dip at",
+        "small K, where the denominator is K); NDCG@K binary; se: the standard error of the mean Recall@20.",
         "Mode **all**: targets are the distinct items bought in the test period. Mode **new**: items the",
         "shopper never bought before, with their past items excluded from the ranking.",
         "",
@@ -90,6 +122,7 @@ def write_report(run_dir: Path, report: Report, test_from: str) -> Path:
             ("events_read", "events_kept", "events_skipped", "users", "items", "examples") if key in metrics]
     if data:
         lines += ["## Training data", "", *data, ""]
+    lines += _tuning(run_dir)
     lines += ["## Metrics", "", report.table(), ""]
     if report.cold_start:
         lines += [

@@ -205,3 +205,13 @@ def extend_with_cold_items(weights: ModelWeights, known: Sequence[CatalogItem], 
         item_vectors=np.hstack([weights.item_vectors, vectors]).astype(np.float32),
         item_bias=np.concatenate([weights.item_bias, bias]).astype(np.float32),
     )
+
+
+def catalogue_items(metadata: dict[str, CatalogItem],
+                    trained: list[str]) -> tuple[list[CatalogItem], list[CatalogItem]]:
+    """The trained items in model order (bare ids where the items file lacks them), and the items of
+    the items file that have no training events, by id: those follow the trained items in the model
+    and catalogue, with vectors predicted from their side features."""
+    known = set(trained)
+    return ([metadata.get(item_id, CatalogItem(id=item_id)) for item_id in trained],
+            [metadata[item_id] for item_id in sorted(metadata) if item_id not in known])

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cloud_trainer.dataset import TrainingSet, build_training_set, next_baskets, popularity
-from cloud_trainer.evaluation import cut_time, train_period
+from cloud_trainer.evaluation import cut_time, is_target, train_period
 from cloud_trainer.events_io import read_events, read_items
+from cloud_trainer.side_features import catalogue_items
+from cloud_trainer.tuning import DEFAULT_BUDGET_S, DEFAULT_VALIDATION_SHARE, Candidate, tune
 from shared.catalog import Catalog, CatalogItem
 
 if TYPE_CHECKING:
@@ -54,6 +56,18 @@ class TrainConfig:
     l2: float = 1e-6
     seed: int = 7
     calibration_histories: int = 512
+    # the factorized model's settings (cloud_trainer.factorized); chosen per data set unless tune is off
+    ease_l2: float = 200.0
+    repeat_weight: float = 0.5
+    trend_weight: float = 0.05
+    trend_days: float = 14.0
+    view_weight: float = 0.25
+    cart_weight: float = 0.5
+    cold_start_scale: float = 5.0  # new items' predicted vectors (cloud_trainer.side_features)
+    tune: bool = True  # choose the settings above, rank and history_length on a validation window
+    tune_budget: float = DEFAULT_BUDGET_S  # seconds
+    validation_share: float = DEFAULT_VALIDATION_SHARE  # of the training events, the most recent
+    target: str = "purchase"  # what tuning (and evaluate) count as a hit: purchase, or any event
     test_from: str | None = None  # YYYY-MM-DD (UTC): hold out events from then on for `evaluate`
     cold_start: bool = True  # items in the items file without events join the model (cloud_trainer.side_features)
     distribute: str = "none"  # two-tower: "mirrored" trains under tf.distribute.MirroredStrategy
@@ -92,6 +106,11 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, not {config.model!r}")
     if config.distribute not in DISTRIBUTE:
         raise ValueError(f"distribute must be one of {', '.join(DISTRIBUTE)}, not {config.distribute!r}")
+    is_target(np.zeros(0, dtype=np.int8), config.target)  # a wrong target is an error before any work
+    if config.tune_budget <= 0:
+        raise ValueError(f"tune_budget must be a positive number of seconds, not {config.tune_budget}")
+    if not 0 < config.validation_share < 1:
+        raise ValueError(f"validation_share must be between 0 and 1, not {config.validation_share}")
     if config.cpu_devices < 1:
         raise ValueError(f"cpu_devices must be at least 1, not {config.cpu_devices}")
     if config.distribute != "none" and config.model != "two-tower":
@@ -112,6 +131,13 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
         metadata, item_report = read_items(Path(config.items))
         log.info("items: %s", item_report.summary())
     num_items = len(table.item_ids)
+    if config.model == "factorized" and config.tune:
+        tuning = tune(table, metadata if config.cold_start else {}, _candidate(config), config.tune_budget,
+                      config.validation_share, config.seed, config.target)
+        (run_dir / "tuning.json").write_text(json.dumps(tuning.to_json(), indent=1))
+        for name, value in asdict(tuning.chosen).items():
+            setattr(config, "ease_l2" if name == "l2" else name, value)
+    assert config.history_length is not None
     data = build_training_set(table, config.history_length)
     log.info(
         "training set: %d examples from %d histories, %d users, %d items",
@@ -121,9 +147,9 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
 
     model: keras.Model | None = None  # a fitted model is built from its weights below
     if config.model == "factorized":
-        from cloud_trainer.factorized import FactorizedSettings, fit
+        from cloud_trainer.factorized import fit
 
-        weights = fit(table, FactorizedSettings(rank=config.rank, seed=config.seed))
+        weights = fit(table, _candidate(config).factorized(config.seed))
         loss: list[float] = []
     else:
         model, loss = _fit_two_tower(config, data, num_items, strategy)
@@ -135,7 +161,7 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
         from cloud_trainer.side_features import SideFeatureSettings, extend_with_cold_items
 
         log.info("cold start: %d items of the items file have no training events", len(new))
-        weights = extend_with_cold_items(weights, known, new, SideFeatureSettings())
+        weights = extend_with_cold_items(weights, known, new, SideFeatureSettings(vector_scale=config.cold_start_scale))
         model = None
     if model is None:
         model = model_from_weights(weights, config.history_length)
@@ -165,14 +191,13 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
     return metrics
 
 
-def catalogue_items(metadata: dict[str, CatalogItem],
-                    trained: list[str]) -> tuple[list[CatalogItem], list[CatalogItem]]:
-    """The trained items in model order (bare ids where the items file lacks them), and the items of
-    the items file that have no training events, by id: those follow the trained items in the model
-    and catalogue, with vectors predicted from their side features."""
-    known = set(trained)
-    return ([metadata.get(item_id, CatalogItem(id=item_id)) for item_id in trained],
-            [metadata[item_id] for item_id in sorted(metadata) if item_id not in known])
+def _candidate(config: TrainConfig) -> Candidate:
+    """The factorized model's settings in ``config``."""
+    assert config.history_length is not None
+    return Candidate(repeat_weight=config.repeat_weight, trend_weight=config.trend_weight, l2=config.ease_l2,
+                     history_length=config.history_length, trend_days=config.trend_days, rank=config.rank,
+                     view_weight=config.view_weight, cart_weight=config.cart_weight,
+                     cold_start_scale=config.cold_start_scale)
 
 
 def _fit_two_tower(config: TrainConfig, data: TrainingSet, num_items: int,

@@ -21,10 +21,10 @@ from edge_agent.crypto_envelope import TamperedRecord
 from edge_agent.history_store import HistoryStore, StoreError, StoreFull
 from edge_agent.metrics import AgentMetrics
 from edge_agent.recommendation_json import RecommendationJson
-from edge_agent.recommender import Exclude, recommend
 from edge_agent.updater import ActiveModel
 from shared import openapi
 from shared.events import EventError, parse_event, parse_identifier
+from shared.recommendation import Exclude, recommend
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,8 @@ def create_app(services: Services) -> Flask:
         model = services.active.current  # one reference: a swap mid-request does not affect us
         if model is None:
             raise ApiError(503, "no_model", "no model installed yet; retry later")
-        history = services.history.recent(user_id, model.history_length)
+        # the model reads the last history_length events; exclusions see all that is kept
+        history = services.history.recent(user_id, max(model.history_length, services.max_history))
         result = recommend(model, history, k, exclude, category)
         metrics.count_recommendation(result.fallback)
         if result.model_failed:

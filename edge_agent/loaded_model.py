@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_agent.recommender import Scores, ScoringFailed
 from edge_agent.runtime import create_interpreter
 from shared.bundle import Manifest
 from shared.catalog import Catalog
+from shared.recommendation import ALLOWED_INPUT, Scores, ScoringFailed
 
 
 class ModelLoadError(RuntimeError):
@@ -40,6 +40,9 @@ class LoadedModel:
             raise ModelLoadError(f"model does not load: {e}") from None
         self._interpreter = interpreter  # keeps the runner's interpreter alive
         self.explains = "contributions" in self._runner.get_output_details()
+        # models of contract version 1 take no filter mask: their top K is filtered afterwards
+        self.filters_in_graph = ALLOWED_INPUT in self._runner.get_input_details()
+        self._all_allowed = np.ones((1, contract.num_items), dtype=bool)
         self._lock = threading.Lock()  # a TFLite interpreter is not thread-safe
         self.self_test()
 
@@ -47,13 +50,16 @@ class LoadedModel:
     def version(self) -> int:
         return self.manifest.version
 
-    def score(self, items: Sequence[int], weights: Sequence[float]) -> Scores:
-        """Top-K item indices and scores, best first, for one padded history."""
+    def score(self, items: Sequence[int], weights: Sequence[float], allowed: np.ndarray | None = None) -> Scores:
+        """Top-K item indices and scores, best first, for one padded history; only ``allowed``
+        items (bool [items]) when the model takes a filter mask and enough of them score."""
         n = self.manifest.model.history_length
-        items_arr = np.asarray(items, dtype=np.int32).reshape(1, n)
-        weights_arr = np.asarray(weights, dtype=np.float32).reshape(1, n)
+        inputs = {"history_items": np.asarray(items, dtype=np.int32).reshape(1, n),
+                  "history_weights": np.asarray(weights, dtype=np.float32).reshape(1, n)}
+        if self.filters_in_graph:
+            inputs[ALLOWED_INPUT] = self._all_allowed if allowed is None else allowed.reshape(1, -1)
         with self._lock:
-            out = self._runner(history_items=items_arr, history_weights=weights_arr)
+            out = self._runner(**inputs)
         contributions = out.get("contributions")  # older models have no explanations
         indices, scores = np.array(out["item_indices"][0]), np.array(out["scores"][0])
         if indices.min() < 0 or indices.max() >= self.manifest.model.num_items or not np.isfinite(scores).all():

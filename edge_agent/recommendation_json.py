@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 
-from edge_agent.recommender import RecommendationResult
 from shared.catalog import CatalogItem
+from shared.recommendation import RecommendationResult
 
 CACHED_FRAGMENTS = 8192
 

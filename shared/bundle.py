@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from shared import CONTRACT_VERSION
+from shared import CONTRACT_VERSION, SUPPORTED_CONTRACT_VERSIONS
 from shared.topics import check_name
 
 SCHEMA = "edge-rec.manifest/1"
@@ -262,9 +262,9 @@ def parse_manifest(text: str) -> Manifest:
 
 
 def check_contract(model: ModelContract, supported_variants: tuple[str, ...] = MODEL_VARIANTS) -> None:
-    if model.contract_version != CONTRACT_VERSION:
+    if model.contract_version not in SUPPORTED_CONTRACT_VERSIONS:
         raise IncompatibleContract(
-            f"model contract version {model.contract_version} is not {CONTRACT_VERSION}"
+            f"model contract version {model.contract_version} is not one of {SUPPORTED_CONTRACT_VERSIONS}"
         )
     if model.variant not in supported_variants:
         raise IncompatibleContract(f"model variant {model.variant!r} is not one of {supported_variants}")

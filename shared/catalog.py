@@ -80,6 +80,9 @@ class CompactItems(Sequence[CatalogItem]):
     def ids(self) -> Iterator[str]:
         return iter(self._ids)
 
+    def category_codes(self) -> tuple[list[str], array[int]]:
+        return self._category_names, self._categories
+
     @overload
     def __getitem__(self, index: int) -> CatalogItem: ...
 
@@ -113,6 +116,15 @@ class Catalog:
     def index_of(self) -> dict[str, int]:
         ids = self.items.ids() if isinstance(self.items, CompactItems) else (item.id for item in self.items)
         return {item_id: i for i, item_id in enumerate(ids)}
+
+    def category_codes(self) -> tuple[list[str], array[int]]:
+        """(category names, each item's index into them): the filter mask's input (see
+        :func:`shared.recommendation.allowed_items`)."""
+        if isinstance(self.items, CompactItems):
+            return self.items.category_codes()
+        names = sorted({item.category for item in self.items})
+        code = {name: n for n, name in enumerate(names)}
+        return names, array("I", (code[item.category] for item in self.items))
 
     def to_bytes(self) -> bytes:
         data = {"items": [i.to_json() for i in self.items], "popular": list(self.popular)}

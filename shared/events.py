@@ -30,6 +30,10 @@ EVENT_WEIGHTS: dict[EventKind, float] = {
 #: Each step back in a history multiplies an event's weight by this factor (most recent first).
 RECENCY_DECAY = 0.97
 
+#: Events an agent keeps per shopper unless configured otherwise (``history.max_events_per_user``):
+#: what ``exclude`` sees, and what the trainer's evaluation and tuning assume an agent knows.
+STORED_EVENTS_PER_USER = 200
+
 #: Bounds on identifiers accepted anywhere (files, REST, MQTT): printable, no control characters.
 MAX_ID_LENGTH = 128
 

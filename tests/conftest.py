@@ -62,10 +62,20 @@ def trained_run(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     run = tmp_path_factory.mktemp("run")
     config = TrainConfig(
         events=str(prepared / "events.csv.gz"), items=str(prepared / "items.csv"),
-        dim=16, epochs=3, batch_size=1024, learning_rate=5e-3, calibration_histories=256,
+        dim=16, epochs=3, batch_size=1024, learning_rate=5e-3, calibration_histories=256, tune=False,
     )
     train(config, run)
     return run
+
+
+@pytest.fixture(scope="session")
+def synthetic_shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(events, items) of a generated shop with 100 categories where re-purchases are rare
+    (devtools/synthetic_shop.py): 180 days, about 70,000 events."""
+    from devtools.synthetic_shop import ShopSpec, write
+
+    return write(ShopSpec(users=2500, items=3000, categories=100, tastes=20, seed=11),
+                 tmp_path_factory.mktemp("synthetic_shop"))
 
 
 @pytest.fixture(scope="session")

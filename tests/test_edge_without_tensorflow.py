@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from edge_agent import cli, daemon, http_api, mqtt_link  # every agent module a running agent uses
 from edge_agent.updater import load_bundle
-from edge_agent.recommender import recommend
+from shared.recommendation import recommend
 from shared.bundle import ENVELOPE_FILE, parse_manifest
 from shared.signing import load_public_key, verify
 

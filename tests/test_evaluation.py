@@ -167,10 +167,10 @@ def test_train_then_evaluate_prints_the_model_float_and_int8_beside_the_baseline
     assert json.loads(trained.stdout.splitlines()[0])["new_items"] > 100  # listed, first sold from 2010-12-20
     result = _cli("evaluate", "--events", events, "--run", str(tmp_path / "run"), "--out", str(tmp_path / "t.md"))
     assert result.returncode == 0, result.stderr
-    for row in ("model (float, Keras)", "model (int8, LiteRT)", "repeat-purchase", "EASE (lambda 200)"):
+    for row in ("model (float, Keras)", "model (int8, LiteRT, as served)", "repeat-purchase", "EASE (lambda 200)"):
         assert result.stdout.count(f"| {row} |") == 2  # mode all and mode new
     saved = json.loads((tmp_path / "run" / "evaluation.json").read_text())
-    assert saved["test_from"] == "2010-12-20" and saved["model (int8, LiteRT)"]["all"]["users"] > 50
+    assert saved["test_from"] == "2010-12-20" and saved["model (int8, LiteRT, as served)"]["all"]["users"] > 50
     assert (tmp_path / "t.md").read_text().strip() == result.stdout.strip()
     report = (tmp_path / "run" / "report" / "report.md").read_text()
     tables = result.stdout.strip().split("\n\n")
@@ -178,7 +178,7 @@ def test_train_then_evaluate_prints_the_model_float_and_int8_beside_the_baseline
     # new items: shoppers who bought them are found, and the side features rank what they bought
     cold = saved["cold_start"]
     assert cold["model (int8, LiteRT), trained items only"]["recall@20 new items"] == 0.0
-    assert cold["model (int8, LiteRT), with new items"]["users"] > 30
+    assert cold["model (int8, LiteRT, as served), with new items"]["users"] > 30
     among = saved["among_new_items"]
     random_order = among["no side features (all new items alike: a random order)"]["recall@10"]
     assert among["int8 (LiteRT), side features as trained"]["recall@10"] > 2 * random_order
@@ -192,7 +192,7 @@ def test_train_then_evaluate_prints_the_model_float_and_int8_beside_the_baseline
     assert f"{counts['items'] + counts['new_items']} items" in exported.stdout  # the signed manifest's count
     png = (tmp_path / "run" / "report" / "recall_at_k.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
-    curve = saved["model (int8, LiteRT)"]["all"]
+    curve = saved["model (int8, LiteRT, as served)"]["all"]
     assert all(0 <= curve[f"recall@{k}"] <= 1 for k in ev.CURVE_AT) and curve["recall@100"] > 0
 
 
@@ -204,7 +204,8 @@ def test_the_report_plots_recall_curves_and_the_loss_of_a_model_trained_by_epoch
     report = ev.Report()
     for name, scale in (("model (int8, LiteRT)", 1.0), ("popularity", 0.5)):
         row = {f"recall@{k}": round(scale * k / 100, 4) for k in ev.CURVE_AT}
-        report.rows[name] = {mode: row | {"ndcg@10": 0.1, "ndcg@20": 0.2, "coverage@20": 0.3, "users": 3}
+        report.rows[name] = {mode: row | {"se(recall@20)": 0.01, "ndcg@10": 0.1, "ndcg@20": 0.2, "coverage@20": 0.3,
+                                          "users": 3}
                              for mode in ev.MODES}
     text = write_report(tmp_path, report, "2011-11-09").read_text()
     assert "| model (int8, LiteRT) | 0.1 | 0.2 | 0.5 |" in text and "2011-11-09" in text

@@ -25,7 +25,7 @@ def test_full_rank_factorization_scores_exactly_as_ease() -> None:
 
     table = toy_table()
     weights = fit(table, FactorizedSettings(rank=15, trend_weight=0.0, repeat_weight=0.0))
-    x = shopper_item_matrix(table)
+    x = shopper_item_matrix(table, FactorizedSettings().event_weights())
     user_vectors = x @ weights.history_embedding  # X is 0/1: each bought item pooled once
     scores = (user_vectors @ weights.projection + weights.projection_bias) @ weights.item_vectors
     np.testing.assert_allclose(scores, x @ ease(x, 200.0), atol=1e-4)

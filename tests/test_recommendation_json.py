@@ -6,8 +6,8 @@ import json
 
 from edge_agent import recommendation_json
 from edge_agent.recommendation_json import RecommendationJson
-from edge_agent.recommender import Recommendation, RecommendationResult
 from shared.catalog import CatalogItem
+from shared.recommendation import Recommendation, RecommendationResult
 
 ITEMS = [
     CatalogItem("85123A", 'WHITE "HANGING" HEART \\ T-LIGHT', "home", 2.55),

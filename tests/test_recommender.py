@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.recommender import Exclude, Scores, recommend
 from shared.catalog import Catalog, CatalogItem
 from shared.events import EventKind
+from shared.recommendation import Exclude, Scores, recommend
 
 
 @dataclass
@@ -35,10 +35,46 @@ class FixedScorer:
         self.version = 9
         self.history_length = 4
         self.calls: list[tuple[list[int], list[float]]] = []
+        self.masks: list[np.ndarray | None] = []
 
-    def score(self, items: Sequence[int], weights: Sequence[float]) -> Scores:
+    def score(self, items: Sequence[int], weights: Sequence[float], allowed: np.ndarray | None = None) -> Scores:
+        """Like a model of contract version 1: the filter mask is not applied."""
         self.calls.append((list(items), list(weights)))
+        self.masks.append(allowed)
         return Scores(np.arange(5), 10.0 - np.arange(5), self.contributions)
+
+
+class MaskingScorer(FixedScorer):
+    """Like an exported graph: a top 3 of the allowed items, disallowed ones at the lowest score."""
+
+    def score(self, items: Sequence[int], weights: Sequence[float], allowed: np.ndarray | None = None) -> Scores:
+        super().score(items, weights, allowed)
+        scores = 10.0 - np.arange(5)
+        if allowed is not None:
+            scores = np.where(allowed, scores, scores.min())
+        top = np.argsort(-scores, kind="stable")[:3]
+        return Scores(top, scores[top])
+
+
+def test_filters_reach_the_model_as_a_mask_over_the_whole_catalogue() -> None:
+    history = [Ev("a", EventKind.PURCHASE), Ev("b", EventKind.VIEW), Ev("c", EventKind.PURCHASE)]
+    scorer = MaskingScorer()
+    recommend(scorer, history, 2)
+    assert scorer.masks[-1] is None  # no filter: the scorer's own all-allowed mask
+    result = recommend(scorer, history, 2, Exclude.PURCHASED)
+    assert scorer.masks[-1].tolist() == [False, True, False, True, True]
+    assert [r.item.id for r in result.items] == ["b", "d"] and all(r.score is not None for r in result.items)
+    mugs = recommend(scorer, history, 3, Exclude.SEEN, category="mugs")
+    assert scorer.masks[-1].tolist() == [False, False, False, True, False]
+    # one mug is left: the model ranks it; nothing else passes the filter, so nothing fills in
+    assert [(r.item.id, r.score) for r in mugs.items] == [("d", 7.0)]
+
+
+def test_the_model_top_k_past_the_filter_is_not_filled_with_popular_items() -> None:
+    # a top 3 from a model that applies the mask: "b", "d" (mugs) are ranked by it, not filled in
+    scorer = MaskingScorer()
+    result = recommend(scorer, [Ev("e", EventKind.VIEW)], 2, category="Mugs")
+    assert [(r.item.id, r.score) for r in result.items] == [("b", 9.0), ("d", 7.0)]
 
 
 def test_no_history_serves_popular_items_flagged_as_fallback() -> None:

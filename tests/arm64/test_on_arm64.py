@@ -359,7 +359,7 @@ import json, sys
 from pathlib import Path
 from edge_agent.history_store import StoredEvent
 from edge_agent.loaded_model import LoadedModel
-from edge_agent.recommender import recommend
+from shared.recommendation import recommend
 from shared.bundle import parse_manifest
 from shared.catalog import parse_catalog
 from shared.events import parse_kind

@@ -1,6 +1,13 @@
 """Recommendation logic (pure): from a shopper's stored history to a ranked, filtered item list.
 
 Takes the history and a scorer, returns items; knows nothing of HTTP, storage or interpreters.
+The agent's REST route and the trainer's evaluation (``cloud-trainer evaluate``) both call
+:func:`recommend`, so the figures the trainer reports are those of the list a shopper gets.
+
+Filters (``exclude``, ``category``) rank the whole catalogue: they reach the model as a mask
+over every item (the graph input :data:`ALLOWED_INPUT`), and the model's top K holds allowed
+items only, as long as there are enough of them. Popular items fill a list only when fewer
+than ``k`` allowed items are left above the lowest score of all (or the model failed).
 """
 
 from __future__ import annotations
@@ -14,6 +21,10 @@ import numpy as np
 
 from shared.catalog import Catalog, CatalogItem
 from shared.events import EventKind, history_inputs
+
+#: The graph input (bool [1, items]) that says which items a query may return; models of
+#: contract version 1 have none, and are filtered after their top K.
+ALLOWED_INPUT = "item_allowed"
 
 
 class Exclude(StrEnum):
@@ -48,7 +59,9 @@ class Scorer(Protocol):
     @property
     def history_length(self) -> int: ...
 
-    def score(self, items: Sequence[int], weights: Sequence[float]) -> Scores: ...
+    def score(self, items: Sequence[int], weights: Sequence[float], allowed: np.ndarray | None = None) -> Scores:
+        """``allowed``: bool [items], the items this query may return; None allows all."""
+        ...
 
 
 class HistoryEvent(Protocol):
@@ -79,12 +92,28 @@ class ScoringFailed(RuntimeError):
     """Raised by a scorer whose model answered garbage: the shopper gets the popularity fallback."""
 
 
-def _excluded(history: Sequence[HistoryEvent], exclude: Exclude) -> set[str]:
+def _excluded(known: Sequence[tuple[int, EventKind]], exclude: Exclude) -> list[int]:
     if exclude is Exclude.SEEN:
-        return {e.item_id for e in history}
+        return [index for index, _ in known]
     if exclude is Exclude.PURCHASED:
-        return {e.item_id for e in history if e.kind is EventKind.PURCHASE}
-    return set()
+        return [index for index, kind in known if kind is EventKind.PURCHASE]
+    return []
+
+
+def allowed_items(catalog: Catalog, banned: Sequence[int], category: str | None) -> np.ndarray | None:
+    """bool [items]: the items of ``category`` (compared case-insensitively) not in ``banned``;
+    None when nothing is filtered. Costs two passes over the item count, no per-item Python."""
+    if category is None and not banned:
+        return None
+    if category is None:
+        allowed = np.ones(len(catalog.items), dtype=bool)
+    else:
+        names, codes = catalog.category_codes()
+        wanted = category.casefold()
+        matching = np.fromiter((name.casefold() == wanted for name in names), dtype=bool, count=len(names))
+        allowed = matching[np.frombuffer(codes, dtype=np.uint32)]
+    allowed[np.asarray(banned, dtype=np.int64)] = False
+    return allowed
 
 
 def _main_contributors(positions: Sequence[int], contributions: np.ndarray) -> list[int | None]:
@@ -115,35 +144,30 @@ def recommend(
 ) -> RecommendationResult:
     """Top ``k`` items for a shopper; popular items when no history item is known to the model.
 
+    ``history`` is what the agent keeps of the shopper, oldest first: all of it says what
+    ``exclude`` removes, and its last ``scorer.history_length`` events are the model's input.
     Items in the history that the model does not know (new or retired items) are ignored. With a
-    ``category``, only items of that category (compared case-insensitively) are returned. When
-    filtering leaves fewer than ``k`` model results, popular items fill the rest.
+    ``category``, only items of that category (compared case-insensitively) are returned. The
+    model ranks the whole catalogue under these filters; popular items that pass them fill the
+    rest of a list the model could not fill (see the module's docstring).
     """
     index_of = scorer.item_index
     known = [(index_of[e.item_id], e.kind) for e in history if e.item_id in index_of]
-    banned = _excluded(history, exclude)
-    wanted = category.casefold() if category is not None else None
     catalog = scorer.catalog
-
-    def allowed(index: int) -> bool:
-        if not banned and wanted is None:
-            return True
-        item = catalog.items[index]
-        return item.id not in banned and (wanted is None or item.category.casefold() == wanted)
-
+    allowed = allowed_items(catalog, _excluded(known, exclude), category)
     chosen: list[Recommendation] = []
     taken: set[int] = set()
     failed = False
     if known:
         items, weights = history_inputs(known, scorer.history_length)
         try:
-            answer = scorer.score(items, weights)
+            answer = scorer.score(items, weights, allowed)
         except ScoringFailed:
             failed, known = True, []
     if known:
         picked: list[tuple[int, int, float]] = []  # (column in the answer, item index, score)
         for j, (index, score) in enumerate(zip(answer.indices.tolist(), answer.scores.tolist(), strict=True)):
-            if index in taken or not allowed(index):
+            if index in taken or (allowed is not None and not allowed[index]):
                 continue
             picked.append((j, index, score))
             taken.add(index)
@@ -160,7 +184,7 @@ def recommend(
     for index in catalog.popular:
         if len(chosen) >= k:
             break
-        if index in taken or not allowed(index):
+        if index in taken or (allowed is not None and not allowed[index]):
             continue
         chosen.append(Recommendation(catalog.items[index], None))
         taken.add(index)

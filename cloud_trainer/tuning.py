@@ -1,0 +1,286 @@
+"""Per-shop settings of the factorized model, chosen on a validation window of the training data.
+
+No two shops are alike: a wholesaler's customers re-buy the same items (a strong repeat term
+wins), a fashion or media shop's rarely do (it loses), and how fast taste moves differs too. So
+``cloud-trainer train`` picks its settings on the shop's own data:
+
+- **Validation window.** The last ``validation_share`` of the training events (by time) is held
+  out; models are fitted on the events before it. Only the training period is ever read: a run
+  trained with ``--test-from`` never sees the test period here either.
+- **What is scored.** For every shopper with a purchase before the window and one in it: the top
+  20 over the whole catalogue (trained items, and the new items known from side features) as the
+  agent serves it, from the last ``history_length`` events. Mode all: everything bought in the
+  window; mode new: what they never bought before, with what the events an agent keeps show they
+  bought excluded (``exclude=purchased``). The objective is the mean of the two Recall@20s.
+- **Search.** Coordinate ascent over :data:`SEARCH_SPACE`: from the current best, each setting in
+  turn is tried at each of its values with the others held, keeping any that scores higher;
+  rounds repeat until one changes nothing or the time budget is spent. Fits are cached, so a
+  setting that needs no refit (repeat, trend, history length, cold start scale) costs a
+  re-scoring only. Settings that cannot matter on the data are left out (view and cart weights
+  without views or carts, the cold-start scale without new items).
+- **Record.** Every trial, its figures and the choice go to ``tuning.json`` in the run directory,
+  and into the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+
+from cloud_trainer import evaluation
+from cloud_trainer.events_io import KIND_CODES, EventTable
+from cloud_trainer.factorized import FactorizedSettings, assemble, item_factors
+from cloud_trainer.model import ModelWeights
+from cloud_trainer.side_features import SideFeatureSettings, catalogue_items, extend_with_cold_items
+from shared.catalog import CatalogItem
+from shared.events import STORED_EVENTS_PER_USER, EventKind
+
+log = logging.getLogger(__name__)
+
+#: The values each setting may take, in the order they are searched (most telling first).
+SEARCH_SPACE: dict[str, tuple[float, ...]] = {
+    "repeat_weight": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0),
+    "trend_weight": (0.0, 0.02, 0.05, 0.1, 0.2, 0.5),
+    "l2": (25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0),
+    "history_length": (25, 50, 100, 200),
+    "trend_days": (3.0, 7.0, 14.0, 28.0),
+    "rank": (64, 128, 256, 512),
+    "view_weight": (0.1, 0.25, 0.5, 1.0),
+    "cart_weight": (0.25, 0.5, 0.75, 1.0),
+    "cold_start_scale": (1.0, 2.0, 3.0, 5.0, 8.0),
+}
+#: Settings whose change needs a new EASE solve and factorization.
+REFIT = ("l2", "rank", "view_weight", "cart_weight")
+K = 20
+#: Item factorizations kept (2 N r floats each; each costs an N x N solve to make).
+CACHED_FITS = 6
+#: Fewer validation shoppers than this say too little to choose by: the given settings are kept.
+MIN_SHOPPERS = 50
+DEFAULT_BUDGET_S = 180.0
+DEFAULT_VALIDATION_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the search: everything :data:`SEARCH_SPACE` names."""
+
+    repeat_weight: float = FactorizedSettings.repeat_weight
+    trend_weight: float = FactorizedSettings.trend_weight
+    l2: float = FactorizedSettings.l2
+    history_length: int = 200
+    trend_days: float = FactorizedSettings.trend_days
+    rank: int = FactorizedSettings.rank
+    view_weight: float = FactorizedSettings.view_weight
+    cart_weight: float = FactorizedSettings.cart_weight
+    cold_start_scale: float = SideFeatureSettings.vector_scale
+
+    def factorized(self, seed: int) -> FactorizedSettings:
+        return FactorizedSettings(rank=self.rank, l2=self.l2, trend_days=self.trend_days,
+                                  trend_weight=self.trend_weight, repeat_weight=self.repeat_weight,
+                                  view_weight=self.view_weight, cart_weight=self.cart_weight, seed=seed)
+
+
+@dataclass
+class Validation:
+    """The validation window: shoppers, their histories before it and what they bought in it."""
+
+    data: evaluation.ColdStartSplit  # over the catalogue: trained items, then new items
+    known: list[CatalogItem]
+    new: list[CatalogItem]
+    start: float  # epoch seconds where the window starts
+    target: str = "purchase"  # what counts as bought (evaluation.TARGETS)
+
+    @property
+    def train(self) -> EventTable:
+        return self.data.train
+
+
+def validation_window(table: EventTable, metadata: dict[str, CatalogItem], share: float,
+                      target: str = "purchase") -> Validation:
+    """The last ``share`` of ``table``'s events by time as the window (``table`` must already be
+    cut to the training period)."""
+    if not 0 < share < 1:
+        raise ValueError(f"the validation share must be between 0 and 1, not {share}")
+    start = float(np.quantile(table.timestamp, 1.0 - share))
+    train = evaluation.train_period(table, start)
+    known, new = catalogue_items(metadata, train.item_ids)
+    data = evaluation.catalogue_split(table, start, [*train.item_ids, *(item.id for item in new)], target)
+    return Validation(data, known, new, start, target)
+
+
+def serve_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[np.ndarray], history_length: int,
+                exclude: str | None, k: int = K, batch: int = 1024) -> np.ndarray:
+    """[shoppers, k] catalogue indices, as the agent ranks them (float): the distinct items of the
+    last ``history_length`` events pooled once each, plus ``repeat_weight`` x their counts, and
+    with ``exclude`` (a target of :data:`cloud_trainer.evaluation.TARGETS`) the items bought
+    within the events an agent keeps left out. Every history holds at least one event."""
+    n = weights.num_items
+    out = np.empty((len(histories), min(k, n)), dtype=np.int64)
+    for first in range(0, len(histories), batch):
+        chunk = [rows[-history_length:] for rows in histories[first : first + batch]]
+        stored = [rows[-max(history_length, STORED_EVENTS_PER_USER):] for rows in histories[first : first + batch]]
+        owner = np.repeat(np.arange(len(chunk)), [len(rows) for rows in chunk])
+        rows = np.concatenate(chunk)
+        pairs, counts = np.unique(owner * n + train.item[rows], return_counts=True)
+        user, item = pairs // n, pairs % n
+        starts = np.searchsorted(user, np.arange(len(chunk)))
+        pooled = np.add.reduceat(weights.history_embedding[item].astype(np.float64), starts, axis=0)
+        scores = pooled @ weights.item_vectors + weights.item_bias
+        scores[user, item] += weights.repeat_weight * counts
+        if exclude is not None:
+            kept = np.concatenate(stored)
+            bought = evaluation.is_target(train.kind[kept], exclude)
+            keeper = np.repeat(np.arange(len(stored)), [len(rows) for rows in stored])
+            scores[keeper[bought], train.item[kept][bought]] = -np.inf
+        out[first : first + len(chunk)] = evaluation.top_k(scores, min(k, n))
+    return out
+
+
+@dataclass
+class Trial:
+    candidate: Candidate
+    recall_all: float
+    recall_new: float
+    seconds: float
+
+    @property
+    def objective(self) -> float:
+        return (self.recall_all + self.recall_new) / 2
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self.candidate), "recall@20 all": round(self.recall_all, 4),
+                "recall@20 new": round(self.recall_new, 4), "objective": round(self.objective, 4),
+                "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class TuningResult:
+    chosen: Candidate
+    start: Candidate
+    trials: list[Trial]
+    searched: list[str]
+    shoppers: int
+    validation_from: str
+    budget_s: float
+    seconds: float
+    stopped_by: str  # "converged", "budget" or "too few shoppers"
+
+    def to_json(self) -> dict[str, object]:
+        return {"chosen": asdict(self.chosen), "start": asdict(self.start), "searched": self.searched,
+                "validation_from": self.validation_from, "validation_shoppers": self.shoppers,
+                "budget_s": self.budget_s, "seconds": round(self.seconds, 1), "stopped_by": self.stopped_by,
+                "trials": [trial.to_json() for trial in self.trials]}
+
+
+class _Scorer:
+    """Validation figures of a candidate, with the fits it needs cached."""
+
+    def __init__(self, validation: Validation, seed: int) -> None:
+        self.v, self.seed = validation, seed
+        self._factors: dict[tuple[float, ...], tuple[np.ndarray, np.ndarray]] = {}
+        data = validation.data
+        bought_before = [set(data.train.item[rows[evaluation.is_target(data.train.kind[rows], validation.target)]]
+                             .tolist()) for rows in data.history]
+        self.targets = {"all": data.all_targets, "new": [t - b for t, b in zip(data.all_targets, bought_before,
+                                                                                 strict=True)]}
+
+    def weights(self, c: Candidate) -> ModelWeights:
+        key = (c.l2, c.rank, c.view_weight, c.cart_weight)
+        settings = c.factorized(self.seed)
+        if key in self._factors:
+            self._factors[key] = self._factors.pop(key)  # the most recently used last
+        else:
+            if len(self._factors) >= CACHED_FITS:
+                self._factors.pop(next(iter(self._factors)))
+            self._factors[key] = item_factors(self.v.train, settings)
+        weights = assemble(self._factors[key], self.v.train, settings)
+        if self.v.new:
+            weights = extend_with_cold_items(weights, self.v.known, self.v.new,
+                                             SideFeatureSettings(vector_scale=c.cold_start_scale))
+        return weights
+
+    def __call__(self, c: Candidate) -> Trial:
+        started = time.monotonic()
+        weights = self.weights(c)
+        recall = {}
+        for mode in ("all", "new"):
+            ranked = serve_top_k(weights, self.v.train, self.v.data.history, c.history_length,
+                                 self.v.target if mode == "new" else None)
+            recall[mode] = evaluation.recall_ndcg(ranked, self.targets[mode])[f"recall@{K}"]
+        return Trial(c, recall["all"], recall["new"], time.monotonic() - started)
+
+
+def searched_settings(validation: Validation, fixed: Sequence[str] = ()) -> list[str]:
+    """The settings worth searching on this data."""
+    kinds = set(np.unique(validation.train.kind).tolist())
+    skip = set(fixed)
+    if KIND_CODES[EventKind.VIEW] not in kinds:
+        skip.add("view_weight")
+    if KIND_CODES[EventKind.CART] not in kinds:
+        skip.add("cart_weight")
+    if not validation.new:
+        skip.add("cold_start_scale")
+    return [name for name in SEARCH_SPACE if name not in skip]
+
+
+def tune(table: EventTable, metadata: dict[str, CatalogItem], start: Candidate, budget_s: float = DEFAULT_BUDGET_S,
+         share: float = DEFAULT_VALIDATION_SHARE, seed: int = 7, target: str = "purchase", fixed: Sequence[str] = (),
+         progress: Callable[[str], None] = log.info) -> TuningResult:
+    """Coordinate ascent from ``start`` within ``budget_s`` seconds (the trial under way when the
+    budget runs out finishes); ``fixed`` settings keep their start values."""
+    started = time.monotonic()
+    validation = validation_window(table, metadata, share, target)
+    day = time.strftime("%Y-%m-%d %H:%M", time.gmtime(validation.start))
+    searched = searched_settings(validation, fixed)
+    users = len(validation.data.users)
+    result = TuningResult(start, start, [], searched, users, day, budget_s, 0.0, "converged")
+    if users < MIN_SHOPPERS:
+        progress(f"tuning: {users} shoppers bought something in the validation window from {day} (at least "
+                 f"{MIN_SHOPPERS} are needed to choose by); keeping the given settings")
+        result.stopped_by = "too few shoppers"
+        return result
+    num_items = len(validation.train.item_ids)
+    progress(f"tuning {', '.join(searched)} on the validation window from {day}: {users} shoppers, "
+             f"{num_items} items (+{len(validation.new)} new); budget {budget_s:g} s")
+    score = _Scorer(validation, seed)
+    tried: dict[Candidate, Trial] = {}
+
+    def run(candidate: Candidate) -> Trial:
+        trial = score(candidate)
+        tried[candidate] = trial
+        result.trials.append(trial)
+        progress(f"  trial {len(result.trials):3d}: recall@20 all {trial.recall_all:.4f}, new {trial.recall_new:.4f} "
+                 f"({trial.seconds:.1f} s) {_changes(start, candidate)}")
+        return trial
+
+    best = run(start)
+    changed = True
+    while changed and result.stopped_by == "converged":
+        changed = False
+        for name in searched:
+            for value in SEARCH_SPACE[name]:
+                candidate = replace(best.candidate, **{name: value})
+                if name == "rank" and value > num_items or candidate in tried:
+                    continue
+                if time.monotonic() - started > budget_s:
+                    result.stopped_by = "budget"
+                    break
+                trial = run(candidate)
+                if trial.objective > best.objective:
+                    best, changed = trial, True
+            if result.stopped_by != "converged":
+                break
+    result.chosen, result.seconds = best.candidate, time.monotonic() - started
+    progress(f"tuning chose {_changes(start, best.candidate) or 'the starting settings'}: recall@20 all "
+             f"{best.recall_all:.4f}, new {best.recall_new:.4f} ({len(result.trials)} trials, "
+             f"{result.seconds:.0f} s, {result.stopped_by})")
+    return result
+
+
+def _changes(start: Candidate, candidate: Candidate) -> str:
+    return ", ".join(f"{f.name} {getattr(candidate, f.name):g}" for f in fields(Candidate)
+                     if getattr(candidate, f.name) != getattr(start, f.name))
