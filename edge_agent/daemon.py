@@ -77,6 +77,7 @@ class Agent:
             trusted,
             fleet=config.agent.fleet,
             device_id=config.agent.device_id,
+            channel=config.agent.channel,
             max_bundle_bytes=config.model.max_bundle_bytes,
             num_threads=config.model.num_threads,
             on_report=self._on_update,

@@ -23,6 +23,7 @@ from edge_agent.update import UpdateSession
 from shared.bundle import CATALOG_FILE, MODEL_FILE, BundleError, Manifest, check_file, parse_manifest
 from shared.catalog import parse_catalog
 from shared.signing import SignatureError, verify
+from shared.topics import STABLE
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Updater:
         max_bundle_bytes: int,
         num_threads: int,
         device_id: str | None = None,
+        channel: str = STABLE,
         on_report: Callable[[UpdateResult], None] = lambda result: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         trial_s: float = 300.0,
@@ -101,6 +103,7 @@ class Updater:
         self.trusted_key = trusted_key
         self.fleet = fleet
         self.device_id = device_id
+        self.channel = channel
         self.max_bundle_bytes = max_bundle_bytes
         self.num_threads = num_threads
         self.on_report = on_report
@@ -199,9 +202,18 @@ class Updater:
             now=self.clock(),
             max_bundle_bytes=self.max_bundle_bytes,
             device_id=self.device_id,
+            channel=self.channel,
+            revoked=self.store.revoked(),
         )
         if session.version in self.store.refused():
             raise ModelCrashed(f"version {session.version} crashed the agent while loading before; refused")
+        if session.manifest.revokes:
+            # remembered before anything else can fail: a replay of a revoked version is refused
+            # even if this release never activates (disk full, bad model)
+            self.store.revoke(session.manifest.revokes)
+            if self.session is not None and self.session.version in session.manifest.revokes:
+                self.store.discard_staging(self.session.version)
+                self.session = None
         return session
 
     def _resume_staged(self) -> None:
