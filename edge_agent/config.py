@@ -78,7 +78,12 @@ class ApiSection:
     port: int = _opt(8080, "Port of the REST API.", lo=1, hi=65535)
     threads: int = _opt(4, "Request threads.", lo=1, hi=64)
     token_file: str = _opt("", "Bearer token file (0600); default <data_dir>/api-token, created if absent.")
-    max_body_bytes: int = _opt(1024 * 1024, "Largest request body.", lo=1024, hi=64 * 1024 * 1024)
+    max_body_bytes: int = _opt(1024 * 1024, "Largest request body; a larger declared body is refused on its headers.",
+                               lo=1024, hi=64 * 1024 * 1024)
+    max_connections: int = _opt(512, "Connections served at once; more wait in the listen backlog.", lo=8, hi=4096)
+    request_timeout_s: int = _opt(10, "A request must arrive whole within this many seconds of its first byte "
+                                      "(slow clients are cut off); idle connections close after as long.",
+                                  lo=1, hi=300)
     max_k: int = _opt(100, "Largest k a client may ask for.", lo=1, hi=1000)
 
 

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
+from waitress.server import BaseWSGIServer, MultiSocketServer
 
+from edge_agent import http_server
 from edge_agent.config import AgentConfig
 from edge_agent.durable_files import write_atomic
 from edge_agent.history_store import HistoryStore
@@ -100,10 +101,11 @@ class Agent:
             self.status,
         )
         self.metrics = AgentMetrics(self._model_facts, self.history.size_bytes)
+        self.token = load_token(config.token_path)
         services = Services(
             active=self.active,
             history=self.history,
-            token=load_token(config.token_path),
+            token=self.token,
             metrics=self.metrics,
             max_body_bytes=config.api.max_body_bytes,
             max_k=config.api.max_k,
@@ -150,7 +152,9 @@ class Agent:
     def run(self) -> None:
         self.updater.boot()
         api = self.config.api
-        self._server = create_server(self.app, host=api.host, port=api.port, threads=api.threads, ident="edge-agent")
+        limits = http_server.ServerLimits(max_body_bytes=api.max_body_bytes, max_connections=api.max_connections,
+                                          request_timeout_s=api.request_timeout_s, threads=api.threads)
+        self._server = http_server.create(self.app, api.host, api.port, self.token, limits)
         listening = (self._server.effective_listen if isinstance(self._server, MultiSocketServer)
                      else [(api.host, int(self._server.getsockname()[1]))])
         for host, port in listening:
