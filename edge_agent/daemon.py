@@ -29,7 +29,7 @@ from edge_agent.metrics import AgentMetrics, ModelFacts
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import BrokerSettings, MqttLink
 from edge_agent.updater import ActiveModel, Updater, UpdateResult
-from shared.signing import load_public_key
+from shared.signing import SignatureError, load_public_key
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class Agent:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             trusted = load_public_key(config.model.trusted_public_key.read_bytes())
-        except OSError as e:
-            raise StartupError(f"cannot read model.trusted_public_key: {e}") from None
+        except (OSError, SignatureError) as e:
+            raise StartupError(f"cannot use model.trusted_public_key {config.model.trusted_public_key}: {e}") from None
         key_path = resolve_path(config.master_key_path)
         self.history = HistoryStore(
             data_dir,
@@ -149,12 +149,21 @@ class Agent:
             "at": round(time.time(), 3),
         }
 
-    def run(self) -> None:
-        self.updater.boot()
+    def listen(self) -> None:
+        """Open the REST API's sockets; StartupError if the address cannot be bound."""
         api = self.config.api
         limits = http_server.ServerLimits(max_body_bytes=api.max_body_bytes, max_connections=api.max_connections,
                                           request_timeout_s=api.request_timeout_s, threads=api.threads)
-        self._server = http_server.create(self.app, api.host, api.port, self.token, limits)
+        try:
+            self._server = http_server.create(self.app, api.host, api.port, self.token, limits)
+        except (OSError, ValueError) as e:  # in use, not an address of this host, a name that does not resolve
+            raise StartupError(f"api: cannot listen on {api.host}:{api.port}: {e}") from None
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (call :meth:`listen` first)."""
+        self.updater.boot()
+        api = self.config.api
+        assert self._server is not None, "listen() first"
         listening = (self._server.effective_listen if isinstance(self._server, MultiSocketServer)
                      else [(api.host, int(self._server.getsockname()[1]))])
         for host, port in listening:
