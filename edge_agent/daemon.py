@@ -118,7 +118,10 @@ class Agent:
 
     def _on_update(self, result: UpdateResult) -> None:
         self.metrics.count_update(result.result, result.reason)
-        self.link.publish_status()
+        if result.result == "discarded":
+            self.link.request_status()  # throttled: a flood of junk is not a flood of statuses
+        else:
+            self.link.publish_status()
 
     def _model_facts(self) -> ModelFacts | None:
         model = self.active.current
@@ -145,6 +148,7 @@ class Agent:
             "model_stale": model.manifest.expires_at.timestamp() < time.time() if model else None,
             "runtime": model.runtime if model else None,
             "last_update": last.to_json() if last else None,
+            "discarded": self.active.discarded.to_json(),
             "health": self.metrics.health.snapshot(),
             "at": round(time.time(), 3),
         }

@@ -84,6 +84,8 @@ def verify(envelope: bytes, trusted: Ed25519PublicKey) -> str:
     """The signed text of ``envelope`` if ``trusted`` signed it; raises SignatureError otherwise."""
     if len(envelope) > MAX_ENVELOPE_BYTES:
         raise SignatureError(f"envelope is larger than {MAX_ENVELOPE_BYTES} bytes")
+    if key_id(trusted).encode() not in envelope:  # cheap: junk is refused without being parsed
+        raise SignatureError("signed by a key this agent does not trust (its key id is not in the envelope)")
     try:
         data = loads(envelope)  # depth and numbers bounded: an unsigned sender picks no exception
     except JsonRejected:
