@@ -201,3 +201,14 @@ def test_an_honest_client_sending_a_body_over_the_limit_reads_the_413(agent: Age
     assert status == 413 and json.loads(raw)["error"]["code"] == "request_entity_too_large"
     status, raw = agent.request("POST", "/v1/events", b"[" + b"1," * 600_000 + b"1]", token="wrong")
     assert status == 401
+
+
+def test_waitress_log_lines_lose_the_request_path() -> None:
+    import logging
+
+    from edge_agent.http_server import RedactPaths
+
+    record = logging.LogRecord("waitress", logging.INFO, __file__, 1, "Client disconnected while serving %s",
+                               ("/v1/users/shopper-4711/history",), None)
+    RedactPaths().filter(record)
+    assert "shopper-4711" not in record.getMessage() and "while serving a request" in record.getMessage()
