@@ -37,6 +37,7 @@ from serving import ROOT, build_bundle, start_agent  # noqa: E402
 from devtools.processes import AgentProcess, broker  # noqa: E402
 from shared import topics  # noqa: E402
 from shared.bundle import CATALOG_FILE, parse_manifest  # noqa: E402
+from shared.topics import CHANNELS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "fleet.json"
 N_ITEMS = 100_000
@@ -140,7 +141,7 @@ def catalog_only_update(bundle: Path, work: Path, version: int) -> Path:
     catalog["items"][0]["title"] = f"Renamed in {version}"
     out = work / f"bundle-{version}"
     write_bundle(out, (bundle / "model.tflite").read_bytes(), json.dumps(catalog).encode(), manifest.model,
-                 work / "signing.key", BundleOptions(version=version), {"synthetic": True})
+                 work / "signing.key", BundleOptions(version=version, channels=CHANNELS), {"synthetic": True})
     return out
 
 

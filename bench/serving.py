@@ -48,6 +48,7 @@ from devtools.processes import AgentProcess, broker  # noqa: E402
 from shared.bundle import CATALOG_FILE, ENVELOPE_FILE, MODEL_FILE, parse_manifest  # noqa: E402
 from shared.catalog import Catalog, CatalogItem, parse_catalog  # noqa: E402
 from shared.events import EventKind, history_inputs  # noqa: E402
+from shared.topics import CHANNELS  # noqa: E402
 
 N_ITEMS, DIM, HISTORY, TOP_K = 100_000, 32, 50, 100
 ONLINE_RETAIL_ITEMS = 3_619  # the catalogue the demo's model scores (training items), for comparison
@@ -119,7 +120,7 @@ def build_bundle(work: Path, n_items: int = N_ITEMS, dim: int = DIM, history: in
                              top_k=TOP_K, num_items=n_items)
     bundle = work / "bundle"
     write_bundle(bundle, model_bytes, catalog.to_bytes(), contract, work / "signing.key",
-                 BundleOptions(version=1), {"synthetic": True})
+                 BundleOptions(version=1, channels=CHANNELS), {"synthetic": True})
     np.savez(work / "weights.npz", **{k: getattr(weights, k) for k in weights.__dataclass_fields__})
 
 

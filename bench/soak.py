@@ -45,6 +45,7 @@ from serving import (  # noqa: E402
 
 from devtools.processes import AgentProcess, broker  # noqa: E402
 from shared.bundle import CATALOG_FILE, ENVELOPE_FILE, MODEL_FILE, parse_manifest  # noqa: E402
+from shared.topics import CHANNELS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "soak.json"
 SHOPPERS = 1000
@@ -89,7 +90,7 @@ def make_versions(work: Path, n_items: int, count: int) -> list[Path]:
         catalog["items"][0]["title"] = f"Renamed in {version}"
         out = work / f"v{version}"
         write_bundle(out, (source / MODEL_FILE).read_bytes(), json.dumps(catalog).encode(), manifest.model, key,
-                     BundleOptions(version=version), {"synthetic": True, "soak": True})
+                     BundleOptions(version=version, channels=CHANNELS), {"synthetic": True, "soak": True})
         bundles.append(out)
     return bundles
 

@@ -30,6 +30,7 @@ from shared.bundle import (
 )
 from shared.catalog import parse_catalog
 from shared.signing import load_private_key, sign
+from shared.topics import CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ class BundleOptions:
     top_k: int = DEFAULT_TOP_K
     force: bool = False  # bundle even if the parity check or the quantization quality gate fails
     explanations: bool = True  # output each history position's contribution (see export.to_tflite)
+    #: Channels the bundle is signed as released to; none: ``publish --key`` or ``rollout`` signs
+    #: the release (see shared.bundle: agents refuse a version not released to their channel).
+    channels: tuple[str, ...] = ()
 
 
 def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOptions) -> Manifest:
@@ -118,6 +122,7 @@ def write_bundle(
         files={MODEL_FILE: file_entry(model_bytes), CATALOG_FILE: file_entry(catalog_bytes)},
         model=contract,
         training=training,
+        channels=tuple(c for c in CHANNELS if c in options.channels),
     )
     key = load_private_key(key_path.read_bytes())
     out_dir.mkdir(parents=True, exist_ok=True)

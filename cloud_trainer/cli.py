@@ -99,12 +99,13 @@ def _export(args: argparse.Namespace) -> int:
 
     options = BundleOptions(variant=args.variant, fleet=args.fleet, version=args.version,
                             valid_days=args.valid_days, force=args.force,
-                            explanations=not args.no_explanations)
+                            explanations=not args.no_explanations, channels=tuple(args.channel))
     out = args.out or args.run / "bundle"
     manifest = build_bundle(args.run, args.key, out, options)
     size = manifest.files["model.tflite"].length
     print(f"bundle version {manifest.version} for fleet {manifest.fleet}: {out} "
-          f"(model {size} bytes, {manifest.model.num_items} items, expires {manifest.expires})")
+          f"(model {size} bytes, {manifest.model.num_items} items, expires {manifest.expires}, "
+          f"released to {', '.join(manifest.channels) or 'no channel yet'})")
     return 0
 
 
@@ -118,7 +119,7 @@ def _broker_options(args: argparse.Namespace) -> BrokerOptions:
 def _publish(args: argparse.Namespace) -> int:
     from cloud_trainer.publisher import publish_bundle
 
-    report = publish_bundle(args.bundle, _broker_options(args), args.channel)
+    report = publish_bundle(args.bundle, _broker_options(args), args.channel, args.key)
     replaced = f", replaced version {report.replaced_version}" if report.replaced_version else ""
     print(f"published version {report.version} on {report.channel}: {report.chunks} chunks, {report.bytes} bytes "
           f"in {report.seconds}s{replaced}")
@@ -251,6 +252,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet", default="default")
     p.add_argument("--version", type=int, help="bundle version (default: current Unix time)")
     p.add_argument("--valid-days", type=int, default=90, help="manifest expiry, in days")
+    p.add_argument("--channel", action="append", choices=CHANNELS, default=[],
+                   help="sign the bundle as released to this channel (repeatable); default none: "
+                        "'publish --key' or 'rollout' signs the release to each channel")
     p.add_argument("--force", action="store_true",
                    help="bundle even if the parity check or the quantization quality gate fails")
     p.add_argument("--no-explanations", action="store_true",
@@ -260,6 +264,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="publish a bundle to one channel of the fleet over MQTT")
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--channel", choices=CHANNELS, default=STABLE)
+    p.add_argument("--key", type=Path, help="signing.key: sign the version as released to --channel (without it, "
+                                            "the bundle must already be signed for that channel)")
     _add_broker_args(p)
     p.set_defaults(handler=_publish)
 
@@ -267,7 +273,8 @@ def _parser() -> argparse.ArgumentParser:
                                        "roll the canaries back otherwise")
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--canary", required=True, help="comma-separated device ids that must report healthy")
-    p.add_argument("--key", type=Path, help="signing.key: on abort, sign the canaries' rollback instruction")
+    p.add_argument("--key", type=Path, required=True,
+                   help="signing.key: signs the release to each channel, and on abort the rollback instruction")
     p.add_argument("--soak", type=float, default=30.0, help="seconds every canary must stay healthy")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each phase")
     p.add_argument("--max-failure-rate", type=float, default=0.0, help="share of canaries allowed to fail")

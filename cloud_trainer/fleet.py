@@ -17,6 +17,7 @@ from typing import Any
 from cloud_trainer.publisher import BrokerConnection, PublishError, manifest_of, read_bundle, rollback_instruction
 from cloud_trainer.rollout import CanaryJudge, Decision, RolloutPolicy, Verdict
 from shared import topics
+from shared.signing import load_private_key
 
 
 class FleetWatcher:
@@ -84,23 +85,26 @@ def roll_out(
     bundle: Path,
     canaries: list[str],
     policy: RolloutPolicy,
-    key_path: Path | None,
+    key_path: Path,
     progress: Callable[[str], None] = print,
     poll_s: float = 0.5,
 ) -> RolloutResult:
     """Canary first; stable only when every canary is healthy; otherwise abort and roll back.
 
+    The version is signed as released to the canary channel only, and signed again for both
+    channels when it is promoted: until then no stable agent accepts it, wherever it is published.
     On abort the canary channel gets a signed rollback instruction that re-delivers the stable
-    version (when ``key_path`` is given and there is a stable version), so no canary keeps
-    following the bad version.
+    version and revokes the aborted one (when there is a stable version), so no canary keeps
+    following the bad version and no agent installs it from a replay.
     """
+    key = load_private_key(key_path.read_bytes())
     envelope, files = read_bundle(bundle)
-    manifest = manifest_of(envelope)
+    manifest = manifest_of(envelope, key.public_key())
     fleet, version = manifest.fleet, manifest.version
     watcher = FleetWatcher(connection, fleet)
-    stable = connection.channel_manifest(fleet, topics.STABLE)
+    stable = connection.channel_manifest(fleet, topics.STABLE, key.public_key())
     judge = CanaryJudge(version, canaries, policy, started=time.time())
-    connection.release(envelope, topics.CANARY, files)
+    canary = connection.release(envelope, topics.CANARY, files, key, channels=(topics.CANARY,))
     progress(f"version {version} published to the canary channel; watching {', '.join(canaries)}")
     verdict = Verdict(Decision.WAIT)
     last_line = ""
@@ -115,14 +119,16 @@ def roll_out(
     if verdict.decision is Decision.ABORT:
         progress(f"ABORT: {verdict.why}")
         result = RolloutResult(version, Decision.ABORT, verdict.why)
-        if stable is not None and key_path is not None:
+        if stable is not None:
             result.rollback_version = version + 1
             previous = connection.fetch_files(stable)
-            connection.release(rollback_instruction(stable, version + 1, key_path), topics.CANARY, previous)
-            progress(f"canary channel rolled back to version {stable.version}'s files as version {version + 1}")
+            instruction = rollback_instruction(stable, version + 1, key, revokes=(version,))
+            connection.release(instruction, topics.CANARY, previous, key, channels=(topics.CANARY,))
+            progress(f"canary channel rolled back to version {stable.version}'s files as version {version + 1}, "
+                     f"which revokes version {version}")
         return result
     progress(f"promoting version {version} to stable: {verdict.why}")
-    connection.release(envelope, topics.STABLE, None)
+    connection.release(canary.envelope, topics.STABLE, None, key, channels=topics.CHANNELS)
     deadline = time.monotonic() + policy.timeout_s
     while True:
         statuses = watcher.statuses()
@@ -141,15 +147,18 @@ def roll_out(
 def roll_back(
     connection: BrokerConnection, bundle: Path, key_path: Path, progress: Callable[[str], None] = print
 ) -> int:
-    """Re-deliver an earlier bundle's files to every channel as a new, signed version."""
+    """Re-deliver an earlier bundle's files to every channel as a new, signed version that revokes
+    the versions the channels named (newer than the earlier bundle)."""
+    key = load_private_key(key_path.read_bytes())
     envelope, files = read_bundle(bundle)
-    earlier = manifest_of(envelope)
-    current = [m.version for c in topics.CHANNELS if (m := connection.channel_manifest(earlier.fleet, c))]
+    earlier = manifest_of(envelope, key.public_key())
+    current = [m.version for c in topics.CHANNELS
+               if (m := connection.channel_manifest(earlier.fleet, c, key.public_key()))]
     if not current:
         raise PublishError(f"fleet {earlier.fleet} has no published version to roll back from")
     version = max(current) + 1
-    instruction = rollback_instruction(earlier, version, key_path)
+    instruction = rollback_instruction(earlier, version, key, revokes=tuple(v for v in current if v > earlier.version))
     for n, channel in enumerate(topics.CHANNELS):
-        connection.release(instruction, channel, files if n == 0 else None)
+        connection.release(instruction, channel, files if n == 0 else None, key, channels=topics.CHANNELS)
     progress(f"fleet {earlier.fleet}: version {version} re-delivers version {earlier.version} on every channel")
     return version

@@ -4,27 +4,33 @@ Chunks go first, then the manifest on a channel's topic, all retained with QoS 1
 confirmed by the broker, so an agent never sees a manifest whose chunks are not there yet. Once
 no channel names a version any more, its chunks are cleared from the broker (empty retained
 messages). Promoting a version to another channel publishes only its manifest there.
+
+Releasing is signing: with the signing key, the manifest is signed again naming the channels the
+version is released to (agents refuse a version not released to their ring, so a canary manifest
+copied to the stable topic installs nowhere). Manifests read back from the broker are verified
+before anything is built on them (the broker is not trusted).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from shared import topics
-from shared.bundle import ENVELOPE_FILE, Manifest, check_file, iso_utc, parse_manifest, split_chunks
-from shared.signing import load_private_key, sign
+from shared.bounded_json import JsonRejected, loads
+from shared.bundle import ENVELOPE_FILE, BundleError, Manifest, check_file, iso_utc, parse_manifest, split_chunks
+from shared.signing import SignatureError, load_private_key, sign, verify
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +47,25 @@ class PublishReport:
     bytes: int
     replaced_version: int | None
     seconds: float
+    envelope: bytes = field(default=b"", repr=False)  # the signed manifest as published
 
 
-def manifest_of(envelope: bytes) -> Manifest:
-    return parse_manifest(json.loads(envelope)["signed"])
+def manifest_of(envelope: bytes, trusted: Ed25519PublicKey | None = None) -> Manifest:
+    """The manifest in ``envelope``; verified against ``trusted`` when given."""
+    if trusted is not None:
+        return parse_manifest(verify(envelope, trusted))
+    try:
+        data = loads(envelope)
+    except JsonRejected as e:
+        raise PublishError(f"not a signed manifest: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("signed"), str):
+        raise PublishError("not a signed manifest: no signed text")
+    return parse_manifest(data["signed"])
+
+
+def released_to(manifest: Manifest, channels: tuple[str, ...]) -> Manifest:
+    """``manifest`` naming exactly ``channels`` (in ring order) as the channels it is released to."""
+    return replace(manifest, channels=tuple(c for c in topics.CHANNELS if c in channels))
 
 
 @dataclass(frozen=True)
@@ -129,23 +150,38 @@ class BrokerConnection:
     def prefix(self) -> str:
         return self.options.prefix
 
-    def channel_manifest(self, fleet: str, channel: str) -> Manifest | None:
+    def channel_manifest(self, fleet: str, channel: str, trusted: Ed25519PublicKey | None = None) -> Manifest | None:
+        """The manifest retained on ``channel``; None if there is none, or (with ``trusted``) if it
+        does not verify: someone with write access to the broker put it there."""
         envelope = self.retained(topics.manifest_topic(self.prefix, fleet, channel))
         if envelope is None:
             return None
         try:
-            return manifest_of(envelope)
-        except (ValueError, KeyError, TypeError):
-            log.warning("the broker holds an unreadable %s manifest for fleet %s", channel, fleet)
+            return manifest_of(envelope, trusted)
+        except (PublishError, BundleError, SignatureError) as e:
+            log.warning("the broker holds an unusable %s manifest for fleet %s: %s", channel, fleet, e)
             return None
 
-    def release(self, envelope: bytes, channel: str, files: dict[str, bytes] | None) -> PublishReport:
+    def release(self, envelope: bytes, channel: str, files: dict[str, bytes] | None,
+                key: Ed25519PrivateKey | None = None, channels: tuple[str, ...] | None = None) -> PublishReport:
         """Put ``envelope`` on ``channel``, after its chunks when ``files`` are given; then clear
-        the chunks of the version it replaces if no channel names that version any more."""
+        the chunks of the version it replaces if no channel names that version any more.
+
+        With ``key``, the manifest is signed again as released to ``channels`` (default: the
+        channels it names plus ``channel``); without, it must already name ``channel``.
+        """
         started = time.monotonic()
-        manifest = manifest_of(envelope)
+        trusted = key.public_key() if key is not None else None
+        manifest = manifest_of(envelope, trusted)
         fleet, version = manifest.fleet, manifest.version
-        replaced = self.channel_manifest(fleet, channel)
+        if key is not None:
+            manifest = released_to(manifest, channels if channels is not None else (*manifest.channels, channel))
+            envelope = sign(manifest.to_json(), key)
+        if channel not in manifest.channels:
+            named = ", ".join(manifest.channels) or "no channel"
+            raise PublishError(f"version {version} is signed as released to {named}, not {channel}: "
+                               f"pass the signing key (--key) to sign its release to {channel}")
+        replaced = self.channel_manifest(fleet, channel, trusted)
         chunks = total = 0
         for name, data in (files or {}).items():
             check_file(manifest, name, data)
@@ -156,14 +192,15 @@ class BrokerConnection:
             log.info("published %s of version %d (%d bytes)", name, version, len(data))
         self.publish(topics.manifest_topic(self.prefix, fleet, channel), envelope)
         if replaced is not None and replaced.version != version:
-            in_use = {m.version for c in topics.CHANNELS if (m := self.channel_manifest(fleet, c)) is not None}
+            in_use = {m.version for c in topics.CHANNELS
+                      if (m := self.channel_manifest(fleet, c, trusted)) is not None}
             if replaced.version not in in_use:
                 for name, entry in replaced.files.items():
                     for index in range(len(entry.chunks)):
                         self.publish(topics.chunk_topic(self.prefix, fleet, replaced.version, name, index), b"")
                 log.info("cleared the chunks of superseded version %d", replaced.version)
         return PublishReport(version, channel, chunks, total, replaced.version if replaced else None,
-                             round(time.monotonic() - started, 2))
+                             round(time.monotonic() - started, 2), envelope)
 
     def fetch_files(self, manifest: Manifest) -> dict[str, bytes]:
         """The files of ``manifest`` from its retained chunks on the broker, verified."""
@@ -191,18 +228,24 @@ class BrokerConnection:
         return files
 
 
-def rollback_instruction(earlier: Manifest, version: int, key_path: Path, valid_days: int = 90) -> bytes:
-    """A signed manifest of a new, higher ``version`` that re-delivers ``earlier``'s files.
+def rollback_instruction(earlier: Manifest, version: int, key: Ed25519PrivateKey, revokes: tuple[int, ...] = (),
+                         valid_days: int = 90) -> bytes:
+    """A signed manifest of a new, higher ``version`` that re-delivers ``earlier``'s files and
+    revokes the versions in ``revokes`` (the rollout it aborts), besides those ``earlier`` revoked.
 
     Agents never install an older version (that is what stops replay and rollback attacks), so
     going back is an explicit, signed, newer release; agents that kept ``earlier`` reuse its files.
+    Agents remember revoked versions, so a replay of one is refused even where the instruction
+    has not activated. Its channels are set when it is released (see :meth:`BrokerConnection.release`).
     """
     if version <= earlier.version:
         raise PublishError(f"a rollback needs a version above {earlier.version}")
     now = datetime.now(UTC)
+    revoked = tuple(sorted(set(earlier.revokes) | {v for v in revokes if v < version}))
     manifest = replace(earlier, version=version, created=iso_utc(now),
-                       expires=iso_utc(now + timedelta(days=valid_days)), rollback_of=earlier.version)
-    return sign(manifest.to_json(), load_private_key(key_path.read_bytes()))
+                       expires=iso_utc(now + timedelta(days=valid_days)),
+                       rollback_of=earlier.version, channels=(), revokes=revoked)
+    return sign(manifest.to_json(), key)
 
 
 def read_bundle(bundle_dir: Path) -> tuple[bytes, dict[str, bytes]]:
@@ -211,7 +254,9 @@ def read_bundle(bundle_dir: Path) -> tuple[bytes, dict[str, bytes]]:
     return envelope, {name: (bundle_dir / name).read_bytes() for name in manifest.files}
 
 
-def publish_bundle(bundle_dir: Path, options: BrokerOptions, channel: str = topics.STABLE) -> PublishReport:
+def publish_bundle(bundle_dir: Path, options: BrokerOptions, channel: str = topics.STABLE,
+                   key_path: Path | None = None) -> PublishReport:
     envelope, files = read_bundle(bundle_dir)
+    key = None if key_path is None else load_private_key(key_path.read_bytes())
     with BrokerConnection(options) as connection:
-        return connection.release(envelope, channel, files)
+        return connection.release(envelope, channel, files, key)

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         agent = Agent(config)
+        agent.listen()
     except (StartupError, StoreError, KeyringError, MasterKeyError, OSError) as e:
         # OSError: a data directory or token file the agent's user cannot read or write
         print(f"edge-agent: cannot start: {e}", file=sys.stderr)

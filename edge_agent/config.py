@@ -9,15 +9,18 @@ permissions (or a systemd credential / environment variable), whose paths are co
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shared.bundle import MODEL_VARIANTS
 from shared.events import STORED_EVENTS_PER_USER
-from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE, check_name
+from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE, check_name, check_prefix, parse_broker_url
 
 
 class ConfigError(ValueError):
@@ -80,7 +83,12 @@ class ApiSection:
     port: int = _opt(8080, "Port of the REST API.", lo=1, hi=65535)
     threads: int = _opt(4, "Request threads.", lo=1, hi=64)
     token_file: str = _opt("", "Bearer token file (0600); default <data_dir>/api-token, created if absent.")
-    max_body_bytes: int = _opt(1024 * 1024, "Largest request body.", lo=1024, hi=64 * 1024 * 1024)
+    max_body_bytes: int = _opt(1024 * 1024, "Largest request body; a larger declared body is refused on its headers.",
+                               lo=1024, hi=64 * 1024 * 1024)
+    max_connections: int = _opt(512, "Connections served at once; more wait in the listen backlog.", lo=8, hi=4096)
+    request_timeout_s: int = _opt(10, "A request must arrive whole within this many seconds of its first byte "
+                                      "(slow clients are cut off); idle connections close after as long.",
+                                  lo=1, hi=300)
     max_k: int = _opt(100, "Largest k a client may ask for.", lo=1, hi=1000)
 
 
@@ -144,12 +152,38 @@ def from_mapping(raw: dict[str, Any]) -> AgentConfig:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sections)})")
     hints = typing.get_type_hints(AgentConfig)
     config = AgentConfig(**{name: _section(name, hints[name], value) for name, value in raw.items()})
-    for key, value in (("agent.device_id", config.agent.device_id), ("agent.fleet", config.agent.fleet)):
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("agent.device_id", lambda: check_name(config.agent.device_id, "the name")),
+        ("agent.fleet", lambda: check_name(config.agent.fleet, "the name")),
+        ("mqtt.url", lambda: parse_broker_url(config.mqtt.url)),
+        ("mqtt.topic_prefix", lambda: check_prefix(config.mqtt.topic_prefix)),
+        ("api.host", lambda: check_host(config.api.host)),
+    ]
+    for key, check in checks:
         try:
-            check_name(value, key)
+            check()
         except ValueError as e:
-            raise ConfigError(str(e)) from None
+            raise ConfigError(f"{key}: {e}") from None
+    tls_files = [k for k in ("ca_file", "cert_file", "key_file") if getattr(config.mqtt, k)]
+    if tls_files and not config.mqtt.url.startswith("mqtts://"):
+        raise ConfigError(f"mqtt.{tls_files[0]}: is set, but mqtt.url {config.mqtt.url!r} is not mqtts:// "
+                          "(the connection would not use TLS)")
     return config
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_host(host: str) -> str:
+    """An IP address or a DNS name (RFC 1123) to bind to."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if not host or len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")):
+        raise ValueError(f"{host!r} is neither an IP address nor a host name")
+    return host
 
 
 def _apply_override(raw: dict[str, Any], assignment: str) -> None:

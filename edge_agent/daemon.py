@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
+from waitress.server import BaseWSGIServer, MultiSocketServer
 
+from edge_agent import http_server
 from edge_agent.config import AgentConfig
 from edge_agent.durable_files import write_atomic
 from edge_agent.history_store import HistoryStore
@@ -28,7 +29,7 @@ from edge_agent.metrics import AgentMetrics, ModelFacts
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import BrokerSettings, MqttLink
 from edge_agent.updater import ActiveModel, Updater, UpdateResult
-from shared.signing import load_public_key
+from shared.signing import SignatureError, load_public_key
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ class Agent:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             trusted = load_public_key(config.model.trusted_public_key.read_bytes())
-        except OSError as e:
-            raise StartupError(f"cannot read model.trusted_public_key: {e}") from None
+        except (OSError, SignatureError) as e:
+            raise StartupError(f"cannot use model.trusted_public_key {config.model.trusted_public_key}: {e}") from None
         key_path = resolve_path(config.master_key_path)
         self.history = HistoryStore(
             data_dir,
@@ -77,6 +78,7 @@ class Agent:
             trusted,
             fleet=config.agent.fleet,
             device_id=config.agent.device_id,
+            channel=config.agent.channel,
             max_bundle_bytes=config.model.max_bundle_bytes,
             num_threads=config.model.num_threads,
             on_report=self._on_update,
@@ -99,10 +101,11 @@ class Agent:
             self.status,
         )
         self.metrics = AgentMetrics(self._model_facts, self.history.size_bytes)
+        self.token = load_token(config.token_path)
         services = Services(
             active=self.active,
             history=self.history,
-            token=load_token(config.token_path),
+            token=self.token,
             metrics=self.metrics,
             max_body_bytes=config.api.max_body_bytes,
             max_k=config.api.max_k,
@@ -115,7 +118,10 @@ class Agent:
 
     def _on_update(self, result: UpdateResult) -> None:
         self.metrics.count_update(result.result, result.reason)
-        self.link.publish_status()
+        if result.result == "discarded":
+            self.link.request_status()  # throttled: a flood of junk is not a flood of statuses
+        else:
+            self.link.publish_status()
 
     def _model_facts(self) -> ModelFacts | None:
         model = self.active.current
@@ -142,14 +148,26 @@ class Agent:
             "model_stale": model.manifest.expires_at.timestamp() < time.time() if model else None,
             "runtime": model.runtime if model else None,
             "last_update": last.to_json() if last else None,
+            "discarded": self.active.discarded.to_json(),
             "health": self.metrics.health.snapshot(),
             "at": round(time.time(), 3),
         }
 
+    def listen(self) -> None:
+        """Open the REST API's sockets; StartupError if the address cannot be bound."""
+        api = self.config.api
+        limits = http_server.ServerLimits(max_body_bytes=api.max_body_bytes, max_connections=api.max_connections,
+                                          request_timeout_s=api.request_timeout_s, threads=api.threads)
+        try:
+            self._server = http_server.create(self.app, api.host, api.port, self.token, limits)
+        except (OSError, ValueError) as e:  # in use, not an address of this host, a name that does not resolve
+            raise StartupError(f"api: cannot listen on {api.host}:{api.port}: {e}") from None
+
     def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (call :meth:`listen` first)."""
         self.updater.boot()
         api = self.config.api
-        self._server = create_server(self.app, host=api.host, port=api.port, threads=api.threads, ident="edge-agent")
+        assert self._server is not None, "listen() first"
         listening = (self._server.effective_listen if isinstance(self._server, MultiSocketServer)
                      else [(api.host, int(self._server.getsockname()[1]))])
         for host, port in listening:

@@ -160,7 +160,14 @@ class HistoryStore:
 
     def recent(self, user_id: str, limit: int) -> list[StoredEvent]:
         """The user's last ``limit`` events within the retention age, oldest first."""
-        ref = self._ref(user_id)
+        try:
+            return self._recent(self._ref(user_id), limit)
+        except KeyringError as e:
+            raise StoreError(f"cannot read a history: {e}") from None
+        except sqlite3.Error as e:
+            raise _storage_error(e, "read a history") from None
+
+    def _recent(self, ref: bytes, limit: int) -> list[StoredEvent]:
         oldest = self._clock() - self._max_age
         with self._lock:
             cached = self._cache.get(ref)
@@ -185,13 +192,26 @@ class HistoryStore:
         return [e for e in events if e.timestamp >= oldest]
 
     def delete_user(self, user_id: str) -> bool:
-        """Destroy the user's data key first (crypto-shredding), then their records."""
+        """Destroy the user's data key first (crypto-shredding), then their records.
+
+        Once the key is destroyed the erasure has happened: the records can never be read again.
+        If deleting them fails then (a damaged database page), that is logged and the answer is
+        still that the user was erased; the retention sweep removes records without a key.
+        """
         ref = self._ref(user_id)
-        existed = self.keyring.destroy(ref)
+        try:
+            existed = self.keyring.destroy(ref)
+        except sqlite3.Error as e:
+            raise _storage_error(e, "erase a user") from None
         with self._lock:
             self._forget([ref])
-            existed = self._db.execute("DELETE FROM events WHERE ref=?", (ref,)).rowcount > 0 or existed
-            self._reclaim()
+            try:
+                existed = self._db.execute("DELETE FROM events WHERE ref=?", (ref,)).rowcount > 0 or existed
+                self._reclaim()
+            except sqlite3.Error as e:
+                log.error("an erased user's key is destroyed, but their unreadable records could not be deleted "
+                          "yet (%s); the retention sweep will retry", _storage_error(e, "delete records"))
+                return True
         return existed
 
     def _reclaim(self) -> None:

@@ -6,9 +6,10 @@ no traceback ever reaches a client, and no user data reaches the logs.
 
 from __future__ import annotations
 
-import hmac
 import logging
+import re
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,16 +20,20 @@ from werkzeug.exceptions import HTTPException
 
 from edge_agent.crypto_envelope import TamperedRecord
 from edge_agent.history_store import HistoryStore, StoreError, StoreFull
+from edge_agent.http_server import bearer_ok
 from edge_agent.metrics import AgentMetrics
 from edge_agent.recommendation_json import RecommendationJson
 from edge_agent.updater import ActiveModel
-from shared import openapi
+from shared import bounded_json, openapi
 from shared.events import EventError, parse_event, parse_identifier
 from shared.recommendation import Exclude, recommend
 
 log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_REQUEST = 1000
+#: Nesting of an events body: {"events": [{...}]} is 3 deep.
+MAX_BODY_DEPTH = 8
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass
@@ -64,10 +69,9 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     raw = _arg(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {lo} to {hi}") from None
+    if not _DIGITS.fullmatch(raw):  # int() would also take "1_0", " 7" and other scripts' digits ("٥")
+        raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {lo} to {hi}")
+    value = int(raw)
     if not lo <= value <= hi:
         raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {lo} to {hi}")
     return value
@@ -116,11 +120,7 @@ def create_app(services: Services) -> Flask:
     def authenticate() -> Any:
         if request.path == "/healthz":
             return None
-        header = request.headers.get("Authorization", "")
-        scheme, _, supplied = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            supplied.strip().encode(), services.token.encode()
-        ):
+        if not bearer_ok(request.headers.get("Authorization", ""), services.token):
             response, status = _error(401, "unauthorized", "send Authorization: Bearer <token>")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response, status
@@ -156,7 +156,11 @@ def create_app(services: Services) -> Flask:
 
     @app.errorhandler(Exception)
     def unexpected(e: Exception) -> Any:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        # the route template, never the path, and the traceback without the exception's message:
+        # both may carry a user id
+        route = request.url_rule.rule if request.url_rule is not None else "an unmatched path"
+        where = "".join(traceback.format_tb(e.__traceback__))
+        log.error("unhandled %s on %s %s:\n%s", type(e).__name__, request.method, route, where)
         return _error(500, "internal_error", "internal error; see the agent log")
 
     @app.get("/healthz")
@@ -200,7 +204,12 @@ def create_app(services: Services) -> Flask:
 
     @app.post("/v1/events")
     def post_events() -> Any:
-        body = request.get_json(silent=True)
+        if not request.is_json:
+            raise ApiError(400, "invalid_body", "send Content-Type: application/json")
+        try:  # depth and numbers bounded before parsing: 100,000 nested brackets are a 400
+            body = bounded_json.loads(request.get_data(cache=False), max_depth=MAX_BODY_DEPTH)
+        except bounded_json.JsonRejected as e:
+            raise ApiError(400, "invalid_body", f"the body is not acceptable JSON: {e}") from None
         if isinstance(body, dict) and "events" in body:
             body = body["events"]
         raw_events = body if isinstance(body, list) else [body] if isinstance(body, dict) else None

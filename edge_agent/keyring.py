@@ -11,7 +11,9 @@ carries on: no restart, no re-encryption of history.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -34,8 +36,19 @@ class WrongMasterKey(KeyringError):
     pass
 
 
+def private_file(path: Path) -> None:
+    """Create ``path`` (if absent) and its write-ahead log and shared-memory files (if present)
+    readable by the agent's user only, whatever the umask. SQLite creates its -wal and -shm files
+    with the mode of the database file, so creating that one 0600 first covers them too."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
+
+
 def connect(path: Path) -> sqlite3.Connection:
-    """A SQLite connection with the durability and hygiene settings both stores use."""
+    """A SQLite connection with the durability and hygiene settings both stores use; the files are 0600."""
+    private_file(path)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new file
     db.execute("PRAGMA journal_mode=WAL")

@@ -9,6 +9,7 @@ Layout under ``<data_dir>/models``::
     active.json                    {"version": N, "previous": M}, replaced atomically
     loading.json                   {"version": N, "attempts": K} while a new model is loaded
     refused.json                   [N, ...] versions that killed the agent while loading or on trial
+    revoked.json                   [N, ...] versions a signed later release revoked (aborted rollouts)
     trial.json                     {"version": N, "starts": K} until version N has served its trial
     trash/                         versions being deleted (renamed here first, then removed)
 
@@ -22,10 +23,15 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from edge_agent.durable_files import fsync_dir, write_atomic
 from shared.bundle import ENVELOPE_FILE
+
+#: Revoked versions remembered (a revoked version is older than the release that revoked it, so
+#: the oldest entries matter least: a newer model refuses them as rollbacks anyway).
+MAX_REVOKED = 4096
 
 
 class ModelStore:
@@ -196,6 +202,20 @@ class ModelStore:
 
     def refuse(self, version: int) -> None:
         write_atomic(self.root / "refused.json", json.dumps(sorted(self.refused() | {version})).encode())
+
+    def revoked(self) -> set[int]:
+        try:
+            return {int(v) for v in json.loads((self.root / "revoked.json").read_bytes())}
+        except (FileNotFoundError, ValueError, TypeError):
+            return set()
+
+    def revoke(self, versions: Iterable[int]) -> None:
+        """Remember revoked versions for good (the most recent MAX_REVOKED of them)."""
+        known = self.revoked()
+        merged = known | set(versions)
+        if merged != known:
+            kept = sorted(merged)[-MAX_REVOKED:]
+            write_atomic(self.root / "revoked.json", json.dumps(kept).encode())
 
     def _installed(self) -> set[int]:
         return {int(d.name) for d in self.versions.iterdir() if d.name.isdigit()}

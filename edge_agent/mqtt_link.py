@@ -13,6 +13,7 @@ import logging
 import queue
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,9 @@ log = logging.getLogger(__name__)
 MAX_PACKET_BYTES = max(CHUNK_SIZE, MAX_ENVELOPE_BYTES) + 4096
 #: Messages waiting for the update worker; when full, the network thread waits (TCP backpressure),
 #: so a flood of chunks costs at most this many times MAX_PACKET_BYTES of memory.
-INBOX_MESSAGES = 32
+INBOX_MESSAGES = 16
+#: Statuses asked for by discarded messages are published at most this often (the last one wins).
+THROTTLED_STATUS_S = 1.0
 #: Topics per SUBSCRIBE/UNSUBSCRIBE packet.
 SUBSCRIBE_BATCH = 64
 #: The heartbeat's message to the worker (no MQTT topic is empty).
@@ -66,6 +69,9 @@ class MqttLink:
         self.connected = threading.Event()
         self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=INBOX_MESSAGES)
         self._stopping = threading.Event()
+        self._status_lock = threading.Lock()
+        self._status_pending = False
+        self._status_at = 0.0  # monotonic time of the last throttled status
         self._chunk_subs: list[str] = []  # one subscription per missing chunk of the bundle being received
         self._chunk_version: int | None = None  # the version those subscriptions belong to
         prefix, fleet = settings.topic_prefix, settings.fleet
@@ -122,6 +128,20 @@ class MqttLink:
         payload = {"state": "online", **self.status()}
         self.client.publish(self._status_topic, json.dumps(payload), qos=1, retain=True)
 
+    def request_status(self) -> None:
+        """Publish the status now, or (if a throttled one went out less than THROTTLED_STATUS_S ago)
+        once that time has passed: the worker flushes it."""
+        with self._status_lock:
+            self._status_pending = True
+        self._flush_status()
+
+    def _flush_status(self) -> None:
+        with self._status_lock:
+            if not self._status_pending or time.monotonic() - self._status_at < THROTTLED_STATUS_S:
+                return
+            self._status_pending, self._status_at = False, time.monotonic()
+        self.publish_status()
+
     def _beat(self) -> None:
         while not self._stopping.wait(self.settings.status_interval_s):
             try:
@@ -160,12 +180,24 @@ class MqttLink:
 
     # -- worker thread ---------------------------------------------------------------------
     def _work(self) -> None:
-        while (item := self._inbox.get()) is not None:
+        while True:
+            try:
+                item = self._inbox.get(timeout=THROTTLED_STATUS_S if self._status_pending else None)
+            except queue.Empty:
+                self._flush_status()
+                continue
+            if item is None:
+                return
             topic, payload = item
             try:
                 self._handle(topic, payload)
-            except Exception:  # keep the update worker alive whatever one message does
-                log.exception("error while handling a message on %s", topic)
+            except Exception as e:  # whatever one message does, the worker lives and the status says so
+                log.debug("error while handling an update message", exc_info=True)
+                try:
+                    self.updater.discard(f"internal_error: {type(e).__name__}: {str(e)[:200]}")
+                except Exception:
+                    log.exception("could not report an error of the update worker")
+            self._flush_status()
 
     def _handle(self, topic: str, payload: bytes) -> None:
         if (topic, payload) == _TICK:
@@ -177,8 +209,7 @@ class MqttLink:
             if not payload:
                 return  # retained manifest cleared
             self.updater.on_manifest(payload, later_ring=self._manifest_topics[topic])
-            self._follow_bundle()
-            self.publish_status()
+            self._follow_bundle()  # the status went out with the updater's report (throttled for junk)
             return
         session = self.updater.session
         if session is None:
@@ -190,7 +221,6 @@ class MqttLink:
             return
         if self.updater.on_chunk(session.version, parsed[0], parsed[1], payload):
             self._follow_bundle()
-            self.publish_status()
 
     def _follow_bundle(self) -> None:
         """Subscribe to exactly the chunks the current download still misses (retained: the broker

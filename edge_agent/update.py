@@ -2,7 +2,8 @@
 
 Steps, enforced in this order (a call out of order raises ``UpdateOrderError``)::
 
-    UpdateSession(envelope)  -> RECEIVING   signature, schema, fleet, contract, expiry, version, size
+    UpdateSession(envelope)  -> RECEIVING   signature, schema, fleet, contract, expiry, version,
+                                            channel, revocation, size
     accept_chunk(...)        -> RECEIVING   each chunk checked against its length and sha256
     staged()                 -> STAGED      every chunk present (the caller checked whole-file hashes)
     activated()              -> ACTIVE      the caller loaded, self-tested and switched to the model
@@ -12,6 +13,7 @@ Any failure raises a ``BundleError``/``SignatureError`` whose ``reason`` goes in
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from enum import StrEnum
 
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.bundle import ChunkRejected, Manifest, check_acceptable, parse_manifest, sha256_hex
 from shared.signing import verify
+from shared.topics import STABLE, followed_channels
 
 
 class UpdateOrderError(RuntimeError):
@@ -42,6 +45,8 @@ class UpdateSession:
         now: datetime,
         max_bundle_bytes: int,
         device_id: str | None = None,
+        channel: str = STABLE,
+        revoked: Collection[int] = (),
     ) -> None:
         self.envelope = envelope
         self.manifest: Manifest = parse_manifest(verify(envelope, trusted_key))
@@ -52,6 +57,8 @@ class UpdateSession:
             now=now,
             max_bundle_bytes=max_bundle_bytes,
             device_id=device_id,
+            rings=followed_channels(channel),
+            revoked=revoked,
         )
         self._missing = {
             (name, i) for name, entry in self.manifest.files.items() for i in range(len(entry.chunks))

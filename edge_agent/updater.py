@@ -23,6 +23,7 @@ from edge_agent.update import UpdateSession
 from shared.bundle import CATALOG_FILE, MODEL_FILE, BundleError, Manifest, check_file, parse_manifest
 from shared.catalog import parse_catalog
 from shared.signing import SignatureError, verify
+from shared.topics import STABLE
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,37 @@ def is_disk_full(error: OSError) -> bool:
     return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+#: Log lines about discarded messages (see :class:`Discarded`): at most one per this many seconds.
+DISCARD_LOG_INTERVAL_S = 10.0
+
+
 @dataclass
 class UpdateResult:
     version: int | None
-    result: str  # "activated", "rejected", "failed", "receiving"
+    result: str  # "activated", "rejected", "failed", "receiving"; "discarded" (see Discarded)
     reason: str
     at: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, object]:
         return {"version": self.version, "result": self.result, "reason": self.reason, "at": self.at}
+
+
+@dataclass
+class Discarded:
+    """Messages no signature vouched for (unsigned or foreign-signed manifests, chunks that do not
+    match the manifest) and errors in handling a message. Anyone with write access to the broker
+    can send these, so they are counted and the last one kept here, apart from ``last_update``:
+    junk never erases the record of the last genuine update (rollout verdicts read it), and a flood
+    of junk costs a counter, not a log line or a status message each."""
+
+    count: int = 0
+    reason: str = ""
+    at: float = 0.0
+    logged_at: float = -DISCARD_LOG_INTERVAL_S  # monotonic
+    unlogged: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {"count": self.count, "reason": self.reason, "at": self.at}
 
 
 class ModelCrashed(BundleError):
@@ -71,7 +94,8 @@ class ActiveModel:
 
     def __init__(self) -> None:
         self.current: LoadedModel | None = None
-        self.last_update: UpdateResult | None = None
+        self.last_update: UpdateResult | None = None  # genuine updates only (see Discarded)
+        self.discarded = Discarded()
 
 
 def load_bundle(manifest: Manifest, files: dict[str, bytes], num_threads: int) -> LoadedModel:
@@ -92,6 +116,7 @@ class Updater:
         max_bundle_bytes: int,
         num_threads: int,
         device_id: str | None = None,
+        channel: str = STABLE,
         on_report: Callable[[UpdateResult], None] = lambda result: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         trial_s: float = 300.0,
@@ -101,6 +126,7 @@ class Updater:
         self.trusted_key = trusted_key
         self.fleet = fleet
         self.device_id = device_id
+        self.channel = channel
         self.max_bundle_bytes = max_bundle_bytes
         self.num_threads = num_threads
         self.on_report = on_report
@@ -115,6 +141,20 @@ class Updater:
         self.active.last_update = result
         log.info("model update %s: version %s: %s", result.result, result.version, result.reason)
         self.on_report(result)
+
+    def discard(self, reason: str) -> None:
+        """Count a message no signature vouched for (see :class:`Discarded`); logged at most every
+        DISCARD_LOG_INTERVAL_S seconds, the status republished by the caller's throttle."""
+        discarded = self.active.discarded
+        discarded.count += 1
+        discarded.reason, discarded.at = reason[:300], time.time()
+        discarded.unlogged += 1
+        now = time.monotonic()
+        if now - discarded.logged_at >= DISCARD_LOG_INTERVAL_S:
+            log.warning("discarded %d unverified update message(s) since the last such line; the last: %s",
+                        discarded.unlogged, discarded.reason)
+            discarded.logged_at, discarded.unlogged = now, 0
+        self.on_report(UpdateResult(None, "discarded", discarded.reason))
 
     def _installed(self, version: int) -> LoadedModel:
         envelope, files = self.store.read_version(version)
@@ -199,9 +239,18 @@ class Updater:
             now=self.clock(),
             max_bundle_bytes=self.max_bundle_bytes,
             device_id=self.device_id,
+            channel=self.channel,
+            revoked=self.store.revoked(),
         )
         if session.version in self.store.refused():
             raise ModelCrashed(f"version {session.version} crashed the agent while loading before; refused")
+        if session.manifest.revokes:
+            # remembered before anything else can fail: a replay of a revoked version is refused
+            # even if this release never activates (disk full, bad model)
+            self.store.revoke(session.manifest.revokes)
+            if self.session is not None and self.session.version in session.manifest.revokes:
+                self.store.discard_staging(self.session.version)
+                self.session = None
         return session
 
     def _resume_staged(self) -> None:
@@ -253,12 +302,20 @@ class Updater:
             return self.session.version  # already receiving it (a reconnect, or resumed after a restart)
         try:
             session = self._new_session(envelope)
-        except (BundleError, SignatureError) as e:
+        except SignatureError as e:
+            self.discard(f"{e.reason}: {e}")
+            return None
+        except BundleError as e:
             if self.active.current is not None and isinstance(e, BundleError) and e.reason == "rollback" and (
                 later_ring or envelope == self._active_envelope()
             ):
                 return None  # the retained manifest of the model we already run, or of a later ring
-            self._report(UpdateResult(None, "rejected", f"{e.reason}: {e}"))
+            reason = f"{e.reason}: {e}"
+            last = self.active.last_update
+            if last is not None and last.result == "rejected" and last.reason == reason:
+                self.discard(f"repeated: {reason}")  # a replayed signed manifest, again and again
+            else:
+                self._report(UpdateResult(None, "rejected", reason))  # signed by the fleet key
             return None
         if self.session is not None and self.session.version > session.version:
             return None  # already receiving a newer version (announced on another ring)
@@ -301,8 +358,7 @@ class Updater:
                 self.store.write_chunk(version, name, session.offset(name, index), data)
                 session.received += 1
         except BundleError as e:
-            log.warning("rejected chunk for version %s: %s", version, e)
-            self._report(UpdateResult(version, "receiving", f"{e.reason}: {e}"))
+            self.discard(f"{e.reason}: version {version}: {e}")
             return False
         except OSError as e:
             self._out_of_space(session, e)

@@ -79,7 +79,8 @@ def main() -> int:
     agent: AgentProcess | None = None
     try:
         print(f"broker at {broker.url}")
-        run("cloud_trainer.cli", "publish", "--bundle", str(work / "bundle"), "--broker", broker.url)
+        run("cloud_trainer.cli", "publish", "--bundle", str(work / "bundle"), "--key", str(work / "keys/signing.key"),
+            "--broker", broker.url)
 
         step(6, "starting an edge agent (LiteRT, encrypted history, REST on 127.0.0.1)")
         agent = AgentProcess(

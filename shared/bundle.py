@@ -2,21 +2,24 @@
 
 A bundle is a few files (the .tflite model and the catalog) described by a manifest. The manifest
 lists every file's length and sha256 and the sha256 of each of its chunks, carries a version, a
-fleet, a validity window and the model's input/output contract, and travels signed (see
-:mod:`shared.signing`). Everything here takes and returns values; reading files, talking MQTT and
-loading models belong to the callers.
+fleet, a validity window, the model's input/output contract, the rollout rings (channels) the
+version is released to and the versions it revokes, and travels signed (see :mod:`shared.signing`).
+The channels are signed so that a manifest copied from one ring's topic to another's is refused.
+Everything here takes and returns values; reading files, talking MQTT and loading models belong
+to the callers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from shared import CONTRACT_VERSION, SUPPORTED_CONTRACT_VERSIONS
-from shared.topics import check_name
+from shared.bounded_json import JsonRejected, loads
+from shared.topics import CHANNELS, check_name
 
 SCHEMA = "edge-rec.manifest/1"
 CHUNK_SIZE = 256 * 1024
@@ -24,6 +27,12 @@ MODEL_FILE = "model.tflite"
 CATALOG_FILE = "catalog.json"
 ENVELOPE_FILE = "manifest.envelope"  # the signed manifest, beside the files of a bundle
 REQUIRED_FILES = (MODEL_FILE, CATALOG_FILE)
+#: Names the bundle uses itself (beside its files on disk): no manifest may list them as files.
+RESERVED_NAMES = frozenset({ENVELOPE_FILE})
+#: Versions are positive and below 2**53 (exact in JSON everywhere; 16 digits as a folder name).
+MAX_VERSION = 2**53 - 1
+#: Versions one manifest may revoke.
+MAX_REVOKES = 256
 MODEL_VARIANTS = ("int8", "float16", "float32")
 
 
@@ -65,6 +74,19 @@ class ChunkRejected(BundleError):
     reason = "chunk_rejected"
 
 
+class NotReleased(BundleError):
+    """The version is not released to the rollout ring of this agent (a manifest copied to the
+    topic of another ring, e.g. a canary version replayed to stable agents)."""
+
+    reason = "not_released"
+
+
+class Revoked(BundleError):
+    """A signed, later release revoked this version (an aborted rollout)."""
+
+    reason = "revoked"
+
+
 @dataclass(frozen=True)
 class FileEntry:
     sha256: str
@@ -99,6 +121,10 @@ class Manifest:
     targets: tuple[str, ...] = ()
     #: Set on a rollback instruction: the earlier version whose files this version re-delivers.
     rollback_of: int | None = None
+    #: Rollout rings this version is released to; an agent refuses it unless it follows one of them.
+    channels: tuple[str, ...] = ()
+    #: Earlier versions this release withdraws (aborted rollouts): agents remember and refuse them.
+    revokes: tuple[int, ...] = ()
 
     @property
     def expires_at(self) -> datetime:
@@ -159,6 +185,20 @@ def _int(data: Mapping[str, object], key: str, where: str = "") -> int:
     return value
 
 
+def _version(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_VERSION:
+        raise MalformedManifest(f"{what} must be an integer from 1 to {MAX_VERSION}")
+    return value
+
+
+def _channels(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(c, str) and c in CHANNELS for c in value):
+        raise MalformedManifest(f"channels must be a list of {', '.join(CHANNELS)}")
+    if len(set(value)) != len(value):
+        raise MalformedManifest("channels lists a channel twice")
+    return tuple(value)
+
+
 def _str(data: Mapping[str, object], key: str, where: str = "") -> str:
     value = _field(data, key, where)
     if not isinstance(value, str):
@@ -189,9 +229,9 @@ def _hex_digest(value: object, where: str) -> str:
 def parse_manifest(text: str) -> Manifest:
     """Parse and structurally validate manifest JSON (already signature-verified)."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        raise MalformedManifest("manifest is not JSON") from None
+        data = loads(text)
+    except JsonRejected as e:
+        raise MalformedManifest(f"manifest is not acceptable JSON: {e}") from None
     if not isinstance(data, dict):
         raise MalformedManifest("manifest must be a JSON object")
     if data.get("schema") != SCHEMA:
@@ -205,6 +245,8 @@ def parse_manifest(text: str) -> Manifest:
             check_name(name, "file name")
         except ValueError as e:
             raise MalformedManifest(str(e)) from None
+        if name in RESERVED_NAMES:
+            raise MalformedManifest(f"file name {name!r} is reserved for the bundle itself")
         if not isinstance(raw, dict):
             raise MalformedManifest(f"files.{name} must be an object")
         where = f"files.{name}."
@@ -239,12 +281,19 @@ def parse_manifest(text: str) -> Manifest:
     targets = data.get("targets", [])
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
         raise MalformedManifest("targets must be a list of device ids")
+    version = _version(_field(data, "version", ""), "version")
     rollback_of = data.get("rollback_of")
-    if rollback_of is not None and (not isinstance(rollback_of, int) or isinstance(rollback_of, bool)):
-        raise MalformedManifest("rollback_of must be an integer")
+    if rollback_of is not None:
+        _version(rollback_of, "rollback_of")
+    revokes = data.get("revokes", [])
+    if not isinstance(revokes, list) or len(revokes) > MAX_REVOKES:
+        raise MalformedManifest(f"revokes must be a list of at most {MAX_REVOKES} versions")
+    for revoked in revokes:
+        if _version(revoked, "revokes[]") >= version:
+            raise MalformedManifest("a version can only revoke earlier versions")
     manifest = Manifest(
         fleet=_str(data, "fleet"),
-        version=_int(data, "version"),
+        version=version,
         created=_str(data, "created"),
         expires=_str(data, "expires"),
         chunk_size=chunk_size,
@@ -253,9 +302,9 @@ def parse_manifest(text: str) -> Manifest:
         training=training,
         targets=tuple(targets),
         rollback_of=rollback_of,
+        channels=_channels(data.get("channels", [])),
+        revokes=tuple(revokes),
     )
-    if manifest.version <= 0:
-        raise MalformedManifest("version must be a positive integer")
     if _parse_time(manifest.expires, "expires") <= _parse_time(manifest.created, "created"):
         raise MalformedManifest("expires must be after created")
     return manifest
@@ -280,8 +329,14 @@ def check_acceptable(
     now: datetime,
     max_bundle_bytes: int,
     device_id: str | None = None,
+    rings: Collection[str] = CHANNELS,
+    revoked: Collection[int] = (),
 ) -> None:
-    """Raise the BundleError that says why this agent must not install ``manifest``."""
+    """Raise the BundleError that says why this agent must not install ``manifest``.
+
+    ``rings``: the channels the agent follows (its own and every later one); the manifest must be
+    released to one of them. ``revoked``: versions later releases revoked.
+    """
     if manifest.fleet != fleet:
         raise WrongFleet(f"bundle is for fleet {manifest.fleet!r}, this agent is in {fleet!r}")
     if manifest.targets and device_id not in manifest.targets:
@@ -293,6 +348,11 @@ def check_acceptable(
         raise RollbackRejected(
             f"version {manifest.version} is not newer than the active version {active_version}"
         )
+    if not set(manifest.channels) & set(rings):
+        released = ", ".join(manifest.channels) or "no channel"
+        raise NotReleased(f"version {manifest.version} is released to {released}, not to {', '.join(rings)}")
+    if manifest.version in revoked:
+        raise Revoked(f"version {manifest.version} was revoked by a later release")
     if manifest.total_bytes > max_bundle_bytes:
         raise TooLarge(f"bundle of {manifest.total_bytes} bytes exceeds the limit of {max_bundle_bytes}")
 

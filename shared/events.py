@@ -72,6 +72,8 @@ def parse_identifier(value: object, field: str) -> str:
         raise EventError(f"{field} is longer than {MAX_ID_LENGTH} characters")
     if any(c < " " or "\x7f" <= c <= "\x9f" for c in text):
         raise EventError(f"{field} contains control characters")
+    if any("\ud800" <= c <= "\udfff" for c in text):  # from a JSON escape: not encodable as UTF-8
+        raise EventError(f"{field} contains a lone surrogate")
     if field == "user_id" and "/" in text:
         raise EventError("user_id contains '/'")
     return text

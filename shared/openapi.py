@@ -255,14 +255,16 @@ _PATHS: dict[str, Any] = {
         "get": {
             "summary": "The shopper's stored events (data access request).",
             "parameters": [_USER_IN_PATH],
-            "responses": {"200": _ok("History"), "400": _error("Invalid user id."), "401": _UNAUTHORIZED},
+            "responses": {"200": _ok("History"), "400": _error("Invalid user id."), "401": _UNAUTHORIZED,
+                          "503": _error("History store unavailable or damaged.")},
         }
     },
     "/v1/users/{user_id}": {
         "delete": {
             "summary": "Erase the shopper's history for good (crypto-shredding).",
             "parameters": [_USER_IN_PATH],
-            "responses": {"200": _ok("Deleted"), "400": _error("Invalid user id."), "401": _UNAUTHORIZED},
+            "responses": {"200": _ok("Deleted"), "400": _error("Invalid user id."), "401": _UNAUTHORIZED,
+                          "503": _error("History store unavailable (the user's key could not be destroyed).")},
         }
     },
 }

@@ -19,6 +19,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from shared.bounded_json import JsonRejected, loads
+
 MAX_ENVELOPE_BYTES = 1 << 20
 
 
@@ -82,9 +84,11 @@ def verify(envelope: bytes, trusted: Ed25519PublicKey) -> str:
     """The signed text of ``envelope`` if ``trusted`` signed it; raises SignatureError otherwise."""
     if len(envelope) > MAX_ENVELOPE_BYTES:
         raise SignatureError(f"envelope is larger than {MAX_ENVELOPE_BYTES} bytes")
+    if key_id(trusted).encode() not in envelope:  # cheap: junk is refused without being parsed
+        raise SignatureError("signed by a key this agent does not trust (its key id is not in the envelope)")
     try:
-        data = json.loads(envelope)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: deeply nested
+        data = loads(envelope)  # depth and numbers bounded: an unsigned sender picks no exception
+    except JsonRejected:
         raise SignatureError("envelope is not JSON") from None
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), str) for k in ("signed", "keyid", "signature")

@@ -73,14 +73,33 @@ def all_statuses_topic(prefix: str, fleet: str) -> str:
     return f"{prefix}/{check_name(fleet, 'fleet')}/status/+"
 
 
+def check_prefix(prefix: str) -> str:
+    """A topic prefix: non-empty levels without MQTT wildcards, not a broker ($) topic."""
+    levels = prefix.split("/")
+    if not prefix or len(prefix) > 200 or any(not level for level in levels):
+        raise ValueError(f"topic prefix {prefix!r} must be 1-200 characters of non-empty levels (no leading, "
+                         "trailing or double '/')")
+    if any(c in "#+" or c < " " or c == "\x7f" for c in prefix) or prefix.startswith("$"):
+        raise ValueError(f"topic prefix {prefix!r} must not hold the wildcards '#' or '+', control characters, "
+                         "or start with '$'")
+    return prefix
+
+
 def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    """(host, port, tls) from mqtt://host[:port] or mqtts://host[:port]."""
-    parsed = urlparse(url)
+    """(host, port, tls) from mqtt://host[:port] or mqtts://host[:port]; nothing else is accepted."""
+    problem = f"broker URL {url!r} must look like mqtt://host:1883 or mqtts://host:8883"
     try:
+        parsed = urlparse(url)
         port = parsed.port
-    except ValueError:
-        port = -1
-    if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname or port == -1:
-        raise ValueError(f"broker URL {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+    except ValueError:  # a port that is no number or above 65535, a bad IPv6 literal
+        raise ValueError(f"{problem} (a port from 1 to 65535)") from None
+    if parsed.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"{problem}: the scheme is {parsed.scheme or 'missing'}")
+    if not parsed.hostname:
+        raise ValueError(f"{problem}: the host is missing")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"{problem} (a port from 1 to 65535)")
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.username or parsed.password:
+        raise ValueError(f"{problem}: no user, path or query")
     tls = parsed.scheme == "mqtts"
     return parsed.hostname, port or (8883 if tls else 1883), tls

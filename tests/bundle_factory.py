@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.bundle import CATALOG_FILE, MODEL_FILE, Manifest, ModelContract, file_entry, iso_utc
 from shared.signing import sign
+from shared.topics import CHANNELS
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -22,6 +23,7 @@ def manifest_for(files: dict[str, bytes], version: int = 5, chunk_size: int = 4,
         chunk_size=chunk_size,
         files={name: file_entry(data, chunk_size) for name, data in files.items()},
         model=ModelContract(variant="int8", signature="serving_default", history_length=3, top_k=2, num_items=4),
+        channels=CHANNELS,
     )
     return replace(manifest, **changes)  # type: ignore[arg-type]
 

@@ -92,8 +92,10 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_bundle(run: Path, keys: Path, out: Path, version: int, variant: str = "int8", fleet: str = "default") -> Path:
     from cloud_trainer.bundler import BundleOptions, build_bundle
+    from shared.topics import CHANNELS
 
-    build_bundle(run, keys / "signing.key", out, BundleOptions(variant=variant, version=version, fleet=fleet))
+    build_bundle(run, keys / "signing.key", out, BundleOptions(variant=variant, version=version, fleet=fleet,
+                                                                    channels=CHANNELS))
     return out
 
 

@@ -156,6 +156,16 @@ class StatusWatcher:
         assert wait_for(found, timeout), f"no update reason with {fragment!r}; latest: {self.latest}"
         return next(s for s in self.seen[start:] if fragment in str((s.get("last_update") or {}).get("reason")))
 
+    def wait_discarded(self, fragment: str, start: int, timeout: float = 15) -> dict:  # type: ignore[type-arg]
+        """The first status since ``start`` whose last discarded message's reason contains ``fragment``."""
+
+        def reason(s: dict) -> str:  # type: ignore[type-arg]
+            return str((s.get("discarded") or {}).get("reason", ""))
+
+        assert wait_for(lambda: any(fragment in reason(s) for s in self.seen[start:]), timeout), \
+            f"no discarded message with {fragment!r}; latest: {self.latest}"
+        return next(s for s in self.seen[start:] if fragment in reason(s))
+
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()

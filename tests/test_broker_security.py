@@ -159,3 +159,37 @@ def test_clients_without_a_certificate_of_the_fleet_ca_are_refused(secure: Secur
         pass  # refused before a connection existed: as good
     finally:
         plain.loop_stop()
+
+
+def test_another_devices_client_id_cannot_knock_an_agent_offline(
+    secure: SecureBroker, int8_bundle: Path, keys: Path, tmp_path: Path
+) -> None:
+    """Client-id takeover (issue 22): dev-2's certificate connecting again and again with client id
+    dev-1. The broker binds the client id to the certificate, so dev-1 stays connected."""
+    agent = start_agent(secure.url, keys, tmp_path, *secure.agent_overrides("dev-1"))
+    trainer = Client(secure, "cloud-trainer")
+    status_topic = topics.status_topic(PREFIX, "default", "dev-1")
+    states: list[str] = []
+    trainer.client.on_message = lambda c, u, m: states.append(json.loads(m.payload).get("state", "?"))
+    try:
+        trainer.subscribe(status_topic)
+        assert wait_for(lambda: "online" in states, 30), states
+        states.clear()
+        for _ in range(10):
+            intruder = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dev-1", protocol=mqtt.MQTTv5)
+            intruder.tls_set(ca_certs=str(secure.pki / "ca.pem"), certfile=str(secure.pki / "clients" / "dev-2.pem"),
+                             keyfile=str(secure.pki / "clients" / "dev-2.key"), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            connected = threading.Event()
+            intruder.on_connect = lambda c, u, f, rc, p, done=connected: done.set()  # type: ignore[misc]
+            intruder.connect("127.0.0.1", secure.broker.port)
+            intruder.loop_start()
+            assert connected.wait(10)
+            time.sleep(0.3)
+            intruder.loop_stop()
+            intruder.disconnect()
+        time.sleep(2)
+        assert "offline" not in states, states
+        assert "lost the broker" not in agent.log()
+    finally:
+        trainer.close()
+        agent.stop()

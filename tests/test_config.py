@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,61 @@ def test_every_field_rejects_a_wrong_type_or_value_naming_its_key(tmp_path: Path
     path.write_text(f"[{section}]\n{key} = {value}\n")
     with pytest.raises(ConfigError, match=rf"^{section}\.{key}: must be"):
         load(path)
+
+
+# -- issue 22: every value the agent parses later is validated; every config error exits 2 -------
+
+BAD_VALUES = [
+    ('mqtt.url="http://nowhere"', "mqtt.url"),
+    ('mqtt.url="mqtt://host:99999"', "mqtt.url"),
+    ('mqtt.url="mqtt://host:0"', "mqtt.url"),
+    ('mqtt.url="nowhere"', "mqtt.url"),
+    ('mqtt.url="mqtt://:1883"', "mqtt.url"),
+    ('mqtt.url="mqtt://user:pw@host:1883/x"', "mqtt.url"),
+    ('api.host="not a host"', "api.host"),
+    ('api.host=""', "api.host"),
+    ('api.host="-bad-.example"', "api.host"),
+    ('mqtt.topic_prefix="a/#/+"', "mqtt.topic_prefix"),
+    ('mqtt.topic_prefix="a/+"', "mqtt.topic_prefix"),
+    ('mqtt.topic_prefix=""', "mqtt.topic_prefix"),
+    ('mqtt.topic_prefix="a//b"', "mqtt.topic_prefix"),
+    ('mqtt.topic_prefix="edge-rec/v1/"', "mqtt.topic_prefix"),
+    ('mqtt.topic_prefix="$SYS/x"', "mqtt.topic_prefix"),
+    ('mqtt.ca_file="/etc/ca.pem"', "mqtt.ca_file"),  # TLS files with a plain mqtt:// URL
+]
+
+
+@pytest.mark.parametrize(("override", "key"), BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
+def test_values_parsed_later_are_validated_and_exit_2(tmp_path: Path, override: str, key: str) -> None:
+    profile = ROOT / "firmware_configs" / "dev.toml"
+    for command in (["validate-config", str(profile)], ["run", "--config", str(profile)]):
+        result = subprocess.run([sys.executable, "-m", "edge_agent.cli", *command, "--set", override,
+                                 "--set", f'agent.data_dir="{tmp_path / "data"}"'],
+                                capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert f"invalid configuration: {key}: " in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("trouble", ["host that does not resolve", "port in use", "key not PEM"])
+def test_run_problems_found_at_start_exit_2_with_a_message(tmp_path: Path, trouble: str) -> None:
+    from devtools.processes import free_port
+    from shared.signing import generate_private_key, public_key_pem
+
+    (tmp_path / "fleet.pub").write_bytes(b"junk" if trouble == "key not PEM" else
+                                         public_key_pem(generate_private_key().public_key()))
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1] if trouble == "port in use" else free_port()
+    host = "nowhere.invalid" if trouble == "host that does not resolve" else "127.0.0.1"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(ROOT / "firmware_configs" / "dev.toml"),
+             "--set", f'agent.data_dir="{tmp_path / "data"}"',
+             "--set", f'model.trusted_public_key="{tmp_path}/fleet.pub"',
+             "--set", 'mqtt.url="mqtt://127.0.0.1:9"', "--set", f'api.host="{host}"', "--set", f"api.port={port}"],
+            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    finally:
+        busy.close()
+    assert result.returncode == 2, result.stderr
+    assert "edge-agent: cannot start: " in result.stderr and "Traceback" not in result.stderr

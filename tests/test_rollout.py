@@ -120,7 +120,8 @@ def small_fleet(int8_bundle: Path, keys: Path, tmp_path_factory: pytest.TempPath
 
 def test_rollout_reaches_the_canary_first_and_stable_after_the_soak(small_fleet: SmallFleet) -> None:
     bundle = fresh_bundle(small_fleet.bundle, small_fleet.keys, small_fleet.work, 1001)
-    result = small_fleet.cli("rollout", "--bundle", str(bundle), "--canary", "c-1", "--soak", "3", "--timeout", "60")
+    result = small_fleet.cli("rollout", "--bundle", str(bundle), "--canary", "c-1", "--soak", "3", "--timeout", "60",
+                             "--key", str(small_fleet.keys / "signing.key"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "promoting version 1001 to stable" in result.stdout
     assert "stable: 2 of 2 online agents on version 1001" in result.stdout
@@ -132,21 +133,67 @@ def test_rollout_reaches_the_canary_first_and_stable_after_the_soak(small_fleet:
     assert all(device in table for device in small_fleet.agents) and "canary" in table and "1001" in table
 
 
+class ManifestRecorder:
+    """Every manifest the broker delivers on the fleet's channels, as an attacker on the broker sees them."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.seen: list[tuple[str, bytes]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="recorder", protocol=mqtt.MQTTv5)
+        self.client.on_message = lambda c, u, m: self.seen.append((m.topic.rsplit("/", 1)[-1], bytes(m.payload)))
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.subscribe(f"{topics.DEFAULT_PREFIX}/default/manifest/+", qos=1)
+        self.client.loop_start()
+
+    def envelope(self, channel: str, version: int) -> bytes:
+        return next(p for c, p in self.seen if c == channel and p and json.loads(json.loads(p)["signed"])["version"]
+                    == version)
+
+    def publish(self, channel: str, payload: bytes) -> None:
+        self.client.publish(topics.manifest_topic(topics.DEFAULT_PREFIX, "default", channel), payload, 1,
+                            True).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def last_reason(fleet: SmallFleet, device: str) -> str:
+    return str((fleet.statuses()[device].get("last_update") or {}).get("reason", ""))
+
+
 def test_rollout_of_a_failing_model_aborts_and_rolls_the_canary_back(small_fleet: SmallFleet) -> None:
     contract = manifest_of(small_fleet.bundle).model
     broken = resigned(fresh_bundle(small_fleet.bundle, small_fleet.keys, small_fleet.work, 1002), small_fleet.keys,
                       small_fleet.work / "broken-1002", model=replace(contract, top_k=contract.top_k - 1))
-    result = small_fleet.cli("rollout", "--bundle", str(broken), "--canary", "c-1", "--soak", "2",
-                             "--timeout", "60", "--key", str(small_fleet.keys / "signing.key"))
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "1 of 1 canaries failed: c-1: failed: load_failed" in result.stderr
-    # the stable agents never saw 1002; the canary follows the rollback instruction 1003 = 1001's files
-    assert wait_for(lambda: small_fleet.serving("c-1") == 1003, 20)
-    assert small_fleet.serving("s-1") == 1001 and small_fleet.serving("s-2") == 1001
-    status = small_fleet.statuses()["c-1"]
-    assert "0 chunks received" in status["last_update"]["reason"]  # everything reused from disk
-    model = get_json(small_fleet.agents["c-1"], "/v1/model")[1]
-    assert model["manifest"]["rollback_of"] == 1001
+    recorder = ManifestRecorder(small_fleet.broker)
+    try:
+        result = small_fleet.cli("rollout", "--bundle", str(broken), "--canary", "c-1", "--soak", "2",
+                                 "--timeout", "60", "--key", str(small_fleet.keys / "signing.key"))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "1 of 1 canaries failed: c-1: failed: load_failed" in result.stderr
+        # the stable agents never saw 1002; the canary follows the rollback instruction 1003 = 1001's files
+        assert wait_for(lambda: small_fleet.serving("c-1") == 1003, 20)
+        assert small_fleet.serving("s-1") == 1001 and small_fleet.serving("s-2") == 1001
+        status = small_fleet.statuses()["c-1"]
+        assert "0 chunks received" in status["last_update"]["reason"]  # everything reused from disk
+        model = get_json(small_fleet.agents["c-1"], "/v1/model")[1]
+        assert model["manifest"]["rollback_of"] == 1001 and model["manifest"]["revokes"] == [1002]
+        assert model["manifest"]["channels"] == ["canary"]
+
+        # issue 22: the aborted version's genuine canary manifest, replayed by someone on the broker
+        aborted, stable = recorder.envelope("canary", 1002), recorder.envelope("stable", 1001)
+        assert json.loads(json.loads(aborted)["signed"])["channels"] == ["canary"]
+        recorder.publish("stable", aborted)  # copied to the stable channel: refused, not released there
+        for device in ("s-1", "s-2"):
+            assert wait_for(lambda d=device: "not_released" in last_reason(small_fleet, d), 15), device  # type: ignore[misc]
+        recorder.publish("canary", aborted)  # and replayed to the canary: refused
+        assert wait_for(lambda: "not newer than the active version 1003" in last_reason(small_fleet, "c-1"), 15)
+        assert json.loads((small_fleet.work / "c-1" / "agent" / "models" / "revoked.json").read_text()) == [1002]
+        assert all(small_fleet.serving(d) == v for d, v in (("c-1", 1003), ("s-1", 1001), ("s-2", 1001)))
+        recorder.publish("canary", recorder.envelope("canary", 1003))  # the channels as the publisher left them
+        recorder.publish("stable", stable)
+    finally:
+        recorder.close()
 
 
 def test_rollback_command_takes_every_channel_back_to_an_earlier_bundle(small_fleet: SmallFleet) -> None:

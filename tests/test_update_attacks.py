@@ -114,7 +114,9 @@ def test_manifest_signed_by_a_key_the_agent_does_not_pin(fleet: Fleet, tmp_path:
     (rogue / "signing.key").write_bytes(private_key_pem(Ed25519PrivateKey.generate()))
     mark = fleet.status.mark()
     publish(resigned(fleet.bundle, rogue, tmp_path / "v5000", version=5000), fleet.broker)
-    assert "does not trust" in fleet.status.wait_update("bad_signature", mark)["last_update"]["reason"]
+    status = fleet.status.wait_discarded("bad_signature", mark)
+    assert "does not trust" in status["discarded"]["reason"]
+    assert status["last_update"]["result"] == "activated"  # junk does not replace the last genuine update
     assert fleet.serving() == 1000
 
 
@@ -197,7 +199,7 @@ def test_bad_chunks_are_refused_one_by_one_then_the_good_ones_activate(fleet: Fl
     for topic, payload, why in attacks:
         mark = fleet.status.mark()
         fleet.attacker.publish(topic, payload)
-        assert why in fleet.status.wait_update("chunk_rejected", mark)["last_update"]["reason"]
+        assert why in fleet.status.wait_discarded("chunk_rejected", mark)["discarded"]["reason"]
     assert fleet.serving() == 1001
     # now the genuine chunks, the first one twice: a duplicate is verified and ignored
     mark = fleet.status.mark()
@@ -216,7 +218,7 @@ def test_mix_and_match_files_of_two_versions(fleet: Fleet, tmp_path: Path) -> No
     fleet.status.wait_update("chunks to fetch", mark)
     for _, _, topic, data in fleet.chunks(old, version=1003):
         fleet.attacker.publish(topic, data)
-    assert "catalog.json" in fleet.status.wait_update("does not match its sha256", mark)["last_update"]["reason"]
+    assert "catalog.json" in fleet.status.wait_discarded("does not match its sha256", mark)["discarded"]["reason"]
     assert fleet.serving() == 1002
     for _, _, topic, data in fleet.chunks(new):
         fleet.attacker.publish(topic, data)
@@ -231,7 +233,7 @@ def test_garbage_on_every_topic_the_agent_reads(fleet: Fleet, tmp_path: Path) ->
                     b'{"signed": 1}', b"{" * 100_000]:
         mark = fleet.status.mark()
         fleet.attacker.publish(MANIFEST_TOPIC, payload)
-        fleet.status.wait_update("bad_signature", mark)
+        fleet.status.wait_discarded("bad_signature", mark)
     mark = fleet.status.mark()
     fleet.announce(bundle)
     fleet.status.wait_update("chunks to fetch", mark)
@@ -243,7 +245,7 @@ def test_garbage_on_every_topic_the_agent_reads(fleet: Fleet, tmp_path: Path) ->
     fleet.attacker.publish(topics.chunk_topic(PREFIX, FLEET, 1004, CATALOG_FILE, 0), b"\x00" * (3 * 1024 * 1024))
     mark = fleet.status.mark()
     fleet.attacker.publish(topics.chunk_topic(PREFIX, FLEET, 1004, CATALOG_FILE, 0), b"\x01" * 10)
-    assert "has 10 bytes" in fleet.status.wait_update("chunk_rejected", mark)["last_update"]["reason"]
+    assert "has 10 bytes" in fleet.status.wait_discarded("chunk_rejected", mark)["discarded"]["reason"]
     assert not any("3145728" in json.dumps(s) for s in fleet.status.seen)
     assert fleet.serving() == 1003
     for _, _, topic, data in fleet.chunks(bundle):
@@ -266,3 +268,65 @@ def test_agent_reports_its_model_stale_when_no_newer_manifest_comes(fleet: Fleet
     assert status == 200 and model["expired"] is True and model["version"] == 1005  # still serving
     health = fleet.status.latest["health"]
     assert health["requests"] > 0 and health["p50_ms"] > 0 and health["server_errors"] == 0
+
+
+# -- issue 22: hostile numbers and nesting, reserved names, floods ------------------------------
+
+def rss_mb(agent: AgentProcess) -> float:
+    status = Path(f"/proc/{agent.proc.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+def test_hostile_numbers_nesting_and_names_become_reported_refusals(fleet: Fleet, tmp_path: Path) -> None:
+    """Each used to escape the update worker as an exception (ValueError, File name too long,
+    RecursionError) with a traceback and no status; the worker must report each and live on."""
+    keyid = json.loads((fleet.bundle / ENVELOPE_FILE).read_bytes())["keyid"]
+    mark = fleet.status.mark()
+    fleet.attacker.publish(MANIFEST_TOPIC, b'{"signed": "x", "keyid": "%s", "signature": 1%s}'
+                           % (keyid.encode(), b"0" * 5000))
+    assert "not JSON" in fleet.status.wait_discarded("bad_signature", mark)["discarded"]["reason"]
+    text = manifest_of(fleet.bundle).to_json()
+    signed_hostile = {
+        "huge version": text.replace('"version": 1000', '"version": 1' + "0" * 300),
+        "deep nesting": text[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "reserved name": json.dumps({**json.loads(text), "version": 6000, "files": {
+            **json.loads(text)["files"], ENVELOPE_FILE: json.loads(text)["files"][CATALOG_FILE]}}),
+    }
+    for what, signed_text in signed_hostile.items():
+        mark = fleet.status.mark()
+        fleet.attacker.publish(MANIFEST_TOPIC, sign(signed_text, load_private_key((fleet.keys / "signing.key")
+                                                                                   .read_bytes())))
+        status = fleet.status.wait_update("malformed_manifest", mark)
+        assert status["last_update"]["result"] == "rejected", what
+    assert "reserved" in fleet.status.latest["last_update"]["reason"]
+    assert "Traceback" not in fleet.agent.log()
+    assert fleet.serving() == 1005
+
+
+def test_a_flood_of_junk_costs_counters_not_log_lines_statuses_or_memory(fleet: Fleet, tmp_path: Path) -> None:
+    bundle = fleet.fresh(1010, tmp_path)
+    mark = fleet.status.mark()
+    fleet.announce(bundle)  # a genuine download in progress, its chunks withheld
+    genuine = fleet.status.wait_update("chunks to fetch", mark)["last_update"]
+    junk_topic = fleet.chunks(bundle)[0][2]
+    keyid = json.loads((bundle / ENVELOPE_FILE).read_bytes())["keyid"].encode()
+    big_junk = b'{"keyid": "' + keyid + b'", "signed": "' + b"x" * (1024 * 1024 - 200) + b'", "signature": "x"}'
+    rss_before, lines_before = rss_mb(fleet.agent), fleet.agent.log().count("\n")
+    mark, started = fleet.status.mark(), time.monotonic()
+    for n in range(20_000):  # 20,000 junk chunks: the issue saw one warning and one status each
+        fleet.attacker.client.publish(junk_topic, b"junk %d" % n, qos=0)
+    for _ in range(40):  # and 40 one-MiB junk manifests with the trusted key's id in them
+        fleet.attacker.publish(MANIFEST_TOPIC, big_junk, retain=False)
+    assert wait_for(lambda: (fleet.status.latest.get("discarded") or {}).get("count", 0) >= 10_000, 60), \
+        fleet.status.latest.get("discarded")
+    time.sleep(2)  # the last throttled status
+    seconds = time.monotonic() - started
+    statuses = len(fleet.status.seen) - mark
+    assert statuses <= seconds + 5, f"{statuses} statuses in {seconds:.1f}s"
+    new_lines = fleet.agent.log().count("\n") - lines_before
+    assert new_lines <= seconds / 10 + 5, f"{new_lines} log lines in {seconds:.1f}s"
+    assert rss_mb(fleet.agent) - rss_before < 60, (rss_before, rss_mb(fleet.agent))
+    assert fleet.status.latest["last_update"] == genuine  # junk never replaces the genuine record
+    for _, _, topic, data in fleet.chunks(bundle):
+        fleet.attacker.publish(topic, data)
+    assert wait_for(lambda: fleet.serving() == 1010, 30), fleet.status.latest

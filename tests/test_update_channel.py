@@ -17,13 +17,16 @@ from shared.bundle import (
     ExpiredManifest,
     IncompatibleContract,
     MalformedManifest,
+    NotReleased,
+    Revoked,
     RollbackRejected,
     TooLarge,
     WrongFleet,
     iso_utc,
     split_chunks,
 )
-from shared.signing import SignatureError
+from shared.signing import SignatureError, key_id, sign
+from shared.topics import CANARY, STABLE
 
 KEY = Ed25519PrivateKey.generate()
 
@@ -116,3 +119,62 @@ def test_bad_chunks_are_rejected(name: str, index: int, data: bytes, why: str) -
     with pytest.raises(ChunkRejected, match=why):
         s.accept_chunk(name, index, data)
     assert s.missing_count == 5  # nothing was taken
+
+
+# -- issue 22: channel binding, revocation, reserved names, bounded numbers and depth ----------
+
+def ring_session(env: bytes, channel: str, revoked: tuple[int, ...] = ()) -> UpdateSession:
+    return UpdateSession(env, KEY.public_key(), fleet="default", active_version=None, now=NOW,
+                         max_bundle_bytes=1 << 20, channel=channel, revoked=revoked)
+
+
+def test_a_canary_version_is_refused_by_stable_agents() -> None:
+    canary_only = envelope(KEY, manifest_for(FILES, channels=(CANARY,)))
+    assert ring_session(canary_only, CANARY).version == 5
+    with pytest.raises(NotReleased, match="released to canary, not to stable"):
+        ring_session(canary_only, STABLE)
+    # a stable release reaches canary agents too: they follow every later ring
+    assert ring_session(envelope(KEY, manifest_for(FILES, channels=(STABLE,))), CANARY).version == 5
+    with pytest.raises(NotReleased, match="no channel"):
+        ring_session(envelope(KEY, manifest_for(FILES, channels=())), CANARY)
+
+
+def test_a_revoked_version_is_refused() -> None:
+    with pytest.raises(Revoked):
+        ring_session(envelope(KEY), STABLE, revoked=(5,))
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"channels": ["stable", "stable"]}, "twice"),
+        ({"channels": ["beta"]}, "channels must be"),
+        ({"revokes": [5]}, "earlier versions"),
+        ({"revokes": [0]}, "revokes"),
+        ({"version": 10**300}, "digits"),
+        ({"version": 2**53}, "version must be"),
+        ({"rollback_of": -1}, "rollback_of"),
+        ({"files": {"manifest.envelope": {"sha256": "0" * 64, "length": 1, "chunks": ["0" * 64]}}}, "reserved"),
+    ],
+)
+def test_signed_manifests_with_hostile_fields_are_malformed(changes: dict[str, object], why: str) -> None:
+    data = json.loads(manifest_for(FILES).to_json())
+    if "files" in changes:
+        changes = {"files": {**data["files"], **changes["files"]}}  # type: ignore[dict-item]
+    data.update(changes)
+    with pytest.raises(MalformedManifest, match=why):
+        session(sign(json.dumps(data), KEY))
+
+
+def test_signed_manifest_nested_deep_or_with_huge_numbers_is_malformed() -> None:
+    deep = manifest_for(FILES).to_json()[:-1] + ', "training": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(MalformedManifest, match="nested deeper"):
+        session(sign(deep, KEY))
+
+
+@pytest.mark.parametrize("payload", [b'{"signed": "x", "n": 1' + b"0" * 5000 + b"}", b'{"signed": "x", "n": 1e999}',
+                                     b'{"a": NaN}', b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"])
+def test_unsigned_envelopes_with_hostile_numbers_are_bad_signatures(payload: bytes) -> None:
+    """With the trusted key's id in them (it is public), so they get past the cheap check and are parsed."""
+    with pytest.raises(SignatureError, match="not JSON"):
+        session(payload[:-1] + b', "keyid": "' + key_id(KEY.public_key()).encode() + b'"}')

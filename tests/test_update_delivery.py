@@ -39,6 +39,7 @@ from harness import (
 from shared import topics
 from shared.bundle import CATALOG_FILE, ENVELOPE_FILE, MODEL_FILE
 from shared.signing import load_public_key
+from shared.topics import CHANNELS
 
 MANIFEST_TOPIC = topics.manifest_topic(topics.DEFAULT_PREFIX, "default")
 
@@ -316,7 +317,8 @@ def test_a_model_answering_garbage_for_some_shoppers_falls_back_to_popular_items
     model = to_tflite(weights, contract.history_length, contract.top_k, "float32", (np.zeros(0), np.zeros(0)),
                       explanations=False)
     write_bundle(tmp_path / "poisoned", model, (int8_bundle / CATALOG_FILE).read_bytes(),
-                 replace(contract, variant="float32"), keys / "signing.key", BundleOptions(version=1001), {})
+                 replace(contract, variant="float32"), keys / "signing.key",
+                 BundleOptions(version=1001, channels=CHANNELS), {})
     publish(tmp_path / "poisoned", broker)
     agent = start_agent(broker.url, keys, tmp_path, "mqtt.status_interval_s=1")
     try:

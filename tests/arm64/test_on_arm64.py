@@ -228,7 +228,7 @@ def demo_bundle(tmp_path_factory: pytest.TempPathFactory, datasets: Path) -> tup
     cli("train", "--events", str(work / "data/events.csv.gz"), "--items", str(work / "data/items.csv"),
         "--out", str(work / "run"))
     cli("export", "--run", str(work / "run"), "--key", str(work / "keys/signing.key"), "--out",
-        str(work / "bundle"), "--variant", "int8")
+        str(work / "bundle"), "--variant", "int8", "--channel", "stable")
     model = (work / "bundle" / "model.tflite").read_bytes()
     FIGURES["model_bytes"] = len(model)
     FIGURES["model_cost_per_request"] = model_cost(model)
