@@ -128,7 +128,7 @@ def build_bundle(work: Path, n_items: int = N_ITEMS, dim: int = DIM, history: in
 
 def bench_scoring(work: Path, queries: int) -> dict[str, object]:
     from edge_agent.loaded_model import LoadedModel
-    from shared.recommendation import recommend
+    from shared.recommendation import Exclude, recommend
 
     bundle = work / "bundle"
     manifest = parse_manifest(json.loads((bundle / ENVELOPE_FILE).read_bytes())["signed"])
@@ -154,6 +154,7 @@ def bench_scoring(work: Path, queries: int) -> dict[str, object]:
     rng = np.random.default_rng(11)
     histories = random_histories(rng, queries)
     litert_ms, plain_ms, numpy_ms, full_ms, overlap = [], [], [], [], []
+    filtered_ms: dict[str, list[float]] = {"exclude_purchased": [], "category": []}
     for n, history in enumerate(histories):
         items, weights = history_inputs(history, HISTORY)
         events = [Shopper(model.catalog.items[i].id, k) for i, k in history]
@@ -166,7 +167,13 @@ def bench_scoring(work: Path, queries: int) -> dict[str, object]:
         t2 = time.perf_counter()
         recommend(model, events, 10)
         t3 = time.perf_counter()
+        recommend(model, events, 10, Exclude.PURCHASED)
+        t4 = time.perf_counter()
+        recommend(model, events, 10, category=f"category-{n % 40:02d}")  # 1 item in 40
+        t5 = time.perf_counter()
         if n >= 50:  # warm-up
+            filtered_ms["exclude_purchased"].append((t4 - t3) * 1000)
+            filtered_ms["category"].append((t5 - t4) * 1000)
             litert_ms.append((t1 - t0) * 1000)
             plain_ms.append((t0 - tp) * 1000)
             numpy_ms.append((t2 - t1) * 1000)
@@ -178,6 +185,9 @@ def bench_scoring(work: Path, queries: int) -> dict[str, object]:
         "litert_int8_in_graph_top_k_no_explanations": percentiles(plain_ms),
         "numpy_float32_brute_force_baseline": percentiles(numpy_ms),
         "recommend_k10_in_process_all_included": percentiles(full_ms),
+        # filters rank the whole catalogue in the graph (a mask input); baseline: the line above
+        "recommend_k10_exclude_purchased": percentiles(filtered_ms["exclude_purchased"]),
+        "recommend_k10_category_filter_2500_of_100k_items": percentiles(filtered_ms["category"]),
         "top10_overlap_int8_vs_float32": round(float(np.mean(overlap)), 3),
         "model_bytes": (bundle / MODEL_FILE).stat().st_size,
         "model_bytes_no_explanations": (work / "no-explanations.tflite").stat().st_size,

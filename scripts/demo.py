@@ -47,7 +47,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--work", type=Path, default=ROOT / "demo-work")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--tune-budget", type=float, default=60.0,
+                        help="seconds the trainer may spend choosing its settings (cloud-trainer's default: 180)")
     args = parser.parse_args()
     source = args.datasets / "online_retail" / "online_retail.csv.gz"
     if not source.exists():
@@ -65,9 +66,10 @@ def main() -> int:
     step(2, f"preparing Online Retail from {source}")
     run("cloud_trainer.cli", "prepare", "online-retail", "--input", str(source), "--out", str(work / "data"))
 
-    step(3, f"training the embedding dot-product model ({args.epochs} epochs; progress per epoch)")
+    step(3, f"training the embedding dot-product model, its settings chosen on the last weeks of the data "
+            f"(at most {args.tune_budget:g} s; a line per trial)")
     run("cloud_trainer.cli", "train", "--events", str(work / "data/events.csv.gz"), "--items",
-        str(work / "data/items.csv"), "--out", str(work / "run"), "--epochs", str(args.epochs))
+        str(work / "data/items.csv"), "--out", str(work / "run"), "--tune-budget", str(args.tune_budget))
 
     step(4, "exporting int8 TFLite (scoring and top-K in the graph), checking parity, signing the bundle")
     run("cloud_trainer.cli", "export", "--run", str(work / "run"), "--key", str(work / "keys/signing.key"),
