@@ -22,7 +22,7 @@ import numpy as np
 
 from cloud_trainer import evaluation
 from cloud_trainer.events_io import KINDS_BY_CODE, EventTable, read_events
-from cloud_trainer.served import ServedModel, served_rankings, stored_histories
+from cloud_trainer.served import ServedModel, served_rankings, stored_shoppers
 from cloud_trainer.side_features import SideFeatureSettings, extend_with_cold_items
 from shared.catalog import parse_catalog
 from shared.events import history_inputs
@@ -92,7 +92,7 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
              day, len(data.users), sum(1 for t in data.targets["new"] if t), data.num_items)
     report = evaluation.Report()
     if model is not None:
-        _evaluate_model(model, data, report)
+        _evaluate_model(model, data, evaluation.cut_time(day), report)
         _evaluate_cold_start(model, table, evaluation.cut_time(day), report)
     for name, scorer in evaluation.BASELINES.items():
         report.rows[name] = evaluation.evaluate(scorer(data), data)
@@ -143,16 +143,16 @@ class _RunModel:
         return ranked if allowed is None else np.where(allowed[ranked], ranked, -1)
 
 
-def _evaluate_model(model: _RunModel, data: evaluation.Split, report: evaluation.Report) -> None:
+def _evaluate_model(model: _RunModel, data: evaluation.Split, cut: float, report: evaluation.Report) -> None:
     if [item.id for item in model.items[: data.num_items]] != data.train.item_ids:
         raise EvaluationError("the run's items are not the training period's items of these events")
     report.rows["model (float, Keras)"] = evaluation.evaluate(model.float_scores(model.inputs(data.train,
                                                                                           data.history)), data)
     # what the agent serves: its catalogue (new items too), the REST route's history, exclusions
-    histories = stored_histories(data.train, data.history, model.history_length)
+    shoppers = stored_shoppers(data.train, data.history, now=cut)
     report.rows[SERVED] = evaluation.evaluate_ranked(
-        {"all": served_rankings(model.served, histories, model.top_k),
-         "new": served_rankings(model.served, histories, model.top_k, EXCLUDE_FOR[data.target])}, data)
+        {"all": served_rankings(model.served, shoppers, model.top_k),
+         "new": served_rankings(model.served, shoppers, model.top_k, EXCLUDE_FOR[data.target])}, data)
 
 
 def _evaluate_cold_start(model: _RunModel, table: EventTable, cut: float, report: evaluation.Report) -> None:
@@ -171,9 +171,8 @@ def _evaluate_cold_start(model: _RunModel, table: EventTable, cut: float, report
     report.cold_start = {"model (int8, LiteRT), trained items only": evaluation.cold_start_metrics(without, data)}
     if data.num_items == data.num_known:
         return
-    served = ranks_as_scores(served_rankings(model.served, stored_histories(data.train, data.history,
-                                                                            model.history_length), model.top_k),
-                             data.num_items)
+    served = ranks_as_scores(served_rankings(model.served, stored_shoppers(data.train, data.history, now=cut),
+                                             model.top_k), data.num_items)
     report.cold_start["model (float, Keras), with new items"] = evaluation.cold_start_metrics(
         model.float_scores(inputs), data)
     report.cold_start[f"{SERVED}, with new items"] = evaluation.cold_start_metrics(served, data)

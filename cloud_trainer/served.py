@@ -1,6 +1,7 @@
 """What a shopper is served, computed in process: the exported model in LiteRT behind the very
-function the agent's REST route calls (:func:`shared.recommendation.recommend`), with the same
-history cap, exclusions, category filter and popularity fill.
+function the agent's REST route calls (:func:`shared.recommendation.recommend`), with what an
+agent holds of a shopper (its event cap, purchase memory and retention age), the same
+exclusions, category filter and popularity fill.
 
 ``cloud-trainer evaluate`` scores the int8 model through this, so its table is the list an app
 gets from ``GET /v1/recommendations`` (a test compares the two over real HTTP).
@@ -9,14 +10,15 @@ gets from ``GET /v1/recommendations`` (a test compares the two over real HTTP).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from cloud_trainer.events_io import KINDS_BY_CODE, EventTable
+from cloud_trainer.events_io import KIND_CODES, KINDS_BY_CODE, EventTable
 from cloud_trainer.export import LiteRTModel
 from shared.catalog import Catalog
-from shared.events import STORED_EVENTS_PER_USER, EventKind
+from shared.events import REMEMBERED_PURCHASES_PER_USER, RETENTION_DAYS, STORED_EVENTS_PER_USER, EventKind
 from shared.recommendation import Exclude, Scores, recommend
 
 
@@ -42,21 +44,50 @@ class ServedModel:
         return Scores(out["item_indices"][0], out["scores"][0], None if contributions is None else contributions[0])
 
 
-def stored_histories(train: EventTable, rows_per_user: Iterable[np.ndarray], history_length: int,
-                     stored: int = STORED_EVENTS_PER_USER) -> list[list[HistoryEvent]]:
-    """Each shopper's history as the agent hands it to :func:`recommend`, oldest first: the last
-    ``stored`` events (what an agent keeps by default), or the model's history length if longer."""
-    cap = max(history_length, stored)
-    return [[HistoryEvent(train.item_ids[train.item[r]], KINDS_BY_CODE[int(train.kind[r])]) for r in rows[-cap:]]
+@dataclass
+class StoredShopper:
+    """What an agent holds of a shopper: the kept events (oldest first) and the purchase memory."""
+
+    history: list[HistoryEvent]
+    bought: set[str]
+
+
+def kept_rows(train: EventTable, rows: np.ndarray, now: float, stored: int = STORED_EVENTS_PER_USER,
+              retention_days: float = RETENTION_DAYS) -> np.ndarray:
+    """Of a shopper's events (``rows``, in time order), the ones an agent still holds at ``now``:
+    the last ``stored`` within the retention age."""
+    return rows[train.timestamp[rows] >= now - retention_days * 86400.0][-stored:]
+
+
+def remembered_purchases(train: EventTable, rows: np.ndarray, now: float,
+                         remembered: int = REMEMBERED_PURCHASES_PER_USER,
+                         retention_days: float = RETENTION_DAYS) -> np.ndarray:
+    """The agent's purchase memory of a shopper at ``now``: the ``remembered`` items they bought
+    last within the retention age (item indices)."""
+    purchase = KIND_CODES[EventKind.PURCHASE]
+    rows = rows[(train.timestamp[rows] >= now - retention_days * 86400.0) & (train.kind[rows] == purchase)]
+    last_bought = {int(train.item[r]): n for n, r in enumerate(rows.tolist())}
+    return np.asarray(sorted(last_bought, key=last_bought.__getitem__)[len(last_bought) - remembered:]
+                      if remembered else [], dtype=np.int64)
+
+
+def stored_shoppers(train: EventTable, rows_per_user: Iterable[np.ndarray], now: float) -> list[StoredShopper]:
+    """Each shopper as an agent with default settings holds them at time ``now`` (``rows``: their
+    events in time order): :func:`kept_rows` as the history :func:`recommend` gets, and
+    :func:`remembered_purchases`."""
+    return [StoredShopper([HistoryEvent(train.item_ids[train.item[r]], KINDS_BY_CODE[int(train.kind[r])])
+                           for r in kept_rows(train, rows, now)],
+                          {train.item_ids[i] for i in remembered_purchases(train, rows, now)})
             for rows in rows_per_user]
 
 
-def served_rankings(model: ServedModel, histories: Sequence[Sequence[HistoryEvent]], k: int,
+def served_rankings(model: ServedModel, shoppers: Sequence[StoredShopper], k: int,
                     exclude: Exclude = Exclude.NONE, category: str | None = None) -> np.ndarray:
     """int [shoppers, k]: the catalogue indices each shopper is served, best first (-1 where the
     list is shorter than ``k``)."""
-    ranked = np.full((len(histories), k), -1, dtype=np.int64)
-    for row, history in enumerate(histories):
-        served = [model.item_index[r.item.id] for r in recommend(model, history, k, exclude, category).items]
+    ranked = np.full((len(shoppers), k), -1, dtype=np.int64)
+    for row, shopper in enumerate(shoppers):
+        answer = recommend(model, shopper.history, k, exclude, category, shopper.bought)
+        served = [model.item_index[r.item.id] for r in answer.items]
         ranked[row, : len(served)] = served
     return ranked

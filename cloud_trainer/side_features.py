@@ -21,7 +21,7 @@ Ridge predictions are shrunk towards the average item, so a predicted item vecto
 ``vector_scale`` before use: unscaled, a new item scored below the trained items it resembles and
 never reached a top 100. The defaults (``l2`` 3, ``vector_scale`` 5) were chosen on the validation
 month cut from the training period, as the pair with the best Recall@20 over every item bought
-(new and trained), ties broken towards more new items found (README "Cold-start items").
+(new and trained), ties broken towards more new items found (docs/evaluation.md, "Cold-start items").
 
 The trainer calls :func:`extend_with_cold_items` after fitting, whatever the model kind.
 """

@@ -10,8 +10,9 @@ wins), a fashion or media shop's rarely do (it loses), and how fast taste moves 
 - **What is scored.** For every shopper with a purchase before the window and one in it: the top
   20 over the whole catalogue (trained items, and the new items known from side features) as the
   agent serves it, from the last ``history_length`` events. Mode all: everything bought in the
-  window; mode new: what they never bought before, with what the events an agent keeps show they
-  bought excluded (``exclude=purchased``). The objective is the mean of the two Recall@20s.
+  window; mode new: what they never bought before, with what the agent knows they bought (its
+  kept events and purchase memory, :mod:`cloud_trainer.served`) excluded (``exclude=purchased``).
+  The objective is the mean of the two Recall@20s.
 - **Search.** Coordinate ascent over :data:`SEARCH_SPACE`: from the current best, each setting in
   turn is tried at each of its values with the others held, keeping any that scores higher;
   rounds repeat until one changes nothing or the time budget is spent. Fits are cached, so a
@@ -35,9 +36,10 @@ from cloud_trainer import evaluation
 from cloud_trainer.events_io import KIND_CODES, EventTable
 from cloud_trainer.factorized import FactorizedSettings, assemble, item_factors
 from cloud_trainer.model import ModelWeights
+from cloud_trainer.served import kept_rows, remembered_purchases
 from cloud_trainer.side_features import SideFeatureSettings, catalogue_items, extend_with_cold_items
 from shared.catalog import CatalogItem
-from shared.events import STORED_EVENTS_PER_USER, EventKind
+from shared.events import EventKind
 
 log = logging.getLogger(__name__)
 
@@ -113,29 +115,28 @@ def validation_window(table: EventTable, metadata: dict[str, CatalogItem], share
 
 
 def serve_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[np.ndarray], history_length: int,
-                exclude: str | None, k: int = K, batch: int = 1024) -> np.ndarray:
+                excluded: Sequence[np.ndarray] | None, k: int = K, batch: int = 1024) -> np.ndarray:
     """[shoppers, k] catalogue indices, as the agent ranks them (float): the distinct items of the
-    last ``history_length`` events pooled once each, plus ``repeat_weight`` x their counts, and
-    with ``exclude`` (a target of :data:`cloud_trainer.evaluation.TARGETS`) the items bought
-    within the events an agent keeps left out. Every history holds at least one event."""
+    last ``history_length`` events (``histories``: rows as the agent holds them) pooled once each,
+    plus ``repeat_weight`` x their counts, without the ``excluded`` items."""
     n = weights.num_items
     out = np.empty((len(histories), min(k, n)), dtype=np.int64)
     for first in range(0, len(histories), batch):
         chunk = [rows[-history_length:] for rows in histories[first : first + batch]]
-        stored = [rows[-max(history_length, STORED_EVENTS_PER_USER):] for rows in histories[first : first + batch]]
         owner = np.repeat(np.arange(len(chunk)), [len(rows) for rows in chunk])
         rows = np.concatenate(chunk)
         pairs, counts = np.unique(owner * n + train.item[rows], return_counts=True)
         user, item = pairs // n, pairs % n
         starts = np.searchsorted(user, np.arange(len(chunk)))
-        pooled = np.add.reduceat(weights.history_embedding[item].astype(np.float64), starts, axis=0)
+        held = np.bincount(user, minlength=len(chunk)) > 0  # an agent holding nothing pools nothing
+        pooled = np.zeros((len(chunk), weights.history_embedding.shape[1]))
+        if held.any():
+            pooled[held] = np.add.reduceat(weights.history_embedding[item].astype(np.float64), starts[held], axis=0)
         scores = pooled @ weights.item_vectors + weights.item_bias
         scores[user, item] += weights.repeat_weight * counts
-        if exclude is not None:
-            kept = np.concatenate(stored)
-            bought = evaluation.is_target(train.kind[kept], exclude)
-            keeper = np.repeat(np.arange(len(stored)), [len(rows) for rows in stored])
-            scores[keeper[bought], train.item[kept][bought]] = -np.inf
+        if excluded is not None:
+            banned = excluded[first : first + len(chunk)]
+            scores[np.repeat(np.arange(len(banned)), [len(b) for b in banned]), np.concatenate(banned)] = -np.inf
         out[first : first + len(chunk)] = evaluation.top_k(scores, min(k, n))
     return out
 
@@ -187,6 +188,13 @@ class _Scorer:
                              .tolist()) for rows in data.history]
         self.targets = {"all": data.all_targets, "new": [t - b for t, b in zip(data.all_targets, bought_before,
                                                                                  strict=True)]}
+        # what the agent holds at the window's start, and what mode new's exclusion leaves out
+        self.kept = [kept_rows(data.train, rows, validation.start) for rows in data.history]
+        seen = validation.target == "any"
+        self.excluded = [np.union1d(data.train.item[kept[evaluation.is_target(data.train.kind[kept], "any" if seen
+                                                                               else "purchase")]],
+                                    remembered_purchases(data.train, rows, validation.start))
+                         for kept, rows in zip(self.kept, data.history, strict=True)]
 
     def weights(self, c: Candidate) -> ModelWeights:
         key = (c.l2, c.rank, c.view_weight, c.cart_weight)
@@ -208,8 +216,8 @@ class _Scorer:
         weights = self.weights(c)
         recall = {}
         for mode in ("all", "new"):
-            ranked = serve_top_k(weights, self.v.train, self.v.data.history, c.history_length,
-                                 self.v.target if mode == "new" else None)
+            ranked = serve_top_k(weights, self.v.train, self.kept, c.history_length,
+                                 self.excluded if mode == "new" else None)
             recall[mode] = evaluation.recall_ndcg(ranked, self.targets[mode])[f"recall@{K}"]
         return Trial(c, recall["all"], recall["new"], time.monotonic() - started)
 

@@ -36,7 +36,7 @@ if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
     update-binfmts --enable qemu-aarch64 >&2 || update-binfmts --import qemu-aarch64 >&2
 fi
 
-# What a Raspberry Pi OS Lite image has that the README's steps rely on (systemd for the unit's folder).
+# What a Raspberry Pi OS Lite image has that docs/install.md's steps rely on (systemd for the unit's folder).
 PACKAGES="python3 python3-venv python3-pip ca-certificates sudo systemd"
 
 apt_install() {  # apt_install ROOT PACKAGES...: in the chroot, with /proc mounted

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.bundle import MODEL_VARIANTS
-from shared.events import STORED_EVENTS_PER_USER
+from shared.events import REMEMBERED_PURCHASES_PER_USER, RETENTION_DAYS, STORED_EVENTS_PER_USER
 from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE, check_name, check_prefix, parse_broker_url
 
 
@@ -70,7 +70,10 @@ class HistorySection:
     master_key_file: str = _opt("", "Device master key file (0600); default <data_dir>/master.key.")
     max_events_per_user: int = _opt(STORED_EVENTS_PER_USER, "Events kept per shopper; older ones are deleted.",
                                     lo=1, hi=100_000)
-    max_age_days: int = _opt(365, "Events older than this are deleted.", lo=1, hi=3650)
+    max_purchases_per_user: int = _opt(
+        REMEMBERED_PURCHASES_PER_USER, "Distinct bought items remembered per shopper for exclude=purchased, "
+        "also past max_events_per_user (the most recently bought).", lo=0, hi=100_000)
+    max_age_days: int = _opt(RETENTION_DAYS, "Events older than this are deleted.", lo=1, hi=3650)
     sweep_interval_s: int = _opt(3600, "How often expired events are removed.", lo=10, hi=86_400)
     cache_users: int = _opt(
         1000, "Recent histories kept decrypted in memory (most recent users; 0 = none).", lo=0, hi=1_000_000

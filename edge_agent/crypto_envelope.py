@@ -65,7 +65,8 @@ def user_ref(lookup_secret: bytes, user_id: str) -> bytes:
     return hmac.new(lookup_secret, user_id.encode("utf-8"), hashlib.sha256).digest()
 
 
-_SEQ = struct.Struct(">Q")
+#: Signed: records are 0 and up, a user's purchase memory is -1 (the same bytes as unsigned for >= 0).
+_SEQ = struct.Struct(">q")
 
 
 def _record_aad(ref: bytes, seq: int) -> bytes:

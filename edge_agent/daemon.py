@@ -66,6 +66,7 @@ class Agent:
             data_dir,
             key_loader(data_dir, key_path),
             max_events_per_user=config.history.max_events_per_user,
+            max_purchases_per_user=config.history.max_purchases_per_user,
             max_age_days=config.history.max_age_days,
             cache_users=config.history.cache_users,
         )

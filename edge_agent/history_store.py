@@ -6,6 +6,11 @@ found by keyed hash, each record (item id, event kind, timestamp) is AES-GCM sea
 user's data key with associated data binding it to the user and its position. A write returns
 only after SQLite has synced it (WAL, ``synchronous=FULL``): an acknowledged event survives kill -9
 and power loss. Retention: at most ``max_events_per_user`` per user, none older than ``max_age``.
+
+Beside the events, each shopper's **purchase memory**: the distinct items they bought (at most
+``max_purchases_per_user``, the most recently bought) with when, sealed as one record under the
+same key (position :data:`PURCHASES_SEQ`), so ``exclude=purchased`` still knows what was bought
+long after those events left the event cap. It follows the same retention age and erasure.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ _KINDS = list(EventKind)
 _KIND_CODES = {kind: n for n, kind in enumerate(_KINDS)}
 _RECORD = struct.Struct(">dB")  # timestamp, kind; the item id's UTF-8 bytes follow
 _RECORD_SIZE = _RECORD.size
+_PURCHASE = struct.Struct(">dH")  # when last bought, the item id's length; its UTF-8 bytes follow
+#: The purchase memory's position in the associated data: event positions are 0 and up.
+PURCHASES_SEQ = -1
 
 
 class StoreError(RuntimeError):
@@ -61,6 +69,26 @@ def _decode(plain: bytes) -> StoredEvent:
     return StoredEvent(plain[_RECORD_SIZE:].decode("utf-8"), _KINDS[kind], timestamp)
 
 
+def _encode_purchases(bought: dict[str, float]) -> bytes:
+    parts = []
+    for item_id, when in bought.items():
+        raw = item_id.encode("utf-8")
+        parts.append(_PURCHASE.pack(when, len(raw)) + raw)
+    return b"".join(parts)
+
+
+def _decode_purchases(plain: bytes) -> dict[str, float]:
+    """item id -> when it was last bought, least recent first."""
+    bought: dict[str, float] = {}
+    at = 0
+    while at < len(plain):
+        when, size = _PURCHASE.unpack_from(plain, at)
+        at += _PURCHASE.size
+        bought[plain[at : at + size].decode("utf-8")] = when
+        at += size
+    return bought
+
+
 def _storage_error(e: sqlite3.Error, what: str) -> StoreError:
     text = str(e)
     if "full" in text:
@@ -81,11 +109,14 @@ class HistoryStore:
         load_keys: Callable[[], list[bytes]],
         *,
         max_events_per_user: int = 200,
+        max_purchases_per_user: int = 1000,
         max_age_days: float = 365,
         cache_users: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._cap = max_events_per_user
+        self._purchase_cap = max_purchases_per_user
+        self._purchase_cache: OrderedDict[bytes, dict[str, float]] = OrderedDict()  # like _cache
         # Decrypted recent events of the users served last: ref -> (rows read, events oldest first).
         # A write drops that user's entry, so a new event shows in the very next read.
         self._cache: OrderedDict[bytes, tuple[int, list[StoredEvent]]] = OrderedDict()
@@ -102,6 +133,9 @@ class HistoryStore:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS events (ref BLOB NOT NULL, seq INTEGER NOT NULL,"
                 " sealed BLOB NOT NULL, PRIMARY KEY (ref, seq)) WITHOUT ROWID"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS bought_items (ref BLOB PRIMARY KEY, sealed BLOB NOT NULL) WITHOUT ROWID"
             )
         except sqlite3.Error as e:
             raise _storage_error(e, f"open the history store in {folder}") from None
@@ -135,6 +169,7 @@ class HistoryStore:
                             rows.append((ref, seq, seal_record(cipher, ref, seq, _encode(event))))
                         self._db.executemany("INSERT INTO events VALUES (?, ?, ?)", rows)
                         self._db.execute("DELETE FROM events WHERE ref=? AND seq<=?", (ref, seq - self._cap))
+                        self._remember_purchases(ref, cipher, user_events)
                         count += len(rows)
                     self._db.execute("COMMIT")
                 except BaseException:
@@ -149,14 +184,65 @@ class HistoryStore:
         except sqlite3.Error as e:
             raise _storage_error(e, "store events") from None
 
+    def _remember_purchases(self, ref: bytes, cipher: AESGCM, events: list[Event]) -> None:
+        """Add ``events``' purchases to the user's purchase memory (in the caller's transaction)."""
+        new = sorted((e.timestamp, e.item_id) for e in events if e.kind is EventKind.PURCHASE)
+        if not new:
+            return
+        row = self._db.execute("SELECT sealed FROM bought_items WHERE ref=?", (ref,)).fetchone()
+        try:
+            bought = {} if row is None else _decode_purchases(open_record(cipher, ref, PURCHASES_SEQ, row[0]))
+        except TamperedRecord:  # the events matter more: keep them, start the memory again
+            log.error("a purchase memory failed authentication; it starts again from these purchases")
+            bought = {}
+        for when, item_id in new:
+            if when >= bought.get(item_id, when):
+                bought.pop(item_id, None)  # re-inserted: the order stays least recently bought first
+                bought[item_id] = when
+        kept = dict(sorted(bought.items(), key=lambda entry: entry[1])[-self._purchase_cap :])
+        self._db.execute("INSERT OR REPLACE INTO bought_items VALUES (?, ?)",
+                         (ref, seal_record(cipher, ref, PURCHASES_SEQ, _encode_purchases(kept))))
+
+    def purchased(self, user_id: str) -> set[str]:
+        """The items the user bought within the retention age (at most ``max_purchases_per_user``,
+        the most recently bought), whether or not those events are still among the kept ones."""
+        ref = self._ref(user_id)
+        oldest = self._clock() - self._max_age
+        try:
+            with self._lock:
+                cached = self._purchase_cache.get(ref)
+                if cached is not None:
+                    self._purchase_cache.move_to_end(ref)
+                    return {item for item, when in cached.items() if when >= oldest}
+            key = self.keyring.data_key(ref, create=False)
+            if key is None:
+                return set()
+            with self._lock:
+                row = self._db.execute("SELECT sealed FROM bought_items WHERE ref=?", (ref,)).fetchone()
+                changes = self._changes
+            bought = {} if row is None else _decode_purchases(open_record(AESGCM(key), ref, PURCHASES_SEQ, row[0]))
+        except KeyringError as e:
+            raise StoreError(f"cannot read a purchase memory: {e}") from None
+        except sqlite3.Error as e:
+            raise _storage_error(e, "read a purchase memory") from None
+        if self._cache_users:
+            with self._lock:
+                if changes == self._changes:
+                    self._purchase_cache[ref] = bought
+                    if len(self._purchase_cache) > self._cache_users:
+                        self._purchase_cache.popitem(last=False)
+        return {item for item, when in bought.items() if when >= oldest}
+
     def _forget(self, refs: Iterable[bytes] | None = None) -> None:
         """Drop cached reads (of ``refs``, or all); the caller holds the lock."""
         self._changes += 1
         if refs is None:
             self._cache.clear()
+            self._purchase_cache.clear()
         else:
             for ref in refs:
                 self._cache.pop(ref, None)
+                self._purchase_cache.pop(ref, None)
 
     def recent(self, user_id: str, limit: int) -> list[StoredEvent]:
         """The user's last ``limit`` events within the retention age, oldest first."""
@@ -207,6 +293,7 @@ class HistoryStore:
             self._forget([ref])
             try:
                 existed = self._db.execute("DELETE FROM events WHERE ref=?", (ref,)).rowcount > 0 or existed
+                self._db.execute("DELETE FROM bought_items WHERE ref=?", (ref,))
                 self._reclaim()
             except sqlite3.Error as e:
                 log.error("an erased user's key is destroyed, but their unreadable records could not be deleted "
@@ -219,7 +306,8 @@ class HistoryStore:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def sweep(self) -> int:
-        """Delete records past the maximum age and records whose key is gone; returns how many."""
+        """Delete records past the maximum age and records whose key is gone; returns how many
+        event records went. Purchase memories forget what is past the age, or go with their key."""
         oldest = self._clock() - self._max_age
         live = self.keyring.refs()
         with self._lock:
@@ -242,10 +330,35 @@ class HistoryStore:
                             log.error("a history record failed authentication during the retention sweep")
                 self._db.executemany("DELETE FROM events WHERE ref=? AND seq=?", [(ref, s) for s in doomed])
                 removed += len(doomed)
+        self._sweep_purchases(oldest, live)
         with self._lock:
             self._forget()
             self._reclaim()
         return removed
+
+    def _sweep_purchases(self, oldest: float, live: set[bytes]) -> None:
+        """Forget purchases past the maximum age, and purchase memories whose key is gone."""
+        with self._lock:
+            refs = [bytes(r[0]) for r in self._db.execute("SELECT ref FROM bought_items")]
+        for ref in refs:
+            key = self.keyring.data_key(ref, create=False) if ref in live else None
+            with self._lock:
+                row = self._db.execute("SELECT sealed FROM bought_items WHERE ref=?", (ref,)).fetchone()
+                if row is None:
+                    continue
+                try:
+                    bought = {} if key is None else _decode_purchases(
+                        open_record(AESGCM(key), ref, PURCHASES_SEQ, row[0]))
+                except TamperedRecord:
+                    log.error("a purchase memory failed authentication during the retention sweep")
+                    continue
+                kept = {item: when for item, when in bought.items() if when >= oldest}
+                if not kept:
+                    self._db.execute("DELETE FROM bought_items WHERE ref=?", (ref,))
+                elif len(kept) < len(bought):
+                    assert key is not None
+                    self._db.execute("UPDATE bought_items SET sealed=? WHERE ref=?", (
+                        seal_record(AESGCM(key), ref, PURCHASES_SEQ, _encode_purchases(kept)), ref))
 
     def size_bytes(self) -> int:
         """Bytes on disk of the history and keyring databases, write-ahead logs included."""

@@ -142,7 +142,7 @@ def create_app(services: Services) -> Flask:
 
     @app.errorhandler(TamperedRecord)
     def tampered(e: TamperedRecord) -> Any:
-        log.error("a user's history failed authentication; see the threat model in the README")
+        log.error("a user's history failed authentication; see the threat model in docs/security.md")
         return _error(500, "history_corrupt", "this user's stored history failed its integrity check")
 
     @app.errorhandler(HTTPException)
@@ -266,9 +266,11 @@ def create_app(services: Services) -> Flask:
         model = services.active.current  # one reference: a swap mid-request does not affect us
         if model is None:
             raise ApiError(503, "no_model", "no model installed yet; retry later")
-        # the model reads the last history_length events; exclusions see all that is kept
+        # the model reads the last history_length events; exclusions see all that is kept, and the
+        # purchase memory (bought items, also those whose events the event cap has dropped)
         history = services.history.recent(user_id, max(model.history_length, services.max_history))
-        result = recommend(model, history, k, exclude, category)
+        bought = services.history.purchased(user_id) if exclude is not Exclude.NONE else ()
+        result = recommend(model, history, k, exclude, category, bought)
         metrics.count_recommendation(result.fallback)
         if result.model_failed:
             metrics.model_errors.inc()

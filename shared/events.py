@@ -33,6 +33,12 @@ RECENCY_DECAY = 0.97
 #: Events an agent keeps per shopper unless configured otherwise (``history.max_events_per_user``):
 #: what ``exclude`` sees, and what the trainer's evaluation and tuning assume an agent knows.
 STORED_EVENTS_PER_USER = 200
+#: Distinct bought items an agent remembers per shopper unless configured otherwise
+#: (``history.max_purchases_per_user``): ``exclude=purchased`` leaves them out even after their
+#: events have left the event cap.
+REMEMBERED_PURCHASES_PER_USER = 1000
+#: Days an agent keeps events and purchases unless configured otherwise (``history.max_age_days``).
+RETENTION_DAYS = 365
 
 #: Bounds on identifiers accepted anywhere (files, REST, MQTT): printable, no control characters.
 MAX_ID_LENGTH = 128

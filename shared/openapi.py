@@ -241,7 +241,7 @@ _PATHS: dict[str, Any] = {
                 {"name": "exclude", "in": "query", "required": False,
                  "schema": {"type": "string", "enum": ["none", "purchased", "seen"], "default": "none"}},
                 {"name": "category", "in": "query", "required": False, "schema": _ID,
-                 "description": "Only items of this category (case-insensitive)."},
+                 "description": "Only items of this category (case-insensitive); the model ranks all of them."},
             ],
             "responses": {
                 "200": _ok("Recommendations"),

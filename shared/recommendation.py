@@ -12,7 +12,7 @@ than ``k`` allowed items are left above the lowest score of all (or the model fa
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, Protocol
@@ -92,12 +92,14 @@ class ScoringFailed(RuntimeError):
     """Raised by a scorer whose model answered garbage: the shopper gets the popularity fallback."""
 
 
-def _excluded(known: Sequence[tuple[int, EventKind]], exclude: Exclude) -> list[int]:
+def _excluded(known: Sequence[tuple[int, EventKind]], exclude: Exclude, bought: Iterable[str],
+              index_of: Mapping[str, int]) -> list[int]:
+    if exclude is Exclude.NONE:
+        return []
+    remembered = [index_of[item] for item in bought if item in index_of]
     if exclude is Exclude.SEEN:
-        return [index for index, _ in known]
-    if exclude is Exclude.PURCHASED:
-        return [index for index, kind in known if kind is EventKind.PURCHASE]
-    return []
+        return [index for index, _ in known] + remembered
+    return [index for index, kind in known if kind is EventKind.PURCHASE] + remembered
 
 
 def allowed_items(catalog: Catalog, banned: Sequence[int], category: str | None) -> np.ndarray | None:
@@ -141,11 +143,14 @@ def recommend(
     k: int,
     exclude: Exclude = Exclude.NONE,
     category: str | None = None,
+    bought: Iterable[str] = (),
 ) -> RecommendationResult:
     """Top ``k`` items for a shopper; popular items when no history item is known to the model.
 
     ``history`` is what the agent keeps of the shopper, oldest first: all of it says what
     ``exclude`` removes, and its last ``scorer.history_length`` events are the model's input.
+    ``bought`` (the agent's purchase memory) names items bought earlier than the kept events
+    show: ``exclude`` purchased and seen leave them out too.
     Items in the history that the model does not know (new or retired items) are ignored. With a
     ``category``, only items of that category (compared case-insensitively) are returned. The
     model ranks the whole catalogue under these filters; popular items that pass them fill the
@@ -154,7 +159,7 @@ def recommend(
     index_of = scorer.item_index
     known = [(index_of[e.item_id], e.kind) for e in history if e.item_id in index_of]
     catalog = scorer.catalog
-    allowed = allowed_items(catalog, _excluded(known, exclude), category)
+    allowed = allowed_items(catalog, _excluded(known, exclude, bought, index_of), category)
     chosen: list[Recommendation] = []
     taken: set[int] = set()
     failed = False

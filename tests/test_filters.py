@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from cloud_trainer.events_io import KIND_CODES, EventTable, read_events
-from cloud_trainer.served import HistoryEvent, stored_histories
+from cloud_trainer.served import HistoryEvent, stored_shoppers
 from edge_agent.loaded_model import LoadedModel
 from harness import manifest_of
 from shared.bundle import CATALOG_FILE, MODEL_FILE
@@ -40,7 +40,8 @@ def _agent_model(bundle: Path) -> LoadedModel:
 def _histories(table: EventTable, users: np.ndarray) -> list[list[HistoryEvent]]:
     order = np.lexsort((table.timestamp, table.user))
     bounds = np.searchsorted(table.user[order], np.arange(len(table.user_ids) + 1))
-    return stored_histories(table, [order[bounds[u] : bounds[u + 1]] for u in users], 200)
+    rows = [order[bounds[u] : bounds[u + 1]] for u in users]
+    return [shopper.history for shopper in stored_shoppers(table, rows, now=float(table.timestamp.max()))]
 
 
 def _full_ranking(run: Path, histories: list[list[HistoryEvent]], index: dict[str, int],

@@ -283,3 +283,37 @@ def test_cached_reads_see_every_write_erasure_and_expiry_at_once(tmp_path: Path)
     now[0] = NOW
     assert store.delete_user(USER)
     assert store.recent(USER, 3) == []
+
+
+@pytest.mark.parametrize("cache_users", [0, 10])
+def test_the_purchase_memory_outlives_the_event_cap_and_follows_age_and_erasure(tmp_path: Path,
+                                                                              cache_users: int) -> None:
+    key = os.urandom(32)
+    store = _open(tmp_path, key, max_events_per_user=3, max_purchases_per_user=4, cache_users=cache_users)
+    store.append(_events(n=6, start=NOW - 100))  # purchases of items 0..5
+    store.append([parse_event(USER, f"{ITEM}-9", "view", NOW - 50)])
+    assert [e.item_id for e in store.recent(USER, 10)] == [f"{ITEM}-{i}" for i in (4, 5, 9)]
+    # the 4 items bought last are remembered, though only two of those events are still kept
+    assert store.purchased(USER) == {f"{ITEM}-{i}" for i in (2, 3, 4, 5)}
+    store.append([parse_event(USER, f"{ITEM}-2", "purchase", NOW - 40)])  # bought again: now the latest
+    store.append([parse_event(USER, f"{ITEM}-7", "purchase", NOW - 30)])
+    assert store.purchased(USER) == {f"{ITEM}-{i}" for i in (2, 4, 5, 7)}
+    assert store.purchased("nobody") == set()
+    for needle in (ITEM, USER):
+        assert needle.encode() not in _all_bytes(tmp_path)
+    # past the retention age a purchase is forgotten: hidden at once, removed by the sweep
+    store.close()
+    aged = HistoryStore(tmp_path, lambda: [key], clock=lambda: NOW + 365 * 86400 - 60, max_events_per_user=3,
+                        max_purchases_per_user=4, cache_users=cache_users)
+    assert aged.purchased(USER) == {f"{ITEM}-{i}" for i in (2, 7)}
+    aged.sweep()
+    aged.close()
+    again = _open(tmp_path, key, max_purchases_per_user=4)  # at NOW again: the swept ones are gone from disk
+    assert again.purchased(USER) == {f"{ITEM}-{i}" for i in (2, 7)}
+    assert again.delete_user(USER) and again.purchased(USER) == set()
+    again.append(_events("another"))
+    again.keyring.destroy(again._ref("another"))  # an erasure cut short: the sweep removes the memory
+    again.sweep()
+    again.close()
+    with sqlite3.connect(tmp_path / HISTORY_FILE) as db:
+        assert db.execute("SELECT count(*) FROM bought_items").fetchone() == (0,)

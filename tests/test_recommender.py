@@ -135,3 +135,13 @@ def test_a_model_explaining_only_its_most_recent_positions() -> None:
 def test_no_explanations_without_contributions() -> None:
     result = recommend(FixedScorer(), [Ev("a", EventKind.VIEW)], 2)
     assert all(r.because is None for r in result.items)
+
+
+def test_the_purchase_memory_is_excluded_too() -> None:
+    """Items bought before the kept events (the agent's purchase memory) are left out as well."""
+    scorer = MaskingScorer()
+    history = [Ev("a", EventKind.VIEW)]
+    assert [r.item.id for r in recommend(scorer, history, 2, Exclude.PURCHASED, bought={"b", "zzz"}).items] == [
+        "a", "c"]
+    assert [r.item.id for r in recommend(scorer, history, 2, Exclude.SEEN, bought={"b"}).items] == ["c", "d"]
+    assert [r.item.id for r in recommend(scorer, history, 2, bought={"b"}).items] == ["a", "b"]  # no exclusion

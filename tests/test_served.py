@@ -10,8 +10,8 @@ import numpy as np
 
 from cloud_trainer import evaluation
 from cloud_trainer.evaluate_run import EXCLUDE_FOR
-from cloud_trainer.events_io import read_events
-from cloud_trainer.served import ServedModel, served_rankings, stored_histories
+from cloud_trainer.events_io import KINDS_BY_CODE, read_events
+from cloud_trainer.served import ServedModel, served_rankings, stored_shoppers
 from devtools.processes import AgentProcess
 from harness import get_json, manifest_of, post_events
 from shared.bundle import CATALOG_FILE, MODEL_FILE
@@ -30,17 +30,24 @@ def test_in_process_evaluation_agrees_with_the_rest_api(prepared: Path, int8_bun
     catalog = parse_catalog((int8_bundle / CATALOG_FILE).read_bytes(), manifest.model.num_items)
     model = ServedModel((int8_bundle / MODEL_FILE).read_bytes(), catalog, manifest.model.history_length,
                         manifest.version)
-    picked = np.random.default_rng(5).choice(len(data.users), SHOPPERS, replace=False)
+    sizes = np.asarray([len(rows) for rows in data.history])
+    heaviest = np.argsort(-sizes, kind="stable")[:10]  # more events than the agent keeps
+    others = np.setdiff1d(np.arange(len(data.users)), heaviest)
+    picked = np.concatenate([heaviest, np.random.default_rng(5).choice(others, SHOPPERS - 10, replace=False)])
     users = [data.users[n] for n in picked]
-    histories = stored_histories(data.train, [data.history[n] for n in picked], model.history_length)
-    assert sum(len(h) for h in histories) > 10 * SHOPPERS
-    now = time.time()  # replayed as recent events, in their order (the real ones are past retention)
-    for user, history in zip(users, histories, strict=True):
-        events = [{"user_id": user, "item_id": e.item_id, "event": e.kind.value, "timestamp": now - len(history) + n}
-                  for n, e in enumerate(history)]
-        assert post_events(agent_with_model, events)[0] == 200
+    rows = [data.history[n] for n in picked]
+    shoppers = stored_shoppers(data.train, rows, now=evaluation.cut_time("2010-12-20"))
+    # some hold more events than the agent keeps: their purchase memory then matters
+    assert sum(len(r) > 200 for r in rows) >= 3 and sum(len(s.history) for s in shoppers) > 10 * SHOPPERS
+    now = time.time()  # every event replayed as recent, in its order (the real ones are past retention)
+    for user, user_rows in zip(users, rows, strict=True):
+        events = [{"user_id": user, "item_id": data.train.item_ids[data.train.item[r]],
+                   "event": KINDS_BY_CODE[data.train.kind[r]].value, "timestamp": now - len(user_rows) + n}
+                  for n, r in enumerate(user_rows.tolist())]
+        for first in range(0, len(events), 500):
+            assert post_events(agent_with_model, events[first : first + 500])[0] == 200
     for exclude in (Exclude.NONE, EXCLUDE_FOR["purchase"]):  # modes all and new
-        ranked = served_rankings(model, histories, K, exclude)
+        ranked = served_rankings(model, shoppers, K, exclude)
         for user, row in zip(users, ranked, strict=True):
             query = f"/v1/recommendations?user_id={quote(user)}&k={K}&exclude={exclude.value}"
             status, answer = get_json(agent_with_model, query)

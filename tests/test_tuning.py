@@ -72,28 +72,26 @@ def test_the_repeat_term_is_chosen_where_shoppers_come_back_to_items_and_dropped
 
 
 def test_the_validation_ranking_is_the_served_one(synthetic_shop: tuple[Path, Path]) -> None:
-    """The tuner's fast float scoring ranks as the Keras model of the same weights does, with the
-    agent's exclusion of purchased items."""
-    from cloud_trainer.evaluate_run import model_histories
-    from cloud_trainer.evaluation import cut_time, top_k, train_period
-    from cloud_trainer.events_io import KIND_CODES, read_items
-    from cloud_trainer.model import model_from_weights
-    from shared.events import EventKind
+    """The tuner's fast float scoring ranks as the agent's recommendation path does with the same
+    weights (a float32 export in LiteRT): the same holdings, exclusions and new items."""
+    from cloud_trainer.evaluation import cut_time, train_period
+    from cloud_trainer.events_io import read_items
+    from cloud_trainer.export import to_tflite
+    from cloud_trainer.served import ServedModel, served_rankings, stored_shoppers
+    from shared.catalog import Catalog
+    from shared.recommendation import Exclude
 
     events, items = synthetic_shop
-
     table = train_period(read_events(events), cut_time(TEST_FROM))
     validation = tuning.validation_window(table, read_items(items)[0], 0.1)
-    candidate = tuning.Candidate(rank=32, history_length=50, repeat_weight=0.3)
-    weights = tuning._Scorer(validation, 7).weights(candidate)
+    scorer = tuning._Scorer(validation, 7)
+    weights = scorer.weights(tuning.Candidate(rank=32, history_length=50, repeat_weight=0.3))
     assert weights.num_items == len(validation.known) + len(validation.new) > len(validation.known)
-    histories = validation.data.history[:300]
-    fast = tuning.serve_top_k(weights, validation.train, histories, 50, exclude="purchase")
-    keras_scores = model_from_weights(weights, 50).predict(list(model_histories(validation.train, histories, 50)),
-                                                           verbose=0)
-    purchase = KIND_CODES[EventKind.PURCHASE]
-    bought = [set(validation.train.item[r[-200:]][validation.train.kind[r[-200:]] == purchase].tolist())
-              for r in histories]
-    reference = top_k(keras_scores, tuning.K, bought)
-    agree = np.mean([len(set(a) & set(b)) / tuning.K for a, b in zip(fast, reference, strict=True)])
+    n = 300
+    fast = tuning.serve_top_k(weights, validation.train, scorer.kept[:n], 50, scorer.excluded[:n])
+    model_bytes = to_tflite(weights, 50, 100, "float32", (np.zeros((1, 50), np.int32), np.zeros((1, 50), np.float32)))
+    catalog = Catalog(items=(*validation.known, *validation.new), popular=tuple(range(20)))
+    shoppers = stored_shoppers(validation.train, validation.data.history[:n], now=validation.start)
+    served = served_rankings(ServedModel(model_bytes, catalog, 50), shoppers, tuning.K, Exclude.PURCHASED)
+    agree = np.mean([len(set(a) & set(b)) / tuning.K for a, b in zip(fast, served, strict=True)])
     assert agree > 0.99, agree

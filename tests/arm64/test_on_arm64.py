@@ -4,7 +4,7 @@ Run by ``make test-arm64`` (never by ``make test``), which builds the root file 
 (``devtools/arm64_rootfs.sh``, cached under ~/.cache) and points EDGE_REC_ARM64_ROOTFS at it.
 Each run works on a fresh copy of it and, inside:
 
-1. installs the agent by running the shell block of the README's Raspberry Pi section as written
+1. installs the agent by running the shell block of docs/install.md's Raspberry Pi section as written
    (the edge extra only, no TensorFlow), except what needs a running systemd, which a chroot
    does not have: the unit's ExecStart is run instead, as its user, with its credential;
 2. runs the agent's own tests that need no TensorFlow;
@@ -95,8 +95,8 @@ class Pi:
 
 
 def readme_install_block() -> str:
-    """The shell block of the README's Raspberry Pi section."""
-    text = (ROOT / "README.md").read_text()
+    """The shell block of the install guide's Raspberry Pi section (docs/install.md)."""
+    text = (ROOT / "docs" / "install.md").read_text()
     section = text[text.index("## Install on a Raspberry Pi"):]
     return section[section.index("```sh\n") + 6 : section.index("```\n", section.index("```sh\n") + 6)]
 
