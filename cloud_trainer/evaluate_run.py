@@ -1,6 +1,6 @@
 """``cloud-trainer evaluate``: a trained run and the baselines, on the held-out period of the same events.
 
-The model is scored twice: the float Keras model over every training item (a reference), and
+The model is scored twice: the float Keras model over its whole catalogue (a reference), and
 what agents serve: the int8 TFLite export, built as ``export`` builds it (top K and
 explanations in the graph), behind the agent's own recommendation function with its history
 cap, exclusions and popularity fill (:mod:`cloud_trainer.served`). A run trained on data that

@@ -187,7 +187,7 @@ class HistoryStore:
     def _remember_purchases(self, ref: bytes, cipher: AESGCM, events: list[Event]) -> None:
         """Add ``events``' purchases to the user's purchase memory (in the caller's transaction)."""
         new = sorted((e.timestamp, e.item_id) for e in events if e.kind is EventKind.PURCHASE)
-        if not new:
+        if not new or not self._purchase_cap:
             return
         row = self._db.execute("SELECT sealed FROM bought_items WHERE ref=?", (ref,)).fetchone()
         try:

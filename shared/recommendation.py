@@ -6,8 +6,9 @@ The agent's REST route and the trainer's evaluation (``cloud-trainer evaluate``)
 
 Filters (``exclude``, ``category``) rank the whole catalogue: they reach the model as a mask
 over every item (the graph input :data:`ALLOWED_INPUT`), and the model's top K holds allowed
-items only, as long as there are enough of them. Popular items fill a list only when fewer
-than ``k`` allowed items are left above the lowest score of all (or the model failed).
+items only, as long as there are enough of them (the graph puts the others below every allowed
+item). Popular items that pass the filters fill a list only when fewer than ``k`` items pass
+them at all, or when the model failed.
 """
 
 from __future__ import annotations
