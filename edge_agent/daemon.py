@@ -19,23 +19,23 @@ from types import FrameType
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from edge_agent import http_server
+from edge_agent.active_model import ActiveModel
+from edge_agent.api import Services, create_app
 from edge_agent.config import AgentConfig
 from edge_agent.durable_files import write_atomic
+from edge_agent.errors import StartupError
 from edge_agent.history_store import HistoryStore
-from edge_agent.http_api import Services, create_app
 from edge_agent.key_rotation import finish_pending, key_loader
 from edge_agent.master_key import resolve_path
 from edge_agent.metrics import AgentMetrics, ModelFacts
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import BrokerSettings, MqttLink
-from edge_agent.updater import ActiveModel, Updater, UpdateResult
-from shared.signing import SignatureError, load_public_key
+from edge_agent.update_report import Outcome, UpdateResult
+from edge_agent.updater import Updater
+from shared.errors import SignatureError
+from shared.signing import load_public_key
 
 log = logging.getLogger(__name__)
-
-
-class StartupError(RuntimeError):
-    """The agent cannot start; the message says what to fix."""
 
 
 def load_token(path: Path) -> str:
@@ -119,7 +119,7 @@ class Agent:
 
     def _on_update(self, result: UpdateResult) -> None:
         self.metrics.count_update(result.result, result.reason)
-        if result.result == "discarded":
+        if result.result is Outcome.DISCARDED:
             self.link.request_status()  # throttled: a flood of junk is not a flood of statuses
         else:
             self.link.publish_status()

@@ -27,8 +27,9 @@ from typing import NamedTuple
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edge_agent.crypto_envelope import TamperedRecord, open_record, open_records, seal_record, user_ref
-from edge_agent.keyring import Keyring, KeyringError, WrongMasterKey, connect
+from edge_agent.crypto_envelope import open_record, open_records, seal_record, user_ref
+from edge_agent.errors import KeyringError, StoreError, StoreFull, TamperedRecord, WrongMasterKey
+from edge_agent.keyring import Keyring, connect
 from shared.events import Event, EventKind
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,6 @@ _RECORD_SIZE = _RECORD.size
 _PURCHASE = struct.Struct(">dH")  # when last bought, the item id's length; its UTF-8 bytes follow
 #: The purchase memory's position in the associated data: event positions are 0 and up.
 PURCHASES_SEQ = -1
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened or written; the message names the cause and the fix."""
-
-
-class StoreFull(StoreError):
-    pass
 
 
 class StoredEvent(NamedTuple):

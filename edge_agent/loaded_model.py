@@ -12,18 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edge_agent.errors import ModelLoadError, ModelOutputError
 from edge_agent.runtime import create_interpreter
 from shared.bundle import Manifest
 from shared.catalog import Catalog
-from shared.recommendation import ALLOWED_INPUT, Scores, ScoringFailed
-
-
-class ModelLoadError(RuntimeError):
-    """The model does not load, or does not answer as its contract says."""
-
-
-class ModelOutputError(ScoringFailed):
-    """The model answered a query with garbage (indices out of range, scores not finite)."""
+from shared.recommendation import ALLOWED_INPUT, Scores
 
 
 class LoadedModel:
