@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from edge_agent import http_server
@@ -52,26 +53,51 @@ def load_token(path: Path) -> str:
     return token
 
 
+def trusted_key(config: AgentConfig) -> Ed25519PublicKey:
+    try:
+        return load_public_key(config.model.trusted_public_key.read_bytes())
+    except (OSError, SignatureError) as e:
+        raise StartupError(f"cannot use model.trusted_public_key {config.model.trusted_public_key}: {e}") from e
+
+
+def open_history(config: AgentConfig) -> HistoryStore:
+    """The history store, after completing a master key rotation a crash interrupted."""
+    data_dir, key_path = config.agent.data_dir, resolve_path(config.master_key_path)
+    history = HistoryStore(
+        data_dir,
+        key_loader(data_dir, key_path),
+        max_events_per_user=config.history.max_events_per_user,
+        max_purchases_per_user=config.history.max_purchases_per_user,
+        max_age_days=config.history.max_age_days,
+        cache_users=config.history.cache_users,
+    )
+    if key_path == config.master_key_path:
+        finish_pending(history.keyring, key_path)
+    return history
+
+
+def broker_settings(config: AgentConfig) -> BrokerSettings:
+    return BrokerSettings(
+        url=config.mqtt.url,
+        topic_prefix=config.mqtt.topic_prefix,
+        fleet=config.agent.fleet,
+        device_id=config.agent.device_id,
+        channel=config.agent.channel,
+        ca_file=config.mqtt.ca_file,
+        cert_file=config.mqtt.cert_file,
+        key_file=config.mqtt.key_file,
+        keepalive=config.mqtt.keepalive,
+        status_interval_s=config.mqtt.status_interval_s,
+    )
+
+
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         data_dir = config.agent.data_dir
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            trusted = load_public_key(config.model.trusted_public_key.read_bytes())
-        except (OSError, SignatureError) as e:
-            raise StartupError(f"cannot use model.trusted_public_key {config.model.trusted_public_key}: {e}") from None
-        key_path = resolve_path(config.master_key_path)
-        self.history = HistoryStore(
-            data_dir,
-            key_loader(data_dir, key_path),
-            max_events_per_user=config.history.max_events_per_user,
-            max_purchases_per_user=config.history.max_purchases_per_user,
-            max_age_days=config.history.max_age_days,
-            cache_users=config.history.cache_users,
-        )
-        if key_path == config.master_key_path:
-            finish_pending(self.history.keyring, key_path)
+        trusted = trusted_key(config)
+        self.history = open_history(config)
         self.active = ActiveModel()
         self.updater = Updater(
             ModelStore(data_dir),
@@ -85,22 +111,7 @@ class Agent:
             on_report=self._on_update,
             trial_s=config.model.trial_s,
         )
-        self.link = MqttLink(
-            BrokerSettings(
-                url=config.mqtt.url,
-                topic_prefix=config.mqtt.topic_prefix,
-                fleet=config.agent.fleet,
-                device_id=config.agent.device_id,
-                channel=config.agent.channel,
-                ca_file=config.mqtt.ca_file,
-                cert_file=config.mqtt.cert_file,
-                key_file=config.mqtt.key_file,
-                keepalive=config.mqtt.keepalive,
-                status_interval_s=config.mqtt.status_interval_s,
-            ),
-            self.updater,
-            self.status,
-        )
+        self.link = MqttLink(broker_settings(config), self.updater, self.status)
         self.metrics = AgentMetrics(self._model_facts, self.history.size_bytes)
         self.token = load_token(config.token_path)
         services = Services(

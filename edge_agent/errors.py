@@ -24,6 +24,8 @@ catch those still do.
 
 from __future__ import annotations
 
+import sqlite3
+
 from shared.errors import BadInput, ModelRuntimeError, ScoringFailed, StorageError, UpdateRejected
 
 
@@ -45,6 +47,16 @@ class StoreError(StorageError, RuntimeError):
 
 class StoreFull(StoreError):
     pass
+
+
+def sqlite_storage_error(e: sqlite3.Error, what: str) -> StoreError:
+    """The StoreError an SQLite error of the history store stands for, saying what to do."""
+    text = str(e)
+    if "full" in text:
+        return StoreFull(f"cannot {what}: the disk (or the store's size limit) is full; free space and retry")
+    if isinstance(e, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+        return StoreError(f"cannot {what}: the history database is corrupt ({text}); restore it or move it away")
+    return StoreError(f"cannot {what}: {text}")
 
 
 class KeyringError(StorageError, RuntimeError):

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from edge_agent.durable_files import write_atomic
-from edge_agent.lifecycle import Journal, is_journal
+from edge_agent.journal import Journal, is_journal
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from datetime import datetime
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.active_model import ActiveModel
-from edge_agent.lifecycle import Journal, Lifecycle
+from edge_agent.journal import Journal
+from edge_agent.lifecycle import Lifecycle
 from edge_agent.model_store import ModelStore
 from edge_agent.update_report import Reporter
 from shared.topics import STABLE

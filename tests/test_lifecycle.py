@@ -11,8 +11,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bundle_factory import FILES, NOW, envelope
 from edge_agent.errors import UpdateOrderError
+from edge_agent.journal import Journal
 from edge_agent.journal_file import JournalFile
-from edge_agent.lifecycle import Journal, Lifecycle, State, WaitingForSpace, plan_boot
+from edge_agent.lifecycle import Lifecycle, State, WaitingForSpace, plan_boot
 from edge_agent.update import UpdateSession
 from shared.bundle import split_chunks
 
