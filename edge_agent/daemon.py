@@ -173,7 +173,7 @@ class Agent:
         try:
             self._server = http_server.create(self.app, api.host, api.port, self.token, limits)
         except (OSError, ValueError) as e:  # in use, not an address of this host, a name that does not resolve
-            raise StartupError(f"api: cannot listen on {api.host}:{api.port}: {e}") from None
+            raise StartupError(f"api: cannot listen on {api.host}:{api.port}: {e}") from e
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT (call :meth:`listen` first)."""

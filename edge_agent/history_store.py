@@ -85,7 +85,7 @@ class HistoryStore:
                 "CREATE TABLE IF NOT EXISTS bought_items (ref BLOB PRIMARY KEY, sealed BLOB NOT NULL) WITHOUT ROWID"
             )
         except sqlite3.Error as e:
-            raise sqlite_storage_error(e, f"open the history store in {folder}") from None
+            raise sqlite_storage_error(e, f"open the history store in {folder}") from e
 
     def _ref(self, user_id: str) -> bytes:
         return user_ref(self.keyring.lookup_secret, user_id)
@@ -127,9 +127,9 @@ class HistoryStore:
                     self._forget([ref for ref, _ in ciphers.values()])
             return count
         except KeyringError as e:
-            raise StoreError(str(e)) from None
+            raise StoreError(str(e)) from e
         except sqlite3.Error as e:
-            raise sqlite_storage_error(e, "store events") from None
+            raise sqlite_storage_error(e, "store events") from e
 
     def _remember_purchases(self, ref: bytes, cipher: AESGCM, events: list[Event]) -> None:
         """Add ``events``' purchases to the user's purchase memory (in the caller's transaction)."""
@@ -165,9 +165,9 @@ class HistoryStore:
                 changes = self._changes
             bought = {} if row is None else decode_purchases(open_record(AESGCM(key), ref, PURCHASES_SEQ, row[0]))
         except KeyringError as e:
-            raise StoreError(f"cannot read a purchase memory: {e}") from None
+            raise StoreError(f"cannot read a purchase memory: {e}") from e
         except sqlite3.Error as e:
-            raise sqlite_storage_error(e, "read a purchase memory") from None
+            raise sqlite_storage_error(e, "read a purchase memory") from e
         if self._purchase_cache.users:
             with self._lock:
                 if changes == self._changes:
@@ -186,9 +186,9 @@ class HistoryStore:
         try:
             return self._recent(self._ref(user_id), limit)
         except KeyringError as e:
-            raise StoreError(f"cannot read a history: {e}") from None
+            raise StoreError(f"cannot read a history: {e}") from e
         except sqlite3.Error as e:
-            raise sqlite_storage_error(e, "read a history") from None
+            raise sqlite_storage_error(e, "read a history") from e
 
     def _recent(self, ref: bytes, limit: int) -> list[StoredEvent]:
         oldest = self._clock() - self._max_age
@@ -223,7 +223,7 @@ class HistoryStore:
         try:
             existed = self.keyring.destroy(ref)
         except sqlite3.Error as e:
-            raise sqlite_storage_error(e, "erase a user") from None
+            raise sqlite_storage_error(e, "erase a user") from e
         with self._lock:
             self._forget([ref])
             try:

@@ -30,7 +30,7 @@ class LoadedModel:
             self.runtime, interpreter = create_interpreter(model_bytes, num_threads)
             self._runner = interpreter.get_signature_runner(contract.signature)
         except (ValueError, RuntimeError) as e:
-            raise ModelLoadError(f"model does not load: {e}") from None
+            raise ModelLoadError(f"model does not load: {e}") from e
         self._interpreter = interpreter  # keeps the runner's interpreter alive
         self.explains = "contributions" in self._runner.get_output_details()
         # models of contract version 1 take no filter mask: their top K is filtered afterwards
@@ -67,7 +67,7 @@ class LoadedModel:
         try:
             indices, scores, contributions = self.score(items, weights)
         except (ValueError, RuntimeError, KeyError) as e:  # ModelOutputError included
-            raise ModelLoadError(f"model failed its self-test query: {e}") from None
+            raise ModelLoadError(f"model failed its self-test query: {e}") from e
         if (
             indices.shape != (contract.top_k,)
             or (contributions is not None and (contributions.ndim != 2 or contributions.shape[1] != contract.top_k

@@ -44,16 +44,8 @@ class UpdateSession:
     ) -> None:
         self.envelope = envelope
         self.manifest: Manifest = parse_manifest(verify(envelope, trusted_key))
-        check_acceptable(
-            self.manifest,
-            fleet=fleet,
-            active_version=active_version,
-            now=now,
-            max_bundle_bytes=max_bundle_bytes,
-            device_id=device_id,
-            rings=followed_channels(channel),
-            revoked=revoked,
-        )
+        check_acceptable(self.manifest, fleet=fleet, active_version=active_version, now=now, device_id=device_id,
+                         max_bundle_bytes=max_bundle_bytes, rings=followed_channels(channel), revoked=revoked)
         self._missing = {
             (name, i) for name, entry in self.manifest.files.items() for i in range(len(entry.chunks))
         }

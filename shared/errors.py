@@ -56,34 +56,46 @@ class SignatureError(BundleError):
 
 
 class MalformedManifest(BundleError):
+    """The signed text is not a manifest: not JSON, a field missing or of the wrong type."""
+
     reason = "malformed_manifest"
 
 
 class WrongFleet(BundleError):
-    reason = "wrong_fleet"
+    reason = "wrong_fleet"  # the manifest names another fleet
 
 
 class IncompatibleContract(BundleError):
+    """Another manifest schema, or a model contract (version, variant, sizes) this agent cannot
+    drive."""
+
     reason = "incompatible_contract"
 
 
 class ExpiredManifest(BundleError):
-    reason = "expired"
+    reason = "expired"  # past the manifest's ``expires``
 
 
 class RollbackRejected(BundleError):
+    """Not newer than the version serving: a replayed or stale manifest (a rollback to an
+    earlier model is a new version re-delivering its files, see ``Manifest.rollback_of``)."""
+
     reason = "rollback"
 
 
 class NotTargeted(BundleError):
-    reason = "not_targeted"
+    reason = "not_targeted"  # the manifest targets other devices
 
 
 class TooLarge(BundleError):
+    """The bundle is larger than ``model.max_bundle_bytes``."""
+
     reason = "too_large"
 
 
 class ChunkRejected(BundleError):
+    """A chunk or a file that does not match its length and sha256 in the manifest."""
+
     reason = "chunk_rejected"
 
 
