@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from edge_agent import __version__
-from edge_agent.config import ConfigError, load
+from edge_agent.config import load
+from edge_agent.errors import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,9 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rotate-key":
         import sqlite3
 
+        from edge_agent.errors import KeyringError, MasterKeyError
         from edge_agent.key_rotation import rotate
-        from edge_agent.keyring import KeyringError
-        from edge_agent.master_key import MasterKeyError
 
         try:
             count = rotate(config.agent.data_dir, config.master_key_path)
@@ -57,10 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Imported here so validate-config stays fast and needs no runtime.
-    from edge_agent.daemon import Agent, StartupError
-    from edge_agent.history_store import StoreError
-    from edge_agent.keyring import KeyringError
-    from edge_agent.master_key import MasterKeyError
+    from edge_agent.daemon import Agent
+    from edge_agent.errors import KeyringError, MasterKeyError, StartupError, StoreError
 
     try:
         agent = Agent(config)

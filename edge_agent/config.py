@@ -18,13 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent.errors import ConfigError
 from shared.bundle import MODEL_VARIANTS
 from shared.events import REMEMBERED_PURCHASES_PER_USER, RETENTION_DAYS, STORED_EVENTS_PER_USER
 from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE, check_name, check_prefix, parse_broker_url
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key and what is expected."""
 
 
 def _opt(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,

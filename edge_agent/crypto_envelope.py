@@ -25,12 +25,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from edge_agent.errors import TamperedRecord
+
 MASTER_KEY_BYTES = 32
 NONCE_BYTES = 12
-
-
-class TamperedRecord(ValueError):
-    """A ciphertext failed authentication: altered, moved, or sealed under another key."""
 
 
 def new_key() -> bytes:

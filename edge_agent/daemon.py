@@ -16,26 +16,27 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from edge_agent import http_server
+from edge_agent.active_model import ActiveModel
+from edge_agent.api import Services, create_app
 from edge_agent.config import AgentConfig
 from edge_agent.durable_files import write_atomic
+from edge_agent.errors import StartupError
 from edge_agent.history_store import HistoryStore
-from edge_agent.http_api import Services, create_app
 from edge_agent.key_rotation import finish_pending, key_loader
 from edge_agent.master_key import resolve_path
 from edge_agent.metrics import AgentMetrics, ModelFacts
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import BrokerSettings, MqttLink
-from edge_agent.updater import ActiveModel, Updater, UpdateResult
-from shared.signing import SignatureError, load_public_key
+from edge_agent.update_report import Outcome, UpdateResult
+from edge_agent.updater import Updater
+from shared.errors import SignatureError
+from shared.signing import load_public_key
 
 log = logging.getLogger(__name__)
-
-
-class StartupError(RuntimeError):
-    """The agent cannot start; the message says what to fix."""
 
 
 def load_token(path: Path) -> str:
@@ -52,26 +53,51 @@ def load_token(path: Path) -> str:
     return token
 
 
+def trusted_key(config: AgentConfig) -> Ed25519PublicKey:
+    try:
+        return load_public_key(config.model.trusted_public_key.read_bytes())
+    except (OSError, SignatureError) as e:
+        raise StartupError(f"cannot use model.trusted_public_key {config.model.trusted_public_key}: {e}") from e
+
+
+def open_history(config: AgentConfig) -> HistoryStore:
+    """The history store, after completing a master key rotation a crash interrupted."""
+    data_dir, key_path = config.agent.data_dir, resolve_path(config.master_key_path)
+    history = HistoryStore(
+        data_dir,
+        key_loader(data_dir, key_path),
+        max_events_per_user=config.history.max_events_per_user,
+        max_purchases_per_user=config.history.max_purchases_per_user,
+        max_age_days=config.history.max_age_days,
+        cache_users=config.history.cache_users,
+    )
+    if key_path == config.master_key_path:
+        finish_pending(history.keyring, key_path)
+    return history
+
+
+def broker_settings(config: AgentConfig) -> BrokerSettings:
+    return BrokerSettings(
+        url=config.mqtt.url,
+        topic_prefix=config.mqtt.topic_prefix,
+        fleet=config.agent.fleet,
+        device_id=config.agent.device_id,
+        channel=config.agent.channel,
+        ca_file=config.mqtt.ca_file,
+        cert_file=config.mqtt.cert_file,
+        key_file=config.mqtt.key_file,
+        keepalive=config.mqtt.keepalive,
+        status_interval_s=config.mqtt.status_interval_s,
+    )
+
+
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         data_dir = config.agent.data_dir
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            trusted = load_public_key(config.model.trusted_public_key.read_bytes())
-        except (OSError, SignatureError) as e:
-            raise StartupError(f"cannot use model.trusted_public_key {config.model.trusted_public_key}: {e}") from None
-        key_path = resolve_path(config.master_key_path)
-        self.history = HistoryStore(
-            data_dir,
-            key_loader(data_dir, key_path),
-            max_events_per_user=config.history.max_events_per_user,
-            max_purchases_per_user=config.history.max_purchases_per_user,
-            max_age_days=config.history.max_age_days,
-            cache_users=config.history.cache_users,
-        )
-        if key_path == config.master_key_path:
-            finish_pending(self.history.keyring, key_path)
+        trusted = trusted_key(config)
+        self.history = open_history(config)
         self.active = ActiveModel()
         self.updater = Updater(
             ModelStore(data_dir),
@@ -85,22 +111,7 @@ class Agent:
             on_report=self._on_update,
             trial_s=config.model.trial_s,
         )
-        self.link = MqttLink(
-            BrokerSettings(
-                url=config.mqtt.url,
-                topic_prefix=config.mqtt.topic_prefix,
-                fleet=config.agent.fleet,
-                device_id=config.agent.device_id,
-                channel=config.agent.channel,
-                ca_file=config.mqtt.ca_file,
-                cert_file=config.mqtt.cert_file,
-                key_file=config.mqtt.key_file,
-                keepalive=config.mqtt.keepalive,
-                status_interval_s=config.mqtt.status_interval_s,
-            ),
-            self.updater,
-            self.status,
-        )
+        self.link = MqttLink(broker_settings(config), self.updater, self.status)
         self.metrics = AgentMetrics(self._model_facts, self.history.size_bytes)
         self.token = load_token(config.token_path)
         services = Services(
@@ -119,7 +130,7 @@ class Agent:
 
     def _on_update(self, result: UpdateResult) -> None:
         self.metrics.count_update(result.result, result.reason)
-        if result.result == "discarded":
+        if result.result is Outcome.DISCARDED:
             self.link.request_status()  # throttled: a flood of junk is not a flood of statuses
         else:
             self.link.publish_status()
@@ -162,7 +173,7 @@ class Agent:
         try:
             self._server = http_server.create(self.app, api.host, api.port, self.token, limits)
         except (OSError, ValueError) as e:  # in use, not an address of this host, a name that does not resolve
-            raise StartupError(f"api: cannot listen on {api.host}:{api.port}: {e}") from None
+            raise StartupError(f"api: cannot listen on {api.host}:{api.port}: {e}") from e
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT (call :meth:`listen` first)."""

@@ -17,85 +17,33 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import struct
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NamedTuple
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edge_agent.crypto_envelope import TamperedRecord, open_record, open_records, seal_record, user_ref
-from edge_agent.keyring import Keyring, KeyringError, WrongMasterKey, connect
+from edge_agent.crypto_envelope import open_record, open_records, seal_record, user_ref
+from edge_agent.errors import KeyringError, StoreError, TamperedRecord, sqlite_storage_error
+from edge_agent.history_records import (
+    PURCHASES_SEQ,
+    StoredEvent,
+    decode_event,
+    decode_purchases,
+    encode_event,
+    encode_purchases,
+    expired_events,
+    remember_purchases,
+)
+from edge_agent.keyring import Keyring, connect
+from edge_agent.read_cache import ReadCache
 from shared.events import Event, EventKind
 
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.sqlite3"
 KEYRING_FILE = "keyring.sqlite3"
-_KINDS = list(EventKind)
-_KIND_CODES = {kind: n for n, kind in enumerate(_KINDS)}
-_RECORD = struct.Struct(">dB")  # timestamp, kind; the item id's UTF-8 bytes follow
-_RECORD_SIZE = _RECORD.size
-_PURCHASE = struct.Struct(">dH")  # when last bought, the item id's length; its UTF-8 bytes follow
-#: The purchase memory's position in the associated data: event positions are 0 and up.
-PURCHASES_SEQ = -1
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened or written; the message names the cause and the fix."""
-
-
-class StoreFull(StoreError):
-    pass
-
-
-class StoredEvent(NamedTuple):
-    """One decrypted event (a NamedTuple: built 50 times per recommendation, so it must be cheap)."""
-
-    item_id: str
-    kind: EventKind
-    timestamp: float
-
-
-def _encode(event: Event) -> bytes:
-    return _RECORD.pack(event.timestamp, _KIND_CODES[event.kind]) + event.item_id.encode("utf-8")
-
-
-def _decode(plain: bytes) -> StoredEvent:
-    timestamp, kind = _RECORD.unpack_from(plain)
-    return StoredEvent(plain[_RECORD_SIZE:].decode("utf-8"), _KINDS[kind], timestamp)
-
-
-def _encode_purchases(bought: dict[str, float]) -> bytes:
-    parts = []
-    for item_id, when in bought.items():
-        raw = item_id.encode("utf-8")
-        parts.append(_PURCHASE.pack(when, len(raw)) + raw)
-    return b"".join(parts)
-
-
-def _decode_purchases(plain: bytes) -> dict[str, float]:
-    """item id -> when it was last bought, least recent first."""
-    bought: dict[str, float] = {}
-    at = 0
-    while at < len(plain):
-        when, size = _PURCHASE.unpack_from(plain, at)
-        at += _PURCHASE.size
-        bought[plain[at : at + size].decode("utf-8")] = when
-        at += size
-    return bought
-
-
-def _storage_error(e: sqlite3.Error, what: str) -> StoreError:
-    text = str(e)
-    if "full" in text:
-        return StoreFull(f"cannot {what}: the disk (or the store's size limit) is full; free space and retry")
-    if isinstance(e, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
-        return StoreError(f"cannot {what}: the history database is corrupt ({text}); restore it or move it away")
-    return StoreError(f"cannot {what}: {text}")
 
 
 def stores_exist(folder: Path) -> bool:
@@ -116,11 +64,10 @@ class HistoryStore:
     ) -> None:
         self._cap = max_events_per_user
         self._purchase_cap = max_purchases_per_user
-        self._purchase_cache: OrderedDict[bytes, dict[str, float]] = OrderedDict()  # like _cache
+        self._purchase_cache: ReadCache[dict[str, float]] = ReadCache(cache_users)  # like _cache
         # Decrypted recent events of the users served last: ref -> (rows read, events oldest first).
         # A write drops that user's entry, so a new event shows in the very next read.
-        self._cache: OrderedDict[bytes, tuple[int, list[StoredEvent]]] = OrderedDict()
-        self._cache_users = cache_users
+        self._cache: ReadCache[tuple[int, list[StoredEvent]]] = ReadCache(cache_users)
         self._changes = 0  # bumped on every write: a read that raced a write is not cached
         self._max_age = max_age_days * 86400.0
         self._clock = clock
@@ -138,7 +85,7 @@ class HistoryStore:
                 "CREATE TABLE IF NOT EXISTS bought_items (ref BLOB PRIMARY KEY, sealed BLOB NOT NULL) WITHOUT ROWID"
             )
         except sqlite3.Error as e:
-            raise _storage_error(e, f"open the history store in {folder}") from None
+            raise sqlite_storage_error(e, f"open the history store in {folder}") from e
 
     def _ref(self, user_id: str) -> bytes:
         return user_ref(self.keyring.lookup_secret, user_id)
@@ -166,7 +113,7 @@ class HistoryStore:
                         rows = []
                         for event in sorted(user_events, key=lambda e: e.timestamp):
                             seq += 1
-                            rows.append((ref, seq, seal_record(cipher, ref, seq, _encode(event))))
+                            rows.append((ref, seq, seal_record(cipher, ref, seq, encode_event(event))))
                         self._db.executemany("INSERT INTO events VALUES (?, ?, ?)", rows)
                         self._db.execute("DELETE FROM events WHERE ref=? AND seq<=?", (ref, seq - self._cap))
                         self._remember_purchases(ref, cipher, user_events)
@@ -180,9 +127,9 @@ class HistoryStore:
                     self._forget([ref for ref, _ in ciphers.values()])
             return count
         except KeyringError as e:
-            raise StoreError(str(e)) from None
+            raise StoreError(str(e)) from e
         except sqlite3.Error as e:
-            raise _storage_error(e, "store events") from None
+            raise sqlite_storage_error(e, "store events") from e
 
     def _remember_purchases(self, ref: bytes, cipher: AESGCM, events: list[Event]) -> None:
         """Add ``events``' purchases to the user's purchase memory (in the caller's transaction)."""
@@ -191,17 +138,13 @@ class HistoryStore:
             return
         row = self._db.execute("SELECT sealed FROM bought_items WHERE ref=?", (ref,)).fetchone()
         try:
-            bought = {} if row is None else _decode_purchases(open_record(cipher, ref, PURCHASES_SEQ, row[0]))
+            bought = {} if row is None else decode_purchases(open_record(cipher, ref, PURCHASES_SEQ, row[0]))
         except TamperedRecord:  # the events matter more: keep them, start the memory again
             log.error("a purchase memory failed authentication; it starts again from these purchases")
             bought = {}
-        for when, item_id in new:
-            if when >= bought.get(item_id, when):
-                bought.pop(item_id, None)  # re-inserted: the order stays least recently bought first
-                bought[item_id] = when
-        kept = dict(sorted(bought.items(), key=lambda entry: entry[1])[-self._purchase_cap :])
+        kept = remember_purchases(bought, new, self._purchase_cap)
         self._db.execute("INSERT OR REPLACE INTO bought_items VALUES (?, ?)",
-                         (ref, seal_record(cipher, ref, PURCHASES_SEQ, _encode_purchases(kept))))
+                         (ref, seal_record(cipher, ref, PURCHASES_SEQ, encode_purchases(kept))))
 
     def purchased(self, user_id: str) -> set[str]:
         """The items the user bought within the retention age (at most ``max_purchases_per_user``,
@@ -212,7 +155,7 @@ class HistoryStore:
             with self._lock:
                 cached = self._purchase_cache.get(ref)
                 if cached is not None:
-                    self._purchase_cache.move_to_end(ref)
+                    self._purchase_cache.hit(ref)
                     return {item for item, when in cached.items() if when >= oldest}
             key = self.keyring.data_key(ref, create=False)
             if key is None:
@@ -220,45 +163,39 @@ class HistoryStore:
             with self._lock:
                 row = self._db.execute("SELECT sealed FROM bought_items WHERE ref=?", (ref,)).fetchone()
                 changes = self._changes
-            bought = {} if row is None else _decode_purchases(open_record(AESGCM(key), ref, PURCHASES_SEQ, row[0]))
+            bought = {} if row is None else decode_purchases(open_record(AESGCM(key), ref, PURCHASES_SEQ, row[0]))
         except KeyringError as e:
-            raise StoreError(f"cannot read a purchase memory: {e}") from None
+            raise StoreError(f"cannot read a purchase memory: {e}") from e
         except sqlite3.Error as e:
-            raise _storage_error(e, "read a purchase memory") from None
-        if self._cache_users:
+            raise sqlite_storage_error(e, "read a purchase memory") from e
+        if self._purchase_cache.users:
             with self._lock:
                 if changes == self._changes:
-                    self._purchase_cache[ref] = bought
-                    if len(self._purchase_cache) > self._cache_users:
-                        self._purchase_cache.popitem(last=False)
+                    self._purchase_cache.put(ref, bought)
         return {item for item, when in bought.items() if when >= oldest}
 
     def _forget(self, refs: Iterable[bytes] | None = None) -> None:
         """Drop cached reads (of ``refs``, or all); the caller holds the lock."""
         self._changes += 1
-        if refs is None:
-            self._cache.clear()
-            self._purchase_cache.clear()
-        else:
-            for ref in refs:
-                self._cache.pop(ref, None)
-                self._purchase_cache.pop(ref, None)
+        refs = None if refs is None else list(refs)
+        self._cache.drop(refs)
+        self._purchase_cache.drop(refs)
 
     def recent(self, user_id: str, limit: int) -> list[StoredEvent]:
         """The user's last ``limit`` events within the retention age, oldest first."""
         try:
             return self._recent(self._ref(user_id), limit)
         except KeyringError as e:
-            raise StoreError(f"cannot read a history: {e}") from None
+            raise StoreError(f"cannot read a history: {e}") from e
         except sqlite3.Error as e:
-            raise _storage_error(e, "read a history") from None
+            raise sqlite_storage_error(e, "read a history") from e
 
     def _recent(self, ref: bytes, limit: int) -> list[StoredEvent]:
         oldest = self._clock() - self._max_age
         with self._lock:
             cached = self._cache.get(ref)
             if cached is not None and (limit <= cached[0] or len(cached[1]) < cached[0]):
-                self._cache.move_to_end(ref)
+                self._cache.hit(ref)
                 return [e for e in cached[1][-limit:] if e.timestamp >= oldest]
         key = self.keyring.data_key(ref, create=False)
         if key is None:
@@ -268,13 +205,11 @@ class HistoryStore:
                 "SELECT seq, sealed FROM events WHERE ref=? ORDER BY seq DESC LIMIT ?", (ref, limit)
             ).fetchall()
             changes = self._changes
-        events = list(map(_decode, open_records(AESGCM(key), ref, reversed(rows))))
-        if self._cache_users:
+        events = list(map(decode_event, open_records(AESGCM(key), ref, reversed(rows))))
+        if self._cache.users:
             with self._lock:
                 if changes == self._changes:  # no write since the read: the events are current
-                    self._cache[ref] = (limit, events)
-                    if len(self._cache) > self._cache_users:
-                        self._cache.popitem(last=False)
+                    self._cache.put(ref, (limit, events))
         return [e for e in events if e.timestamp >= oldest]
 
     def delete_user(self, user_id: str) -> bool:
@@ -288,7 +223,7 @@ class HistoryStore:
         try:
             existed = self.keyring.destroy(ref)
         except sqlite3.Error as e:
-            raise _storage_error(e, "erase a user") from None
+            raise sqlite_storage_error(e, "erase a user") from e
         with self._lock:
             self._forget([ref])
             try:
@@ -297,7 +232,7 @@ class HistoryStore:
                 self._reclaim()
             except sqlite3.Error as e:
                 log.error("an erased user's key is destroyed, but their unreadable records could not be deleted "
-                          "yet (%s); the retention sweep will retry", _storage_error(e, "delete records"))
+                          "yet (%s); the retention sweep will retry", sqlite_storage_error(e, "delete records"))
                 return True
         return existed
 
@@ -317,17 +252,7 @@ class HistoryStore:
             key = self.keyring.data_key(ref, create=False) if ref in live else None
             with self._lock:
                 rows = self._db.execute("SELECT seq, sealed FROM events WHERE ref=?", (ref,)).fetchall()
-                if key is None:
-                    doomed = [seq for seq, _ in rows]
-                else:
-                    cipher = AESGCM(key)
-                    doomed = []
-                    for seq, sealed in rows:
-                        try:
-                            if _decode(open_record(cipher, ref, seq, sealed)).timestamp < oldest:
-                                doomed.append(seq)
-                        except TamperedRecord:
-                            log.error("a history record failed authentication during the retention sweep")
+                doomed = [seq for seq, _ in rows] if key is None else expired_events(AESGCM(key), ref, rows, oldest)
                 self._db.executemany("DELETE FROM events WHERE ref=? AND seq=?", [(ref, s) for s in doomed])
                 removed += len(doomed)
         self._sweep_purchases(oldest, live)
@@ -347,7 +272,7 @@ class HistoryStore:
                 if row is None:
                     continue
                 try:
-                    bought = {} if key is None else _decode_purchases(
+                    bought = {} if key is None else decode_purchases(
                         open_record(AESGCM(key), ref, PURCHASES_SEQ, row[0]))
                 except TamperedRecord:
                     log.error("a purchase memory failed authentication during the retention sweep")
@@ -358,7 +283,7 @@ class HistoryStore:
                 elif len(kept) < len(bought):
                     assert key is not None
                     self._db.execute("UPDATE bought_items SET sealed=? WHERE ref=?", (
-                        seal_record(AESGCM(key), ref, PURCHASES_SEQ, _encode_purchases(kept)), ref))
+                        seal_record(AESGCM(key), ref, PURCHASES_SEQ, encode_purchases(kept)), ref))
 
     def size_bytes(self) -> int:
         """Bytes on disk of the history and keyring databases, write-ahead logs included."""
@@ -371,4 +296,4 @@ class HistoryStore:
         self.keyring.close()
 
 
-__all__ = ["HistoryStore", "StoreError", "StoreFull", "StoredEvent", "TamperedRecord", "WrongMasterKey"]
+__all__ = ["HistoryStore", "StoredEvent"]

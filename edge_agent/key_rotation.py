@@ -21,6 +21,7 @@ from pathlib import Path
 from edge_agent import master_key
 from edge_agent.crypto_envelope import MasterKey
 from edge_agent.durable_files import fsync_dir
+from edge_agent.errors import MasterKeyError
 from edge_agent.history_store import KEYRING_FILE, stores_exist
 from edge_agent.keyring import Keyring
 
@@ -35,7 +36,7 @@ def key_loader(data_dir: Path, key_path: Path) -> Callable[[], list[bytes]]:
     pending = master_key.next_path(key_path)
     if not key_path.exists() and not pending.exists():
         if stores_exist(data_dir):
-            raise master_key.MasterKeyError(
+            raise MasterKeyError(
                 f"master key file {key_path} is missing, but {data_dir} holds encrypted history: "
                 "restore the key file (the history cannot be read without it)"
             )
@@ -60,7 +61,7 @@ def finish_pending(keyring: Keyring, key_path: Path) -> None:
 def rotate(data_dir: Path, key_path: Path) -> int:
     """Rotate the master key of the store in ``data_dir``; returns how many user keys were re-wrapped."""
     if master_key.from_environment() is not None or master_key.resolve_path(key_path) != key_path:
-        raise master_key.MasterKeyError(
+        raise MasterKeyError(
             "the master key comes from the environment or a systemd credential; rotate it there instead"
         )
     keyring = Keyring(data_dir / KEYRING_FILE, key_loader(data_dir, key_path))

@@ -20,20 +20,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_agent.crypto_envelope import MasterKey, TamperedRecord, new_key
+from edge_agent.crypto_envelope import MasterKey, new_key
+from edge_agent.errors import TamperedRecord, WrongMasterKey
 
 log = logging.getLogger(__name__)
 
 CACHE_SIZE = 4096
 LOOKUP_LABEL = b"lookup-secret"
-
-
-class KeyringError(RuntimeError):
-    pass
-
-
-class WrongMasterKey(KeyringError):
-    pass
 
 
 def private_file(path: Path) -> None:

@@ -12,18 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edge_agent.errors import ModelLoadError, ModelOutputError
 from edge_agent.runtime import create_interpreter
 from shared.bundle import Manifest
 from shared.catalog import Catalog
-from shared.recommendation import ALLOWED_INPUT, Scores, ScoringFailed
-
-
-class ModelLoadError(RuntimeError):
-    """The model does not load, or does not answer as its contract says."""
-
-
-class ModelOutputError(ScoringFailed):
-    """The model answered a query with garbage (indices out of range, scores not finite)."""
+from shared.recommendation import ALLOWED_INPUT, Scores
 
 
 class LoadedModel:
@@ -37,7 +30,7 @@ class LoadedModel:
             self.runtime, interpreter = create_interpreter(model_bytes, num_threads)
             self._runner = interpreter.get_signature_runner(contract.signature)
         except (ValueError, RuntimeError) as e:
-            raise ModelLoadError(f"model does not load: {e}") from None
+            raise ModelLoadError(f"model does not load: {e}") from e
         self._interpreter = interpreter  # keeps the runner's interpreter alive
         self.explains = "contributions" in self._runner.get_output_details()
         # models of contract version 1 take no filter mask: their top K is filtered afterwards
@@ -74,7 +67,7 @@ class LoadedModel:
         try:
             indices, scores, contributions = self.score(items, weights)
         except (ValueError, RuntimeError, KeyError) as e:  # ModelOutputError included
-            raise ModelLoadError(f"model failed its self-test query: {e}") from None
+            raise ModelLoadError(f"model failed its self-test query: {e}") from e
         if (
             indices.shape != (contract.top_k,)
             or (contributions is not None and (contributions.ndim != 2 or contributions.shape[1] != contract.top_k

@@ -17,15 +17,12 @@ from pathlib import Path
 
 from edge_agent.crypto_envelope import MASTER_KEY_BYTES
 from edge_agent.durable_files import fsync_dir
+from edge_agent.errors import MasterKeyError
 
 log = logging.getLogger(__name__)
 
 CREDENTIAL_NAME = "edge-agent-master-key"
 ENVIRONMENT_VARIABLE = "EDGE_AGENT_MASTER_KEY"
-
-
-class MasterKeyError(RuntimeError):
-    """The master key file is unusable; the message says what to do."""
 
 
 def resolve_path(configured: Path) -> Path:

@@ -6,11 +6,12 @@ Layout under ``<data_dir>/models``::
     staging/<version>/manifest.envelope   the signed manifest being received (for resuming)
     versions/<version>/<file>      only complete, verified bundles (moved in by one rename)
     versions/<version>/manifest.envelope
-    active.json                    {"version": N, "previous": M}, replaced atomically
-    loading.json                   {"version": N, "attempts": K} while a new model is loaded
-    refused.json                   [N, ...] versions that killed the agent while loading or on trial
+    active.json                    the lifecycle journal, replaced atomically: {"version": N,
+                                   "previous": M, "loading": {"version": N, "attempts": K} while a
+                                   new model is loaded, "trial": {"version": N, "starts": K} until it
+                                   has served its trial, "refused": [N, ...] versions that killed
+                                   the agent} (see edge_agent.journal_file)
     revoked.json                   [N, ...] versions a signed later release revoked (aborted rollouts)
-    trial.json                     {"version": N, "starts": K} until version N has served its trial
     trash/                         versions being deleted (renamed here first, then removed)
 
 A kill -9 at any moment leaves ``active.json`` naming a complete version (or none yet).
@@ -27,6 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from edge_agent.durable_files import fsync_dir, write_atomic
+from edge_agent.journal_file import JournalFile
 from shared.bundle import ENVELOPE_FILE
 
 #: Revoked versions remembered (a revoked version is older than the release that revoked it, so
@@ -41,7 +43,7 @@ class ModelStore:
         self.versions = self.root / "versions"
         for d in (self.root, self.staging, self.versions):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._pointer = self.root / "active.json"
+        self.journal = JournalFile(self.root)
 
     # -- staging ---------------------------------------------------------------------------
     def staging_dir(self, version: int) -> Path:
@@ -126,82 +128,21 @@ class ModelStore:
         files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ENVELOPE_FILE}
         return (folder / ENVELOPE_FILE).read_bytes(), files
 
-    def pointer(self) -> tuple[int | None, int | None]:
-        """(active version, previous version) as last recorded."""
-        try:
-            data = json.loads(self._pointer.read_bytes())
-            return data.get("version"), data.get("previous")
-        except (FileNotFoundError, ValueError, AttributeError):
-            return None, None
-
-    def set_active(self, version: int, previous: int | None) -> None:
-        write_atomic(self._pointer, json.dumps({"version": version, "previous": previous}).encode())
-        self.prune(keep={version} | ({previous} if previous is not None else set()))
-
-    # -- models that crash the agent while loading -------------------------------------------
+    # -- the journal (see edge_agent.journal_file): read and written by the updater ------------
     def begin_load(self, version: int) -> int:
         """Record that ``version`` is being loaded; returns how many loads of it began so far."""
-        attempts = 1
-        try:
-            marker = json.loads((self.root / "loading.json").read_bytes())
-            if marker.get("version") == version:
-                attempts = int(marker.get("attempts", 0)) + 1
-        except (FileNotFoundError, ValueError, AttributeError, TypeError):
-            pass
-        write_atomic(self.root / "loading.json", json.dumps({"version": version, "attempts": attempts}).encode())
-        return attempts
-
-    def end_load(self) -> None:
-        (self.root / "loading.json").unlink(missing_ok=True)
+        journal = self.journal.read().begin_load(version)
+        self.journal.write(journal)
+        return journal.load_attempts
 
     def interrupted_load(self) -> tuple[int, int] | None:
         """(version, attempts) of a load the process did not live to finish, if any."""
-        try:
-            marker = json.loads((self.root / "loading.json").read_bytes())
-            return int(marker["version"]), int(marker["attempts"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return None
-
-    def start_trial(self, version: int) -> None:
-        write_atomic(self.root / "trial.json", json.dumps({"version": version, "starts": 0}).encode())
-
-    def count_trial_start(self, version: int) -> int | None:
-        """Starts of ``version`` while on trial, this one included; None when it is not on trial."""
-        return self._add_trial_starts(version, +1)
-
-    def uncount_trial_start(self, version: int) -> None:
-        """The start of ``version`` on trial ended in a clean stop: it does not count against it."""
-        self._add_trial_starts(version, -1)
-
-    def _add_trial_starts(self, version: int, delta: int) -> int | None:
-        """Add ``delta`` to the trial's start count (never below 0); None when ``version`` is not on trial."""
-        try:
-            marker = json.loads((self.root / "trial.json").read_bytes())
-            if marker.get("version") != version:
-                return None
-            starts = max(0, int(marker.get("starts", 0)) + delta)
-        except (FileNotFoundError, ValueError, AttributeError, TypeError):
-            return None
-        write_atomic(self.root / "trial.json", json.dumps({"version": version, "starts": starts}).encode())
-        return starts
-
-    def trial_version(self) -> int | None:
-        try:
-            return int(json.loads((self.root / "trial.json").read_bytes())["version"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return None
-
-    def end_trial(self) -> None:
-        (self.root / "trial.json").unlink(missing_ok=True)
+        journal = self.journal.read()
+        return None if journal.loading is None else (journal.loading, journal.load_attempts)
 
     def refused(self) -> set[int]:
-        try:
-            return {int(v) for v in json.loads((self.root / "refused.json").read_bytes())}
-        except (FileNotFoundError, ValueError, TypeError):
-            return set()
-
-    def refuse(self, version: int) -> None:
-        write_atomic(self.root / "refused.json", json.dumps(sorted(self.refused() | {version})).encode())
+        """Versions refused for killing the agent while loading or on trial."""
+        return set(self.journal.read().refused)
 
     def revoked(self) -> set[int]:
         try:

@@ -211,27 +211,25 @@ class MqttLink:
             self.updater.on_manifest(payload, later_ring=self._manifest_topics[topic])
             self._follow_bundle()  # the status went out with the updater's report (throttled for junk)
             return
-        session = self.updater.session
-        if session is None:
+        version = self.updater.receiving()
+        if version is None:
             return
-        parsed = topics.parse_chunk_topic(
-            self.settings.topic_prefix, self.settings.fleet, session.version, topic
-        )
+        parsed = topics.parse_chunk_topic(self.settings.topic_prefix, self.settings.fleet, version, topic)
         if parsed is None or not payload:
             return
-        if self.updater.on_chunk(session.version, parsed[0], parsed[1], payload):
+        if self.updater.on_chunk(version, parsed[0], parsed[1], payload):
             self._follow_bundle()
 
     def _follow_bundle(self) -> None:
         """Subscribe to exactly the chunks the current download still misses (retained: the broker
         sends each at once), so a resumed or partly reused download fetches only those."""
-        session = self.updater.session
-        version = None if session is None else session.version
+        version = self.updater.receiving()
         if version is not None and version == self._chunk_version:
             return  # still the same bundle: its subscriptions stand
-        wanted = [] if session is None else [
-            topics.chunk_topic(self.settings.topic_prefix, self.settings.fleet, session.version, name, index)
-            for name, index in session.missing()
+        fetch = self.updater.to_fetch()
+        wanted = [] if fetch is None else [
+            topics.chunk_topic(self.settings.topic_prefix, self.settings.fleet, fetch.version, name, index)
+            for name, index in fetch.chunks
         ]
         old, self._chunk_subs, self._chunk_version = self._chunk_subs, wanted, version
         for batch in range(0, len(old), SUBSCRIBE_BATCH):

@@ -13,6 +13,8 @@ import logging
 import os
 from typing import Any
 
+from edge_agent.errors import RuntimeMissing
+
 log = logging.getLogger(__name__)
 
 _CANDIDATES = (
@@ -20,10 +22,6 @@ _CANDIDATES = (
     ("tflite_runtime", "tflite_runtime.interpreter"),
     ("tensorflow", "tensorflow.lite"),
 )
-
-
-class RuntimeMissing(RuntimeError):
-    pass
 
 
 def _interpreter_class() -> tuple[str, Any]:

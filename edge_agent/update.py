@@ -1,6 +1,8 @@
-"""The model update state machine (pure): verify a signed manifest, then accept only its chunks.
+"""One download (pure): verify a signed manifest, then accept only its chunks.
 
-Steps, enforced in this order (a call out of order raises ``UpdateOrderError``)::
+The download's own steps, enforced in this order (a call out of order raises ``UpdateOrderError``);
+the whole lifecycle around it (loading, trial, refusal, waiting for space) is
+:mod:`edge_agent.lifecycle`::
 
     UpdateSession(envelope)  -> RECEIVING   signature, schema, fleet, contract, expiry, version,
                                             channel, revocation, size
@@ -8,30 +10,22 @@ Steps, enforced in this order (a call out of order raises ``UpdateOrderError``):
     staged()                 -> STAGED      every chunk present (the caller checked whole-file hashes)
     activated()              -> ACTIVE      the caller loaded, self-tested and switched to the model
 
-Any failure raises a ``BundleError``/``SignatureError`` whose ``reason`` goes into the agent status.
+Any failure raises a ``BundleError`` (``SignatureError`` is one) whose ``reason`` goes into the agent status.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
-from enum import StrEnum
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from shared.bundle import ChunkRejected, Manifest, check_acceptable, parse_manifest, sha256_hex
+from edge_agent.errors import UpdateOrderError
+from edge_agent.lifecycle import State
+from shared.bundle import Manifest, check_acceptable, parse_manifest, sha256_hex
+from shared.errors import ChunkRejected
 from shared.signing import verify
 from shared.topics import STABLE, followed_channels
-
-
-class UpdateOrderError(RuntimeError):
-    pass
-
-
-class Step(StrEnum):
-    RECEIVING = "receiving"
-    STAGED = "staged"
-    ACTIVE = "active"
 
 
 class UpdateSession:
@@ -50,20 +44,12 @@ class UpdateSession:
     ) -> None:
         self.envelope = envelope
         self.manifest: Manifest = parse_manifest(verify(envelope, trusted_key))
-        check_acceptable(
-            self.manifest,
-            fleet=fleet,
-            active_version=active_version,
-            now=now,
-            max_bundle_bytes=max_bundle_bytes,
-            device_id=device_id,
-            rings=followed_channels(channel),
-            revoked=revoked,
-        )
+        check_acceptable(self.manifest, fleet=fleet, active_version=active_version, now=now, device_id=device_id,
+                         max_bundle_bytes=max_bundle_bytes, rings=followed_channels(channel), revoked=revoked)
         self._missing = {
             (name, i) for name, entry in self.manifest.files.items() for i in range(len(entry.chunks))
         }
-        self.step = Step.RECEIVING
+        self.step = State.RECEIVING
         self.received = 0  # chunks that came over the network (counted by the caller)
         self.reused = 0  # chunks found on disk: staged before a restart, or in an installed version
 
@@ -97,7 +83,7 @@ class UpdateSession:
         except ChunkRejected:
             return False
 
-    def _expect(self, step: Step) -> None:
+    def _expect(self, step: State) -> None:
         if self.step is not step:
             raise UpdateOrderError(f"update is {self.step.value}, not {step.value}")
 
@@ -106,7 +92,7 @@ class UpdateSession:
 
     def accept_chunk(self, name: str, index: int, data: bytes) -> bool:
         """Check one chunk; True if it is new and must be written, False for a verified duplicate."""
-        self._expect(Step.RECEIVING)
+        self._expect(State.RECEIVING)
         entry = self.manifest.files.get(name)
         if entry is None or not 0 <= index < len(entry.chunks):
             raise ChunkRejected(f"chunk {name}/{index} is not part of version {self.version}")
@@ -121,11 +107,11 @@ class UpdateSession:
         return True
 
     def staged(self) -> None:
-        self._expect(Step.RECEIVING)
+        self._expect(State.RECEIVING)
         if self._missing:
             raise UpdateOrderError(f"{len(self._missing)} chunks are still missing")
-        self.step = Step.STAGED
+        self.step = State.STAGED
 
     def activated(self) -> None:
-        self._expect(Step.STAGED)
-        self.step = Step.ACTIVE
+        self._expect(State.STAGED)
+        self.step = State.ACTIVE

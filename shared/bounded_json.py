@@ -12,6 +12,8 @@ import json
 import math
 import re
 
+from shared.errors import JsonRejected
+
 #: Nesting accepted; the documents of this project (manifests, envelopes, events) need 5 at most.
 MAX_DEPTH = 32
 #: Digits of an integer: any version, length or timestamp fits in 19 (a 64-bit integer).
@@ -20,10 +22,6 @@ MAX_INT_DIGITS = 19
 # Strings are skipped whole (escapes included); what remains are brackets and scalars.
 _STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
 _BRACKETS = re.compile(r"[\[\]{}]")
-
-
-class JsonRejected(ValueError):
-    """Not JSON, or JSON nested deeper or with larger numbers than accepted."""
 
 
 def depth(text: str) -> int:

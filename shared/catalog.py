@@ -19,11 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, overload
 
-from shared.bundle import MalformedManifest
-
-
-class CatalogError(MalformedManifest):
-    reason = "bad_catalog"
+from shared.errors import CatalogError
 
 
 class CatalogItem(NamedTuple):  # a tuple: built per lookup on the request path, ~5x cheaper than a dataclass

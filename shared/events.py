@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from shared.errors import EventError
+
 
 class EventKind(StrEnum):
     VIEW = "view"
@@ -42,10 +44,6 @@ RETENTION_DAYS = 365
 
 #: Bounds on identifiers accepted anywhere (files, REST, MQTT): printable, no control characters.
 MAX_ID_LENGTH = 128
-
-
-class EventError(ValueError):
-    """A field of an event is missing or invalid; the message names the field."""
 
 
 @dataclass(frozen=True, slots=True)

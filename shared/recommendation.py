@@ -21,6 +21,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from shared.catalog import Catalog, CatalogItem
+from shared.errors import ScoringFailed
 from shared.events import EventKind, history_inputs
 
 #: The graph input (bool [1, items]) that says which items a query may return; models of
@@ -87,10 +88,6 @@ class RecommendationResult:
     model_version: int
     history_used: int
     model_failed: bool = False  # the model answered with garbage; popular items were served instead
-
-
-class ScoringFailed(RuntimeError):
-    """Raised by a scorer whose model answered garbage: the shopper gets the popularity fallback."""
 
 
 def _excluded(known: Sequence[tuple[int, EventKind]], exclude: Exclude, bought: Iterable[str],

@@ -19,15 +19,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shared.bounded_json import JsonRejected, loads
+from shared.bounded_json import loads
+from shared.errors import JsonRejected, SignatureError
 
 MAX_ENVELOPE_BYTES = 1 << 20
-
-
-class SignatureError(ValueError):
-    """The envelope is malformed, signed by an unknown key, or its signature does not verify."""
-
-    reason = "bad_signature"
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:

@@ -20,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.processes import AgentProcess
 from devtools.processes import broker as local_broker
+from edge_agent.active_model import ActiveModel
+from edge_agent.api import Services, create_app
 from edge_agent.history_store import HistoryStore
-from edge_agent.http_api import Services, create_app
 from edge_agent.metrics import AgentMetrics
-from edge_agent.updater import ActiveModel
 from harness import post_events, serving_agent
 from shared.openapi import document
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import ConfigError, load
+from edge_agent.config import load
+from edge_agent.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = sorted((ROOT / "firmware_configs").glob("*.toml"))

@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = """
 import sys
 from pathlib import Path
-from edge_agent import cli, daemon, http_api, mqtt_link  # every agent module a running agent uses
-from edge_agent.updater import load_bundle
+from edge_agent import api, cli, daemon, mqtt_link  # every agent module a running agent uses
+from edge_agent.bundle_loader import load_bundle
 from shared.recommendation import recommend
 from shared.bundle import ENVELOPE_FILE, parse_manifest
 from shared.signing import load_public_key, verify

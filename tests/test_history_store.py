@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 
 from edge_agent import master_key
-from edge_agent.crypto_envelope import TamperedRecord
-from edge_agent.history_store import HISTORY_FILE, KEYRING_FILE, HistoryStore, StoreError, StoreFull, WrongMasterKey
+from edge_agent.errors import MasterKeyError, StoreError, StoreFull, TamperedRecord, WrongMasterKey
+from edge_agent.history_store import HISTORY_FILE, KEYRING_FILE, HistoryStore
 from edge_agent.key_rotation import finish_pending, key_loader, rotate
 from edge_agent.keyring import Keyring
-from edge_agent.master_key import MasterKeyError
 from shared.events import EventKind, parse_event
 
 USER, ITEM = "customer-17850", "WHITE-HANGING-HEART-85123A"

@@ -10,7 +10,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bundle_factory import FILES, NOW, envelope, manifest_for
-from edge_agent.update import Step, UpdateOrderError, UpdateSession
+from edge_agent.errors import UpdateOrderError
+from edge_agent.lifecycle import State
+from edge_agent.update import UpdateSession
 from shared.bundle import (
     MODEL_FILE,
     ChunkRejected,
@@ -48,7 +50,7 @@ def test_valid_bundle_goes_through_every_step_in_order() -> None:
         s.activated()  # not staged yet
     s.staged()
     s.activated()
-    assert s.step is Step.ACTIVE
+    assert s.step is State.ACTIVE
     with pytest.raises(UpdateOrderError):
         s.accept_chunk(MODEL_FILE, 0, b"0123")
 

@@ -225,8 +225,10 @@ def test_a_model_that_kills_the_agent_while_loading_is_refused_after_two_attempt
     int8_bundle: Path, keys: Path, tmp_path: Path
 ) -> None:
     """What a crash inside the interpreter leaves on disk: the load marker, with no end."""
+    from edge_agent.active_model import ActiveModel
     from edge_agent.model_store import ModelStore
-    from edge_agent.updater import ActiveModel, Updater, UpdateResult
+    from edge_agent.update_report import UpdateResult
+    from edge_agent.updater import Updater
 
     store = ModelStore(tmp_path)
     reports: list[UpdateResult] = []

@@ -1,0 +1,48 @@
+"""Recommendations for a shopper (``GET /v1/recommendations``), from the model serving now."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response
+
+from edge_agent.api.params import arg, identifier, int_arg, text_arg
+from edge_agent.api.services import services
+from edge_agent.errors import ApiError
+from shared.recommendation import Exclude, recommend
+
+log = logging.getLogger("edge_agent.api")
+
+blueprint = Blueprint("recommendations", __name__)
+
+
+def _exclude() -> Exclude:
+    raw = arg("exclude")
+    try:
+        return Exclude("none" if raw is None else raw)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", "exclude must be none, purchased or seen") from None
+
+
+@blueprint.get("/v1/recommendations")
+def recommendations() -> Any:
+    found = services()
+    user_id = identifier(arg("user_id") or "", "user_id")
+    k = int_arg("k", 10, 1, found.max_k)
+    exclude = _exclude()
+    category = text_arg("category")
+    model = found.active.current  # one reference: a swap mid-request does not affect us
+    if model is None:
+        raise ApiError(503, "no_model", "no model installed yet; retry later")
+    # the model reads the last history_length events; exclusions see all that is kept, and the
+    # purchase memory (bought items, also those whose events the event cap has dropped)
+    history = found.history.recent(user_id, max(model.history_length, found.max_history))
+    bought = found.history.purchased(user_id) if exclude is not Exclude.NONE else ()
+    result = recommend(model, history, k, exclude, category, bought)
+    found.metrics.count_recommendation(result.fallback)
+    if result.model_failed:
+        found.metrics.model_errors.inc()
+        found.metrics.health.model_failed()
+        log.error("model version %s answered a query with garbage; served popular items", model.version)
+    return Response(found.bodies.render(user_id, result), mimetype="application/json")
