@@ -91,8 +91,8 @@ class BrokerConnection:
         self.client.unsubscribe(topic)
         return self.messages.get(topic) or None
 
-
     def unsubscribe(self, subscription: str) -> None:
+        """Stop receiving ``subscription``'s messages."""
         self.client.unsubscribe(subscription)
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from cloud_trainer.data.events_io import KINDS_BY_CODE, EventTable, read_events
 from cloud_trainer.errors import EvaluationError
 from cloud_trainer.evaluation import metrics, splits
 from cloud_trainer.evaluation.baselines import BASELINES
-from cloud_trainer.evaluation.report import Report
+from cloud_trainer.evaluation.report import Report, write_report
 from cloud_trainer.evaluation.served import ServedModel, served_rankings, stored_shoppers
 from cloud_trainer.models.side_features import SideFeatureSettings, extend_with_cold_items
 from shared.catalog import parse_catalog
@@ -98,8 +98,6 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
         log.info("%s: recall@20 %.4f (all), %.4f (new)", name, report.rows[name]["all"]["recall@20"],
                  report.rows[name]["new"]["recall@20"])
     if run_dir is not None:
-        from cloud_trainer.evaluation.report import write_report
-
         (run_dir / "evaluation.json").write_text(json.dumps(
             {"test_from": day, "target": data.target, **report.rows, "cold_start": report.cold_start,
              "among_new_items": report.among_new}, indent=1))
