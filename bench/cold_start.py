@@ -25,8 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cloud_trainer.model import ModelWeights  # noqa: E402
-from cloud_trainer.side_features import FeatureSpace, SideFeatureSettings, extend_with_cold_items  # noqa: E402
+from cloud_trainer.models.dot_product import ModelWeights  # noqa: E402
+from cloud_trainer.models.side_features import FeatureSpace, SideFeatureSettings, extend_with_cold_items  # noqa: E402
 from shared.catalog import CatalogItem  # noqa: E402
 
 VOCABULARY, CATEGORIES = 30_000, 2_000

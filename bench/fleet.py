@@ -134,7 +134,7 @@ def baseline_transfer(port: int, bundle: Path, subscribers: int) -> dict[str, ob
 
 def catalog_only_update(bundle: Path, work: Path, version: int) -> Path:
     """The same model with a changed catalog, signed as ``version``."""
-    from cloud_trainer.bundler import BundleOptions, write_bundle
+    from cloud_trainer.delivery.bundler import BundleOptions, write_bundle
 
     manifest = parse_manifest(json.loads((bundle / "manifest.envelope").read_bytes())["signed"])
     catalog = json.loads((bundle / CATALOG_FILE).read_bytes())

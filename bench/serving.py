@@ -81,9 +81,10 @@ def build_bundle(work: Path, n_items: int = N_ITEMS, dim: int = DIM, history: in
 
     ``factorized`` gives it the default trained model's graph: distinct pooling and the repeat term.
     """
-    from cloud_trainer.bundler import BundleOptions, write_bundle
-    from cloud_trainer.export import litert_runner, to_tflite
-    from cloud_trainer.model import ModelWeights
+    from cloud_trainer.delivery.bundler import BundleOptions, write_bundle
+    from cloud_trainer.delivery.export import to_tflite
+    from cloud_trainer.delivery.litert import litert_runner
+    from cloud_trainer.models.dot_product import ModelWeights
     from shared.bundle import ModelContract
     from shared.signing import generate_private_key, private_key_pem, public_key_pem
 

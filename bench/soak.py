@@ -77,7 +77,7 @@ def mixed_traffic_script(agent: AgentProcess, work: Path, pause_ms: int, n_items
 
 def make_versions(work: Path, n_items: int, count: int) -> list[Path]:
     """Bundles of versions 2..count+1, rotating over MODELS models, each with its own catalogue."""
-    from cloud_trainer.bundler import BundleOptions, write_bundle
+    from cloud_trainer.delivery.bundler import BundleOptions, write_bundle
 
     for m in range(MODELS):
         build_bundle(work / f"model-{m}", n_items, dim=256, history=200, factorized=True, seed=100 + m)

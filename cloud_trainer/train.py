@@ -23,16 +23,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cloud_trainer.dataset import TrainingSet, build_training_set, next_baskets, popularity
-from cloud_trainer.evaluation import cut_time, is_target, train_period
-from cloud_trainer.events_io import read_events, read_items
-from cloud_trainer.side_features import catalogue_items
-from cloud_trainer.tuning import DEFAULT_BUDGET_S, DEFAULT_VALIDATION_SHARE, Candidate, tune
+from cloud_trainer.data.events_io import read_events, read_items
+from cloud_trainer.data.training_set import TrainingSet, build_training_set, next_baskets, popularity
+from cloud_trainer.evaluation.splits import cut_time, is_target, train_period
+from cloud_trainer.models.side_features import catalogue_items
+from cloud_trainer.models.tuning import DEFAULT_BUDGET_S, DEFAULT_VALIDATION_SHARE, Candidate, tune
 from shared.catalog import Catalog, CatalogItem
 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
+
+    from cloud_trainer.data.events_io import EventTable
+    from cloud_trainer.models.dot_product import ModelWeights
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ HISTORY_LENGTH = {"factorized": 200, "two-tower": 50}
 class TrainConfig:
     events: str
     items: str | None = None
-    model: str = "factorized"  # see cloud_trainer.factorized; "two-tower" is the Keras-trained one
+    model: str = "factorized"  # see cloud_trainer.models.factorized; "two-tower" is the Keras-trained one
     dim: int = 32  # two-tower embedding size
     rank: int = 256  # factorized: embedding size
     history_length: int | None = None  # default: HISTORY_LENGTH[model]
@@ -56,20 +59,20 @@ class TrainConfig:
     l2: float = 1e-6
     seed: int = 7
     calibration_histories: int = 512
-    # the factorized model's settings (cloud_trainer.factorized); chosen per data set unless tune is off
+    # the factorized model's settings (cloud_trainer.models.factorized); chosen per data set unless tune is off
     ease_l2: float = 200.0
     repeat_weight: float = 0.5
     trend_weight: float = 0.05
     trend_days: float = 14.0
     view_weight: float = 0.25
     cart_weight: float = 0.5
-    cold_start_scale: float = 5.0  # new items' predicted vectors (cloud_trainer.side_features)
+    cold_start_scale: float = 5.0  # new items' predicted vectors (cloud_trainer.models.side_features)
     tune: bool = True  # choose the settings above, rank and history_length on a validation window
     tune_budget: float = DEFAULT_BUDGET_S  # seconds
     validation_share: float = DEFAULT_VALIDATION_SHARE  # of the training events, the most recent
     target: str = "purchase"  # what tuning (and evaluate) count as a hit: purchase, or any event
     test_from: str | None = None  # YYYY-MM-DD (UTC): hold out events from then on for `evaluate`
-    cold_start: bool = True  # items in the items file without events join the model (cloud_trainer.side_features)
+    cold_start: bool = True  # items in the items file without events join the model (models.side_features)
     distribute: str = "none"  # two-tower: "mirrored" trains under tf.distribute.MirroredStrategy
     cpu_devices: int = 1  # split the CPU into this many logical devices (to use or test a strategy without GPUs)
 
@@ -102,77 +105,40 @@ def _seed(seed: int) -> None:
 
 def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
     started = time.monotonic()
-    if config.model not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(MODELS)}, not {config.model!r}")
-    if config.distribute not in DISTRIBUTE:
-        raise ValueError(f"distribute must be one of {', '.join(DISTRIBUTE)}, not {config.distribute!r}")
-    is_target(np.zeros(0, dtype=np.int8), config.target)  # a wrong target is an error before any work
-    if config.tune_budget <= 0:
-        raise ValueError(f"tune_budget must be a positive number of seconds, not {config.tune_budget}")
-    if not 0 < config.validation_share < 1:
-        raise ValueError(f"validation_share must be between 0 and 1, not {config.validation_share}")
-    if config.cpu_devices < 1:
-        raise ValueError(f"cpu_devices must be at least 1, not {config.cpu_devices}")
-    if config.distribute != "none" and config.model != "two-tower":
-        raise ValueError(f"--distribute applies to the model trained by epochs (--model two-tower); the "
-                         f"{config.model} model is fitted in closed form")
+    _check(config)
     if config.history_length is None:
         config.history_length = HISTORY_LENGTH[config.model]
     strategy = _strategy(config)
     _seed(config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    table = read_events(Path(config.events))
-    log.info("events: %s", table.report.summary())
-    if config.test_from:
-        table = train_period(table, cut_time(config.test_from))
-        log.info("holding out events from %s on: training on %d events", config.test_from, len(table.user))
-    metadata: dict[str, CatalogItem] = {}
-    if config.items:
-        metadata, item_report = read_items(Path(config.items))
-        log.info("items: %s", item_report.summary())
+    table, metadata = _read(config)
     num_items = len(table.item_ids)
     if config.model == "factorized" and config.tune:
-        tuning = tune(table, metadata if config.cold_start else {}, _candidate(config), config.tune_budget,
-                      config.validation_share, config.seed, config.target)
-        (run_dir / "tuning.json").write_text(json.dumps(tuning.to_json(), indent=1))
-        for name, value in asdict(tuning.chosen).items():
-            setattr(config, "ease_l2" if name == "l2" else name, value)
+        _choose_settings(config, table, metadata, run_dir)
     assert config.history_length is not None
     data = build_training_set(table, config.history_length)
     log.info(
         "training set: %d examples from %d histories, %d users, %d items",
         len(data), len(data.hist_items), len(table.user_ids), num_items,
     )
-    from cloud_trainer.model import extract_weights, model_from_weights
-
-    model: keras.Model | None = None  # a fitted model is built from its weights below
-    if config.model == "factorized":
-        from cloud_trainer.factorized import fit
-
-        weights = fit(table, _candidate(config).factorized(config.seed))
-        loss: list[float] = []
-    else:
-        model, loss = _fit_two_tower(config, data, num_items, strategy)
-        weights = extract_weights(model)
+    weights, model, loss = _fit(config, table, data, num_items, strategy)
     known, new = catalogue_items(metadata, table.item_ids)
     if not config.cold_start:
         new = []
     if new:
-        from cloud_trainer.side_features import SideFeatureSettings, extend_with_cold_items
+        from cloud_trainer.models.side_features import SideFeatureSettings, extend_with_cold_items
 
         log.info("cold start: %d items of the items file have no training events", len(new))
         weights = extend_with_cold_items(weights, known, new, SideFeatureSettings(vector_scale=config.cold_start_scale))
         model = None
     if model is None:
+        from cloud_trainer.models.dot_product import model_from_weights
+
         model = model_from_weights(weights, config.history_length)
     catalog = Catalog(items=(*known, *new), popular=tuple(popularity(table, num_items)))
     (run_dir / "catalog.json").write_bytes(catalog.to_bytes())
     model.save(run_dir / "model.keras")
-
-    rng = np.random.default_rng(config.seed)
-    pick = rng.choice(len(data.hist_items), size=min(config.calibration_histories, len(data.hist_items)), replace=False)
-    np.savez(run_dir / "histories.npz", items=data.hist_items[pick], weights=data.hist_weights[pick],
-             targets=next_baskets(data, pick))
+    _save_histories(config, data, run_dir)
     metrics = {
         "events_read": table.report.rows,
         "events_kept": table.report.kept,
@@ -191,6 +157,69 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
     return metrics
 
 
+def _check(config: TrainConfig) -> None:
+    """A wrong setting is an error before any work."""
+    if config.model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, not {config.model!r}")
+    if config.distribute not in DISTRIBUTE:
+        raise ValueError(f"distribute must be one of {', '.join(DISTRIBUTE)}, not {config.distribute!r}")
+    is_target(np.zeros(0, dtype=np.int8), config.target)  # raises for an unknown target
+    if config.tune_budget <= 0:
+        raise ValueError(f"tune_budget must be a positive number of seconds, not {config.tune_budget}")
+    if not 0 < config.validation_share < 1:
+        raise ValueError(f"validation_share must be between 0 and 1, not {config.validation_share}")
+    if config.cpu_devices < 1:
+        raise ValueError(f"cpu_devices must be at least 1, not {config.cpu_devices}")
+    if config.distribute != "none" and config.model != "two-tower":
+        raise ValueError(f"--distribute applies to the model trained by epochs (--model two-tower); the "
+                         f"{config.model} model is fitted in closed form")
+
+
+def _read(config: TrainConfig) -> tuple[EventTable, dict[str, CatalogItem]]:
+    """The training events (before ``test_from`` when given) and the items file's items."""
+    table = read_events(Path(config.events))
+    log.info("events: %s", table.report.summary())
+    if config.test_from:
+        table = train_period(table, cut_time(config.test_from))
+        log.info("holding out events from %s on: training on %d events", config.test_from, len(table.user))
+    metadata: dict[str, CatalogItem] = {}
+    if config.items:
+        metadata, item_report = read_items(Path(config.items))
+        log.info("items: %s", item_report.summary())
+    return table, metadata
+
+
+def _choose_settings(config: TrainConfig, table: EventTable, metadata: dict[str, CatalogItem], run_dir: Path) -> None:
+    """The factorized model's settings chosen on a validation window (:mod:`cloud_trainer.models.tuning`),
+    set in ``config`` and recorded in ``tuning.json``."""
+    tuning = tune(table, metadata if config.cold_start else {}, _candidate(config), config.tune_budget,
+                  config.validation_share, config.seed, config.target)
+    (run_dir / "tuning.json").write_text(json.dumps(tuning.to_json(), indent=1))
+    for name, value in asdict(tuning.chosen).items():
+        setattr(config, "ease_l2" if name == "l2" else name, value)
+
+
+def _fit(config: TrainConfig, table: EventTable, data: TrainingSet, num_items: int,
+         strategy: tf.distribute.Strategy) -> tuple[ModelWeights, keras.Model | None, list[float]]:
+    """(weights, the Keras model when one was trained by epochs, loss per epoch)."""
+    from cloud_trainer.models.dot_product import extract_weights
+
+    if config.model == "factorized":
+        from cloud_trainer.models.factorized import fit
+
+        return fit(table, _candidate(config).factorized(config.seed)), None, []
+    model, loss = _fit_two_tower(config, data, num_items, strategy)
+    return extract_weights(model), model, loss
+
+
+def _save_histories(config: TrainConfig, data: TrainingSet, run_dir: Path) -> None:
+    """A sample of real training histories with their next baskets: ``histories.npz``."""
+    rng = np.random.default_rng(config.seed)
+    pick = rng.choice(len(data.hist_items), size=min(config.calibration_histories, len(data.hist_items)), replace=False)
+    np.savez(run_dir / "histories.npz", items=data.hist_items[pick], weights=data.hist_weights[pick],
+             targets=next_baskets(data, pick))
+
+
 def _candidate(config: TrainConfig) -> Candidate:
     """The factorized model's settings in ``config``."""
     assert config.history_length is not None
@@ -207,7 +236,7 @@ def _fit_two_tower(config: TrainConfig, data: TrainingSet, num_items: int,
     import keras
     import tensorflow as tf
 
-    from cloud_trainer.model import build_model
+    from cloud_trainer.models.dot_product import build_model
 
     rows, targets = data.example_row, data.example_target
     dataset = (

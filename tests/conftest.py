@@ -48,7 +48,7 @@ def retail_slice(datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="session")
 def prepared(retail_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cloud_trainer.adapters import prepare_online_retail
+    from cloud_trainer.data.converters import prepare_online_retail
 
     out = tmp_path_factory.mktemp("prepared")
     prepare_online_retail(retail_slice, out)
@@ -91,7 +91,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_bundle(run: Path, keys: Path, out: Path, version: int, variant: str = "int8", fleet: str = "default") -> Path:
-    from cloud_trainer.bundler import BundleOptions, build_bundle
+    from cloud_trainer.delivery.bundler import BundleOptions, build_bundle
     from shared.topics import CHANNELS
 
     build_bundle(run, keys / "signing.key", out, BundleOptions(variant=variant, version=version, fleet=fleet,

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_trainer.adapters import prepare_online_retail, prepare_retailrocket
-from cloud_trainer.events_io import InputError, read_events, read_items
+from cloud_trainer.data.converters import prepare_online_retail, prepare_retailrocket
+from cloud_trainer.data.events_io import read_events, read_items
+from cloud_trainer.errors import InputError
 
 HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
 ROWS = [
@@ -97,7 +98,7 @@ def test_parquet_events_are_read_in_batches_and_equal_the_csv(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cloud_trainer import events_io
+    from cloud_trainer.data import events_io
 
     with gzip.open(prepared / "events.csv.gz", "rt", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

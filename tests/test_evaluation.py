@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_trainer import evaluation as ev
-from cloud_trainer.events_io import KIND_CODES, EventTable, ReadReport
+from cloud_trainer.data.events_io import KIND_CODES, EventTable, ReadReport
+from cloud_trainer.evaluation import baselines, splits
+from cloud_trainer.evaluation import metrics as ev_metrics
+from cloud_trainer.evaluation.report import Report
 from shared.events import EventKind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +51,7 @@ TOY = table([
 
 
 def test_split_picks_test_users_targets_and_never_leaks_the_test_period() -> None:
-    data = ev.split(TOY, CUT)
+    data = splits.split(TOY, CUT)
     assert data.train.item_ids == ["a", "b", "c", "d"]  # z appears only in the test period
     assert data.users == ["ann", "dan"]
     items = data.train.item_ids
@@ -66,37 +68,37 @@ def test_split_picks_test_users_targets_and_never_leaks_the_test_period() -> Non
 
 def test_cold_start_split_finds_the_shoppers_of_new_items_without_leaking_the_test_period() -> None:
     # z has no training events; the run's catalogue lists it after the trained items, beside y (never bought)
-    data = ev.cold_start_split(TOY, CUT, ["a", "b", "c", "d", "y", "z"])
+    data = splits.cold_start_split(TOY, CUT, ["a", "b", "c", "d", "y", "z"])
     assert data.users == ["ann", "cat"]  # bob bought z too, but nothing in training
     assert data.num_known == 4 and data.num_items == 6
     assert data.new_targets == [{5}, {5}] and data.all_targets == [{0, 3, 5}, {5}]
-    train = ev.train_period(TOY, CUT)
+    train = splits.train_period(TOY, CUT)
     for rows in data.history:
         assert (train.timestamp[rows] < CUT).all()
     # a catalogue without z: z is a target nobody can hit
-    unlisted = ev.cold_start_split(TOY, CUT, ["a", "b", "c", "d"])
+    unlisted = splits.cold_start_split(TOY, CUT, ["a", "b", "c", "d"])
     assert unlisted.new_targets == [{-1}, {-1}] and unlisted.num_items == 4
     with pytest.raises(ValueError, match="training period's items"):
-        ev.cold_start_split(TOY, CUT, ["b", "a", "c", "d", "z"])
+        splits.cold_start_split(TOY, CUT, ["b", "a", "c", "d", "z"])
 
 
 def test_cold_start_metrics_by_hand() -> None:
-    data = ev.cold_start_split(TOY, CUT, ["a", "b", "c", "d", "y", "z"])
+    data = splits.cold_start_split(TOY, CUT, ["a", "b", "c", "d", "y", "z"])
     # ann: z (5) first, then a, y, ...; cat: y (4) first, then z
     scores = np.array([[5.0, 1, 1, 1, 4, 9], [1, 1, 1, 1, 9, 8]])
-    metrics = ev.cold_start_metrics(scores, data, k=2)
+    metrics = ev_metrics.cold_start_metrics(scores, data, k=2)
     assert metrics["recall@2 new items"] == pytest.approx((1 + 1) / 2)
     assert metrics["recall@2 all items"] == pytest.approx((2 / 2 + 1) / 2)  # ann: z and a of a, d, z
     assert metrics["new-item share of top 2"] == pytest.approx(3 / 4)
-    among = ev.among_new_items(scores, data, ks=(1, 2))
+    among = ev_metrics.among_new_items(scores, data, ks=(1, 2))
     assert among == {"recall@1": 0.5, "recall@2": 1.0}  # ann ranks z first, cat ranks y first
     # random order of the 2 new items: each shopper's one target is first half the time
-    assert ev.random_among_new_items(data, ks=(1, 2)) == {"recall@1": 0.5, "recall@2": 1.0}
+    assert ev_metrics.random_among_new_items(data, ks=(1, 2)) == {"recall@1": 0.5, "recall@2": 1.0}
 
 
 def test_recall_and_ndcg_by_hand() -> None:
     ranked = np.array([[5, 1, 7, 2] + list(range(10, 56)), list(range(100, 150))])
-    metrics = ev.recall_ndcg(ranked, [{1, 2, 99}, {100}])
+    metrics = ev_metrics.recall_ndcg(ranked, [{1, 2, 99}, {100}])
     # user 1: hits at ranks 2 and 4 of 3 targets; user 2: a hit at rank 1 of 1 target
     assert metrics["users"] == 2
     assert metrics["recall@10"] == pytest.approx(round((2 / 3 + 1) / 2, 4))
@@ -104,24 +106,24 @@ def test_recall_and_ndcg_by_hand() -> None:
     idcg = 1 + 1 / math.log2(3) + 1 / math.log2(4)
     assert metrics["ndcg@10"] == pytest.approx(round((dcg / idcg + 1) / 2, 4))
     # Recall@K divides by min(K, |targets|): 12 targets, 10 hits in the top 10 -> 1.0
-    many = ev.recall_ndcg(np.array([list(range(50))]), [set(range(12))])
+    many = ev_metrics.recall_ndcg(np.array([list(range(50))]), [set(range(12))])
     assert many["recall@10"] == 1.0 and many["recall@20"] == 1.0
-    assert ev.recall_ndcg(np.array([list(range(50))]), [set()])["users"] == 0  # no targets: not counted
+    assert ev_metrics.recall_ndcg(np.array([list(range(50))]), [set()])["users"] == 0  # no targets: not counted
 
 
 def test_top_k_breaks_ties_by_index_and_honours_exclusions() -> None:
     scores = np.array([[1.0, 3.0, 3.0, 0.5, 2.0]])
-    assert ev.top_k(scores, 3).tolist() == [[1, 2, 4]]
-    assert ev.top_k(scores, 3, [{1, 4}]).tolist() == [[2, 0, 3]]
+    assert ev_metrics.top_k(scores, 3).tolist() == [[1, 2, 4]]
+    assert ev_metrics.top_k(scores, 3, [{1, 4}]).tolist() == [[2, 0, 3]]
 
 
 def test_baselines_on_the_toy_split() -> None:
-    data = ev.split(TOY, CUT)
-    popularity = ev.popularity_scores(data)
+    data = splits.split(TOY, CUT)
+    popularity = baselines.popularity_scores(data)
     assert popularity[0].tolist() == [1.0, 2.0, 1.0, 1.0]  # distinct buyers of a, b, c, d in training
-    repeat = ev.repeat_purchase_scores(data)
-    assert ev.top_k(repeat, 2).tolist()[0] == [1, 0]  # ann's own items (b before a: b is more popular)
-    results = ev.evaluate(repeat, data)
+    repeat = baselines.repeat_purchase_scores(data)
+    assert ev_metrics.top_k(repeat, 2).tolist()[0] == [1, 0]  # ann's own items (b before a: b is more popular)
+    results = ev_metrics.evaluate(repeat, data)
     assert results["all"]["users"] == 2 and results["new"]["users"] == 1
     # ann ranks b, a, c, d (targets a, d: ranks 2 and 4); dan ranks b, d (target d: rank 2)
     ann = (1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3))
@@ -129,17 +131,17 @@ def test_baselines_on_the_toy_split() -> None:
     assert results["all"]["ndcg@10"] == pytest.approx(round((ann + dan) / 2, 4))
     # mode new: ann's past items a, b are excluded, so c, d remain and d (target) ranks 2nd
     assert results["new"]["ndcg@10"] == pytest.approx(round(1 / math.log2(3), 4))
-    ease = ev.ease_scores(data, lam=1.0)
+    ease = baselines.ease_scores(data, lam=1.0)
     assert np.isfinite(ease).all() and ease.shape == (2, 4)
 
 
 def test_baselines_reproduce_the_published_reference_on_online_retail(datasets: Path, tmp_path: Path) -> None:
     """The reference figures in ../shared/docs/facts.md, computed independently of this code."""
-    from cloud_trainer.adapters import prepare_online_retail
-    from cloud_trainer.events_io import read_events
+    from cloud_trainer.data.converters import prepare_online_retail
+    from cloud_trainer.data.events_io import read_events
 
     prepare_online_retail(datasets / "online_retail" / "online_retail.csv.gz", tmp_path)
-    data = ev.split(read_events(tmp_path / "events.csv.gz"), ev.cut_time("2011-11-09"))
+    data = splits.split(read_events(tmp_path / "events.csv.gz"), splits.cut_time("2011-11-09"))
     assert len(data.users) == 1394
     reference = {  # recall@20 and ndcg@20, mode all then new
         "popularity": (0.094, 0.088, 0.048, 0.040),
@@ -147,7 +149,7 @@ def test_baselines_reproduce_the_published_reference_on_online_retail(datasets: 
         "EASE (lambda 200)": (0.278, 0.264, 0.124, 0.104),
     }
     for name, expected in reference.items():
-        got = ev.evaluate(ev.BASELINES[name](data), data)
+        got = ev_metrics.evaluate(baselines.BASELINES[name](data), data)
         figures = (got["all"]["recall@20"], got["all"]["ndcg@20"], got["new"]["recall@20"], got["new"]["ndcg@20"])
         assert figures == pytest.approx(expected, abs=0.0015), (name, figures)
 
@@ -193,20 +195,20 @@ def test_train_then_evaluate_prints_the_model_float_and_int8_beside_the_baseline
     png = (tmp_path / "run" / "report" / "recall_at_k.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     curve = saved["model (int8, LiteRT, as served)"]["all"]
-    assert all(0 <= curve[f"recall@{k}"] <= 1 for k in ev.CURVE_AT) and curve["recall@100"] > 0
+    assert all(0 <= curve[f"recall@{k}"] <= 1 for k in ev_metrics.CURVE_AT) and curve["recall@100"] > 0
 
 
 def test_the_report_plots_recall_curves_and_the_loss_of_a_model_trained_by_epochs(tmp_path: Path) -> None:
-    from cloud_trainer.report import write_report
+    from cloud_trainer.evaluation.report import write_report
 
     (tmp_path / "config.json").write_text(json.dumps({"model": "two-tower", "dim": 32, "seed": 7}))
     (tmp_path / "metrics.json").write_text(json.dumps({"loss": [7.5, 6.25, 6.0], "users": 3, "items": 4}))
-    report = ev.Report()
+    report = Report()
     for name, scale in (("model (int8, LiteRT)", 1.0), ("popularity", 0.5)):
-        row = {f"recall@{k}": round(scale * k / 100, 4) for k in ev.CURVE_AT}
+        row = {f"recall@{k}": round(scale * k / 100, 4) for k in ev_metrics.CURVE_AT}
         report.rows[name] = {mode: row | {"se(recall@20)": 0.01, "ndcg@10": 0.1, "ndcg@20": 0.2, "coverage@20": 0.3,
                                           "users": 3}
-                             for mode in ev.MODES}
+                             for mode in splits.MODES}
     text = write_report(tmp_path, report, "2011-11-09").read_text()
     assert "| model (int8, LiteRT) | 0.1 | 0.2 | 0.5 |" in text and "2011-11-09" in text
     assert "6.2500" in text and "- `dim`: 32" in text and "- items: 4" in text

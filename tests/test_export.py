@@ -28,8 +28,9 @@ def histories(trained_run: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("variant", ["float32", "int8"])
 def test_tflite_matches_keras_within_tolerance(keras_model, histories, variant: str) -> None:  # type: ignore[no-untyped-def]
-    from cloud_trainer.export import check_parity, to_tflite
-    from cloud_trainer.model import extract_weights
+    from cloud_trainer.delivery.export import to_tflite
+    from cloud_trainer.delivery.gates import check_parity
+    from cloud_trainer.models.dot_product import extract_weights
 
     weights = extract_weights(keras_model)
     model_bytes = to_tflite(weights, histories[0].shape[1], 20, variant, histories)
@@ -40,8 +41,9 @@ def test_tflite_matches_keras_within_tolerance(keras_model, histories, variant: 
 
 
 def test_parity_check_catches_a_wrong_model(keras_model, histories) -> None:  # type: ignore[no-untyped-def]
-    from cloud_trainer.export import check_parity, to_tflite
-    from cloud_trainer.model import extract_weights
+    from cloud_trainer.delivery.export import to_tflite
+    from cloud_trainer.delivery.gates import check_parity
+    from cloud_trainer.models.dot_product import extract_weights
 
     weights = extract_weights(keras_model)
     rng = np.random.default_rng(0)
@@ -63,7 +65,7 @@ def test_bundle_is_signed_and_self_consistent(int8_bundle: Path, keys: Path) -> 
 
 
 def test_recall_at_on_hand_computed_cases() -> None:
-    from cloud_trainer.export import recall_at
+    from cloud_trainer.evaluation.metrics import recall_at
 
     ranked = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9], [3, 2, 1]])
     targets = np.array([[1, 9, -1], [7, -1, -1], [-1, -1, -1], [1, 2, 3]])
@@ -72,7 +74,7 @@ def test_recall_at_on_hand_computed_cases() -> None:
 
 
 def test_quantization_gate_allows_at_most_a_two_percent_relative_drop() -> None:
-    from cloud_trainer.export import QualityGate
+    from cloud_trainer.delivery.gates import QualityGate
 
     assert QualityGate("int8", 100, 0.5, 0.49).ok  # exactly 2% lower
     assert not QualityGate("int8", 100, 0.5, 0.489).ok
@@ -82,8 +84,9 @@ def test_quantization_gate_allows_at_most_a_two_percent_relative_drop() -> None:
 def test_quality_gate_passes_the_real_int8_export_and_refuses_a_degraded_one(  # type: ignore[no-untyped-def]
     keras_model, trained_run: Path
 ) -> None:
-    from cloud_trainer.export import quality_gate, to_tflite
-    from cloud_trainer.model import extract_weights
+    from cloud_trainer.delivery.export import to_tflite
+    from cloud_trainer.delivery.gates import quality_gate
+    from cloud_trainer.models.dot_product import extract_weights
 
     data = np.load(trained_run / "histories.npz")
     items, weights, targets = data["items"], data["weights"], data["targets"]
@@ -102,8 +105,9 @@ def test_quality_gate_passes_the_real_int8_export_and_refuses_a_degraded_one(  #
 
 def test_blocked_top_k_in_the_graph_is_exact() -> None:
     """The graph's block-pruned top-K returns exactly numpy's top-K, tail items and block items alike."""
-    from cloud_trainer.export import TOP_K_BLOCK, litert_runner, to_tflite
-    from cloud_trainer.model import ModelWeights
+    from cloud_trainer.delivery.export import TOP_K_BLOCK, to_tflite
+    from cloud_trainer.delivery.litert import litert_runner
+    from cloud_trainer.models.dot_product import ModelWeights
 
     n_items, dim, history, top_k = 60 * TOP_K_BLOCK + 77, 8, 5, 20  # 77 items left over after the blocks
     rng = np.random.default_rng(3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cloud_trainer.events_io import KIND_CODES, EventTable, ReadReport
+from cloud_trainer.data.events_io import KIND_CODES, EventTable, ReadReport
 from shared.events import EventKind
 
 
@@ -20,8 +20,8 @@ def toy_table(users: int = 40, items: int = 15, events: int = 300, seed: int = 0
 
 def test_full_rank_factorization_scores_exactly_as_ease() -> None:
     """At full rank, pooling each distinct history item once gives EASE's scores (Steck 2019)."""
-    from cloud_trainer.evaluation import ease
-    from cloud_trainer.factorized import FactorizedSettings, fit, shopper_item_matrix
+    from cloud_trainer.models.ease import ease
+    from cloud_trainer.models.factorized import FactorizedSettings, fit, shopper_item_matrix
 
     table = toy_table()
     weights = fit(table, FactorizedSettings(rank=15, trend_weight=0.0, repeat_weight=0.0))
@@ -33,7 +33,7 @@ def test_full_rank_factorization_scores_exactly_as_ease() -> None:
 
 
 def test_truncated_svd_finds_the_top_singular_values() -> None:
-    from cloud_trainer.factorized import truncated_svd
+    from cloud_trainer.models.factorized import truncated_svd
 
     rng = np.random.default_rng(1)  # a decaying spectrum, as item-item matrices have
     left, _ = np.linalg.qr(rng.normal(size=(60, 60)))
@@ -46,7 +46,7 @@ def test_truncated_svd_finds_the_top_singular_values() -> None:
 
 
 def test_trend_bias_counts_only_the_last_days() -> None:
-    from cloud_trainer.factorized import trend
+    from cloud_trainer.models.factorized import trend
 
     table = toy_table()
     recent = table.timestamp >= table.timestamp.max() - 14 * 86400
@@ -56,7 +56,7 @@ def test_trend_bias_counts_only_the_last_days() -> None:
 
 
 def test_distinct_pooling_counts_each_item_once() -> None:
-    from cloud_trainer.model import distinct_positions, history_counts, history_present
+    from cloud_trainer.models.dot_product import distinct_positions, history_counts, history_present
 
     items = np.array([[7, 3, 7, 7, 2, 0, 0], [0, 5, 0, 0, 0, 0, 0]], dtype=np.int32)  # item 0 twice
     weights = np.array([[0.3, 0.2, 0.2, 0.1, 0.2, 0.0, 0.0],  # the zeros are padding
@@ -80,8 +80,9 @@ def numpy_scores(weights, items: np.ndarray, mix: np.ndarray) -> np.ndarray:  # 
 def test_repeat_term_in_the_graph_is_exact_and_explained() -> None:
     """Top-K of dot product + repeat from the dot product's top-K plus the history: the same items
     and scores as scoring every item, for histories whose items score low without their repeats."""
-    from cloud_trainer.export import litert_runner, to_tflite
-    from cloud_trainer.model import ModelWeights, model_from_weights
+    from cloud_trainer.delivery.export import to_tflite
+    from cloud_trainer.delivery.litert import litert_runner
+    from cloud_trainer.models.dot_product import ModelWeights, model_from_weights
 
     n_items, dim, length, top_k = 500, 8, 12, 10
     rng = np.random.default_rng(5)
@@ -113,8 +114,9 @@ def test_repeat_term_in_the_graph_is_exact_and_explained() -> None:
 
 
 def test_long_histories_explain_their_most_recent_positions() -> None:
-    from cloud_trainer.export import EXPLAINED_POSITIONS, litert_runner, to_tflite
-    from cloud_trainer.model import ModelWeights
+    from cloud_trainer.delivery.export import EXPLAINED_POSITIONS, to_tflite
+    from cloud_trainer.delivery.litert import litert_runner
+    from cloud_trainer.models.dot_product import ModelWeights
 
     n_items, dim, length, top_k = 300, 4, EXPLAINED_POSITIONS + 30, 10
     rng = np.random.default_rng(2)

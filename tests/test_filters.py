@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_trainer.events_io import KIND_CODES, EventTable, read_events
-from cloud_trainer.served import HistoryEvent, stored_shoppers
+from cloud_trainer.data.events_io import KIND_CODES, EventTable, read_events
+from cloud_trainer.evaluation.served import HistoryEvent, stored_shoppers
 from edge_agent.loaded_model import LoadedModel
 from harness import manifest_of
 from shared.bundle import CATALOG_FILE, MODEL_FILE
@@ -49,8 +49,9 @@ def _full_ranking(run: Path, histories: list[list[HistoryEvent]], index: dict[st
     """[shoppers, items] scores over the whole catalogue: Keras (float32) or the int8 graph's own."""
     import keras
 
-    from cloud_trainer.export import litert_runner, to_tflite
-    from cloud_trainer.model import extract_weights
+    from cloud_trainer.delivery.export import to_tflite
+    from cloud_trainer.delivery.litert import litert_runner
+    from cloud_trainer.models.dot_product import extract_weights
 
     length = int(json.loads((run / "config.json").read_text())["history_length"])
     inputs = [history_inputs([(index[e.item_id], e.kind) for e in h if e.item_id in index], length) for h in histories]
@@ -152,7 +153,7 @@ def test_a_model_without_the_filter_input_is_filtered_after_its_top_k(generated_
     """Bundles of contract version 1 (no ``item_allowed`` input) still serve, filtered afterwards."""
     import tensorflow as tf
 
-    from cloud_trainer.model import extract_weights
+    from cloud_trainer.models.dot_product import extract_weights
 
     run, bundle, _ = generated_shop
     weights = extract_weights(__import__("keras").models.load_model(run / "model.keras"))

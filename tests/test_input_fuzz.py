@@ -15,14 +15,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud_trainer.adapters import (
+from cloud_trainer.data.converters import (
     ONLINE_RETAIL_COLUMNS,
     RETAILROCKET_COLUMNS,
     PreparedData,
     prepare_online_retail,
     prepare_retailrocket,
 )
-from cloud_trainer.events_io import EVENT_COLUMNS, ITEM_COLUMNS, InputError, ReadReport, read_events, read_items
+from cloud_trainer.data.events_io import EVENT_COLUMNS, ITEM_COLUMNS, ReadReport, read_events, read_items
+from cloud_trainer.errors import InputError
 
 EXAMPLES = 60
 

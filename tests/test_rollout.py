@@ -14,7 +14,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud_trainer.rollout import CanaryJudge, Decision, RolloutPolicy
+from cloud_trainer.delivery.rollout import CanaryJudge, Decision, RolloutPolicy
 from devtools.processes import AgentProcess, Broker
 from devtools.processes import broker as local_broker
 from harness import ROOT, fresh_bundle, get_json, manifest_of, resigned, start_agent, wait_for

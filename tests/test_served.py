@@ -8,10 +8,10 @@ from urllib.parse import quote
 
 import numpy as np
 
-from cloud_trainer import evaluation
-from cloud_trainer.evaluate_run import EXCLUDE_FOR
-from cloud_trainer.events_io import KINDS_BY_CODE, read_events
-from cloud_trainer.served import ServedModel, served_rankings, stored_shoppers
+from cloud_trainer.data.events_io import KINDS_BY_CODE, read_events
+from cloud_trainer.evaluation import splits
+from cloud_trainer.evaluation.evaluate_run import EXCLUDE_FOR
+from cloud_trainer.evaluation.served import ServedModel, served_rankings, stored_shoppers
 from devtools.processes import AgentProcess
 from harness import get_json, manifest_of, post_events
 from shared.bundle import CATALOG_FILE, MODEL_FILE
@@ -25,7 +25,7 @@ K = 20
 def test_in_process_evaluation_agrees_with_the_rest_api(prepared: Path, int8_bundle: Path,
                                                        agent_with_model: AgentProcess) -> None:
     table = read_events(prepared / "events.csv.gz")
-    data = evaluation.split(table, evaluation.cut_time("2010-12-20"))
+    data = splits.split(table, splits.cut_time("2010-12-20"))
     manifest = manifest_of(int8_bundle)
     catalog = parse_catalog((int8_bundle / CATALOG_FILE).read_bytes(), manifest.model.num_items)
     model = ServedModel((int8_bundle / MODEL_FILE).read_bytes(), catalog, manifest.model.history_length,
@@ -36,7 +36,7 @@ def test_in_process_evaluation_agrees_with_the_rest_api(prepared: Path, int8_bun
     picked = np.concatenate([heaviest, np.random.default_rng(5).choice(others, SHOPPERS - 10, replace=False)])
     users = [data.users[n] for n in picked]
     rows = [data.history[n] for n in picked]
-    shoppers = stored_shoppers(data.train, rows, now=evaluation.cut_time("2010-12-20"))
+    shoppers = stored_shoppers(data.train, rows, now=splits.cut_time("2010-12-20"))
     # some hold more events than the agent keeps: their purchase memory then matters
     assert sum(len(r) > 200 for r in rows) >= 3 and sum(len(s.history) for s in shoppers) > 10 * SHOPPERS
     now = time.time()  # every event replayed as recent, in its order (the real ones are past retention)

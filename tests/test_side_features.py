@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud_trainer.model import ModelWeights
-from cloud_trainer.side_features import (
+from cloud_trainer.models.dot_product import ModelWeights
+from cloud_trainer.models.side_features import (
     FeatureSpace,
     SideFeatureSettings,
     SparseRows,
@@ -108,7 +108,8 @@ def test_new_items_get_the_vectors_of_the_trained_items_they_resemble() -> None:
 def test_the_int8_graph_recommends_a_new_item_to_shoppers_of_its_kind() -> None:
     """The agents' runtime: a history of red items puts the new red item above the new blue one, and
     a history holding only the new blue item (seen on the device) brings blue items first."""
-    from cloud_trainer.export import litert_runner, to_tflite
+    from cloud_trainer.delivery.export import to_tflite
+    from cloud_trainer.delivery.litert import litert_runner
 
     weights, known = _two_groups()
     new = [CatalogItem("r", "red bowl", "", 3.0), CatalogItem("b", "blue bonnet", "", 3.0)]
@@ -129,7 +130,7 @@ def test_training_appends_the_items_file_s_new_items_unless_told_not_to(prepared
 
     import keras
 
-    from cloud_trainer.events_io import read_items
+    from cloud_trainer.data.events_io import read_items
     from cloud_trainer.train import TrainConfig, train
 
     listed, _ = read_items(prepared / "items.csv")

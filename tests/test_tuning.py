@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_trainer import tuning
-from cloud_trainer.events_io import read_events
+from cloud_trainer.data.events_io import read_events
+from cloud_trainer.models import tuning
 from cloud_trainer.train import TrainConfig, train
 
 TEST_FROM = "2024-06-01"  # the generated shop runs from 2024-01-01 for 180 days
@@ -57,7 +57,7 @@ def test_the_repeat_term_is_chosen_where_shoppers_come_back_to_items_and_dropped
     """Two shops alike but for one habit: in one, shoppers view items again and buy what they saw
     on an earlier visit; in the other (like ratings turned into events) nobody meets an item
     twice, so boosting a shopper's own items can only cost. The search tells them apart."""
-    from cloud_trainer.events_io import read_items
+    from cloud_trainer.data.events_io import read_items
     from devtools.synthetic_shop import ShopSpec, write
 
     monkeypatch.setattr(tuning, "SEARCH_SPACE", {"repeat_weight": (0.0, 0.5)})
@@ -74,10 +74,10 @@ def test_the_repeat_term_is_chosen_where_shoppers_come_back_to_items_and_dropped
 def test_the_validation_ranking_is_the_served_one(synthetic_shop: tuple[Path, Path]) -> None:
     """The tuner's fast float scoring ranks as the agent's recommendation path does with the same
     weights (a float32 export in LiteRT): the same holdings, exclusions and new items."""
-    from cloud_trainer.evaluation import cut_time, train_period
-    from cloud_trainer.events_io import read_items
-    from cloud_trainer.export import to_tflite
-    from cloud_trainer.served import ServedModel, served_rankings, stored_shoppers
+    from cloud_trainer.data.events_io import read_items
+    from cloud_trainer.delivery.export import to_tflite
+    from cloud_trainer.evaluation.served import ServedModel, served_rankings, stored_shoppers
+    from cloud_trainer.evaluation.splits import cut_time, train_period
     from shared.catalog import Catalog
     from shared.recommendation import Exclude
 

@@ -307,9 +307,9 @@ def test_a_model_answering_garbage_for_some_shoppers_falls_back_to_popular_items
     the most popular item) and answers every history holding that item with NaN scores."""
     import keras
 
-    from cloud_trainer.bundler import BundleOptions, write_bundle
-    from cloud_trainer.export import to_tflite
-    from cloud_trainer.model import extract_weights
+    from cloud_trainer.delivery.bundler import BundleOptions, write_bundle
+    from cloud_trainer.delivery.export import to_tflite
+    from cloud_trainer.models.dot_product import extract_weights
 
     weights = extract_weights(keras.models.load_model(trained_run / "model.keras"))
     catalog = json.loads((int8_bundle / CATALOG_FILE).read_bytes())

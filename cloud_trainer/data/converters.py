@@ -1,4 +1,4 @@
-"""Adapters from the two real datasets to the interchange tables (see ../shared/datasets/README.md).
+"""Converters from the two public datasets to the interchange tables (see ../shared/datasets/README.md).
 
 - UCI Online Retail: purchases only; user = CustomerID, item = StockCode. Rows without a customer,
   cancellations (invoice 'C...'), non-positive quantity or price, non-product codes (no digit:
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cloud_trainer.events_io import ReadReport, csv_rows, write_events, write_items
+from cloud_trainer.data.events_io import ReadReport, csv_rows, write_events, write_items
 from shared.catalog import CatalogItem
 from shared.events import MAX_ID_LENGTH
 
@@ -128,4 +128,4 @@ def prepare_retailrocket(source: Path, out_dir: Path) -> PreparedData:
     return PreparedData(events_path, None, report, count, 0)
 
 
-ADAPTERS = {"online-retail": prepare_online_retail, "retailrocket": prepare_retailrocket}
+CONVERTERS = {"online-retail": prepare_online_retail, "retailrocket": prepare_retailrocket}

@@ -1,4 +1,5 @@
-"""The human-readable report of an evaluated run: ``<run>/report/report.md`` with PNG plots.
+"""The evaluation's report: its Markdown tables (:class:`Report`), and for an evaluated run
+``<run>/report/report.md`` with PNG plots.
 
 Written by ``cloud-trainer evaluate --run RUN``: the run's configuration and data, the metric
 tables of the model (float and int8) beside the baselines, recall@K curves of every row in both
@@ -9,12 +10,52 @@ closed form: no loss to plot, and the report says so).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud_trainer.evaluation import CURVE_AT, MODES, Report
+from cloud_trainer.evaluation.metrics import CURVE_AT, NDCG_AT, RECALL_AT
+from cloud_trainer.evaluation.splits import MODES
 
 REPORT_DIR = "report"
+
+
+@dataclass
+class Report:
+    rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # name -> mode -> metrics
+    cold_start: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> cold_start_metrics
+    among_new: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> among_new_items
+
+    def table(self) -> str:
+        columns = ([f"recall@{k}" for k in RECALL_AT] + ["se(recall@20)"] + [f"ndcg@{k}" for k in NDCG_AT]
+                   + ["coverage@20", "users"])
+        lines = []
+        for mode in MODES:
+            lines.append(f"mode {mode}")
+            lines.append("| " + " | ".join(["model", *columns]) + " |")
+            lines.append("|" + " --- |" * (len(columns) + 1))
+            for name, modes in self.rows.items():
+                cells = [str(modes[mode][c]) for c in columns]
+                lines.append("| " + " | ".join([name, *cells]) + " |")
+            lines.append("")
+        return "\n".join(lines)
+
+    def text(self) -> str:
+        """Every table: both modes, then the cold-start ones."""
+        return "\n".join([self.table(), *self.cold_start_tables()]).rstrip() + "\n"
+
+    def cold_start_tables(self) -> list[str]:
+        lines = []
+        for title, rows in (("new items: shoppers who bought an item without training events, whole catalogue",
+                             self.cold_start),
+                            ("new items ranked on their own", self.among_new)):
+            if not rows:
+                continue
+            columns = list(next(iter(rows.values())))
+            lines += [title, "| " + " | ".join(["model", *columns]) + " |", "|" + " --- |" * (len(columns) + 1)]
+            lines += ["| " + " | ".join([name, *(str(m[c]) for c in columns)]) + " |" for name, m in rows.items()]
+            lines.append("")
+        return lines
 
 
 def _curve(metrics: dict[str, float]) -> tuple[list[int], list[float]]:
@@ -65,7 +106,7 @@ def _plot_loss(loss: list[float], out: Path) -> None:
 
 
 def _tuning(run_dir: Path) -> list[str]:
-    """The settings search of ``train`` (cloud_trainer.tuning), if it ran."""
+    """The settings search of ``train`` (cloud_trainer.models.tuning), if it ran."""
     path = run_dir / "tuning.json"
     if not path.exists():
         return []

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from cloud_trainer.model import ModelWeights
+from cloud_trainer.models.dot_product import ModelWeights
 from shared.catalog import CatalogItem
 
 log = logging.getLogger(__name__)

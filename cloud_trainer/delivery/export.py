@@ -1,34 +1,23 @@
-"""TFLite export with scoring and top-K inside the graph, and the Keras-vs-TFLite parity check.
+"""TFLite export with scoring and top-K inside the graph.
 
 The exported graph is built from the trained weights as constants (so the converter sees a frozen
-graph) and computes exactly what :mod:`cloud_trainer.model` computes, then ``top_k``, plus each
-history position's contribution to every returned item (the agent's explanations). Variants:
-int8 (full integer quantization calibrated on real histories), float16, float32.
+graph) and computes exactly what :mod:`cloud_trainer.models.dot_product` computes, then
+``top_k``, plus each history position's contribution to every returned item (the agent's
+explanations). Variants: int8 (full integer quantization calibrated on real histories), float16,
+float32. The parity check and the quantization quality gate are in
+:mod:`cloud_trainer.delivery.gates`.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from cloud_trainer.model import ModelWeights, distinct_positions, history_counts, history_present
+from cloud_trainer.models.dot_product import ModelWeights, distinct_positions, history_counts, history_present
 from shared.recommendation import ALLOWED_INPUT
-
-#: Parity tolerances per variant: mean top-10 overlap with Keras, and the largest score error on
-#: the returned items, relative to the range (max - min) of Keras scores for that history: int8
-#: quantizes scores in steps of about range / 255, whatever the scores' distribution. (Measured
-#: on Online Retail's default model: 1e-6, 2e-4 and 0.037; int8 reaches 0.15 on the tests' model
-#: trained on five weeks.)
-TOLERANCES = {
-    "float32": {"min_overlap_at_10": 0.99, "max_relative_score_error": 1e-3},
-    "float16": {"min_overlap_at_10": 0.95, "max_relative_score_error": 0.05},
-    "int8": {"min_overlap_at_10": 0.80, "max_relative_score_error": 0.25},
-}
 
 #: Explanations cover the most recent this many history positions ("because you bought X"
 #: names one of them): with a 200-event history, explaining all of it cost 0.7 ms a query.
@@ -39,20 +28,6 @@ FILTER_GAP = 0.02
 
 #: Items per block in :func:`_blocked_top_k`.
 TOP_K_BLOCK = 128
-
-
-#: Export refuses an int8 or float16 model whose Recall@20 is more than this much (relative) below
-#: the float Keras model's on the same histories, unless forced.
-MAX_RECALL_DROP = 0.02
-GATE_K = 20
-
-
-class ParityError(RuntimeError):
-    pass
-
-
-class QualityGateError(ParityError):
-    pass
 
 
 def _blocked_top_k(scores: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -104,6 +79,15 @@ def _with_repeats(scores: tf.Tensor, top_items: tf.Tensor, history: tf.Tensor, p
     return top_scores, tf.gather(candidates, position[0])[None]
 
 
+def _input_signature(history_length: int, num_items: int) -> list[tf.TensorSpec]:
+    """The graph's inputs: one shopper's history (items and weights) and the items a filter allows."""
+    return [
+        tf.TensorSpec([1, history_length], tf.int32, name="history_items"),
+        tf.TensorSpec([1, history_length], tf.float32, name="history_weights"),
+        tf.TensorSpec([1, num_items], tf.bool, name=ALLOWED_INPUT),
+    ]
+
+
 def _recommend_module(weights: ModelWeights, history_length: int, top_k: int, explanations: bool) -> tf.Module:
     # the factorized model has no projection: skipping it saves an [L, D] x [D, D] matmul per query
     identity = bool(np.array_equal(weights.projection, np.eye(len(weights.projection)))
@@ -117,13 +101,7 @@ def _recommend_module(weights: ModelWeights, history_length: int, top_k: int, ex
             self.e = tf.constant(weights.item_vectors.T)  # [N, D]: one copy serves scoring and explaining
             self.e_bias = tf.constant(weights.item_bias)
 
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([1, history_length], tf.int32, name="history_items"),
-                tf.TensorSpec([1, history_length], tf.float32, name="history_weights"),
-                tf.TensorSpec([1, weights.num_items], tf.bool, name=ALLOWED_INPUT),
-            ]
-        )
+        @tf.function(input_signature=_input_signature(history_length, weights.num_items))
         def recommend(self, history_items: tf.Tensor, history_weights: tf.Tensor,
                       item_allowed: tf.Tensor) -> dict[str, tf.Tensor]:
             present = history_present(history_items, history_weights)  # [1, L]
@@ -212,124 +190,3 @@ def to_tflite(
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
         return bytes(converter.convert())
 
-
-class LiteRTModel:
-    """An exported model in LiteRT, the runtime the agents use: ``model(history_items=...,
-    history_weights=..., item_allowed=None)`` runs one query (every item allowed by default)."""
-
-    def __init__(self, model_bytes: bytes) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        self._interpreter = Interpreter(model_content=model_bytes, num_threads=1)
-        (self.signature,) = self._interpreter.get_signature_list()
-        self._runner = self._interpreter.get_signature_runner(self.signature)
-        (num_items,) = self._runner.get_input_details()[ALLOWED_INPUT]["shape"][1:]
-        self._everything = np.ones((1, num_items), dtype=bool)
-
-    def __call__(self, history_items: np.ndarray, history_weights: np.ndarray,
-                 item_allowed: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        allowed = self._everything if item_allowed is None else item_allowed.reshape(1, -1)
-        out: dict[str, np.ndarray] = self._runner(history_items=history_items, history_weights=history_weights,
-                                                  **{ALLOWED_INPUT: allowed})
-        return out
-
-
-def litert_runner(model_bytes: bytes) -> tuple[str, LiteRTModel]:
-    """(signature name, the model in LiteRT)."""
-    model = LiteRTModel(model_bytes)
-    return model.signature, model
-
-
-@dataclass
-class ParityReport:
-    variant: str
-    histories: int
-    mean_overlap_at_10: float
-    max_relative_score_error: float
-    min_overlap_at_10: float
-    allowed_relative_score_error: float
-
-    @property
-    def ok(self) -> bool:
-        return (
-            self.mean_overlap_at_10 >= self.min_overlap_at_10
-            and self.max_relative_score_error <= self.allowed_relative_score_error
-        )
-
-    def to_json(self) -> dict[str, object]:
-        return {**asdict(self), "ok": self.ok}
-
-
-def check_parity(
-    model: keras.Model, model_bytes: bytes, variant: str, items: np.ndarray, weights: np.ndarray
-) -> ParityReport:
-    """Compare TFLite (in LiteRT) against the Keras model on the given histories."""
-    _, runner = litert_runner(model_bytes)
-    keras_scores = np.asarray(model.predict([items, weights], batch_size=256, verbose=0))
-    overlaps, errors = [], []
-    for n in range(len(items)):
-        out = runner(history_items=items[n : n + 1], history_weights=weights[n : n + 1])
-        got_items, got_scores = out["item_indices"][0], out["scores"][0]
-        expected = np.argsort(-keras_scores[n], kind="stable")[:10]
-        overlaps.append(len(set(expected.tolist()) & set(got_items[:10].tolist())) / 10)
-        spread = float(np.ptp(keras_scores[n])) or 1.0
-        errors.append(float(np.max(np.abs(keras_scores[n][got_items] - got_scores))) / spread)
-    tolerance = TOLERANCES[variant]
-    return ParityReport(
-        variant=variant,
-        histories=len(items),
-        mean_overlap_at_10=float(np.mean(overlaps)),
-        max_relative_score_error=float(np.max(errors)),
-        min_overlap_at_10=tolerance["min_overlap_at_10"],
-        allowed_relative_score_error=tolerance["max_relative_score_error"],
-    )
-
-
-@dataclass
-class QualityGate:
-    """Recall@20 of the Keras model and of its export on the same real histories and next baskets."""
-
-    variant: str
-    histories: int
-    float_recall_at_20: float
-    exported_recall_at_20: float
-    max_relative_drop: float = MAX_RECALL_DROP
-
-    @property
-    def relative_drop(self) -> float:
-        if self.float_recall_at_20 <= 0:
-            return 0.0
-        return (self.float_recall_at_20 - self.exported_recall_at_20) / self.float_recall_at_20
-
-    @property
-    def ok(self) -> bool:
-        return round(self.relative_drop, 6) <= self.max_relative_drop  # 0.5 -> 0.49 is 2%, not 2.0000000001%
-
-    def to_json(self) -> dict[str, object]:
-        return {**asdict(self), "relative_drop": round(self.relative_drop, 4), "ok": self.ok}
-
-
-def recall_at(ranked: np.ndarray, targets: np.ndarray, k: int = GATE_K) -> float:
-    """Mean Recall@k = hits / min(k, |targets|) over rows with targets; ``targets`` is -1 padded."""
-    total, rows = 0.0, 0
-    for row, wanted in zip(ranked, targets, strict=True):
-        goal = set(wanted[wanted >= 0].tolist())
-        if goal:
-            total += len(goal & set(row[:k].tolist())) / min(k, len(goal))
-            rows += 1
-    return total / rows if rows else 0.0
-
-
-def quality_gate(
-    model: keras.Model, model_bytes: bytes, variant: str, items: np.ndarray, weights: np.ndarray, targets: np.ndarray
-) -> QualityGate:
-    """Compare Recall@20 of the Keras model and of the exported model (in LiteRT) on the same queries."""
-    _, runner = litert_runner(model_bytes)
-    keras_scores = np.asarray(model.predict([items, weights], batch_size=256, verbose=0))
-    keras_ranked = np.argsort(-keras_scores, axis=1, kind="stable")[:, :GATE_K]
-    exported = np.stack([
-        runner(history_items=items[n : n + 1], history_weights=weights[n : n + 1])["item_indices"][0][:GATE_K]
-        for n in range(len(items))
-    ])
-    return QualityGate(variant, len(items), round(recall_at(keras_ranked, targets), 4),
-                       round(recall_at(exported, targets), 4))

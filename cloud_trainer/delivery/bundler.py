@@ -16,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_trainer.export import ParityError, QualityGateError, check_parity, litert_runner, quality_gate, to_tflite
-from cloud_trainer.model import extract_weights
+from cloud_trainer.delivery.export import to_tflite
+from cloud_trainer.delivery.gates import check_parity, quality_gate
+from cloud_trainer.delivery.litert import litert_runner
+from cloud_trainer.errors import ParityError, QualityGateError
+from cloud_trainer.models.dot_product import extract_weights
 from shared.bundle import (
     CATALOG_FILE,
     CHUNK_SIZE,

@@ -15,8 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cloud_trainer.events_io import KIND_CODES, KINDS_BY_CODE, EventTable
-from cloud_trainer.export import LiteRTModel
+from cloud_trainer.data.events_io import KIND_CODES, KINDS_BY_CODE, EventTable
+from cloud_trainer.delivery.litert import LiteRTModel
 from shared.catalog import Catalog
 from shared.events import REMEMBERED_PURCHASES_PER_USER, RETENTION_DAYS, STORED_EVENTS_PER_USER, EventKind
 from shared.recommendation import Exclude, Scores, recommend

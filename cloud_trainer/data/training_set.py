@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloud_trainer.events_io import KINDS_BY_CODE, EventTable
+from cloud_trainer.data.events_io import KINDS_BY_CODE, EventTable
 from shared.events import EVENT_WEIGHTS, history_inputs
 
 POPULARITY_HALF_LIFE_DAYS = 30.0

@@ -11,7 +11,7 @@ wins), a fashion or media shop's rarely do (it loses), and how fast taste moves 
   20 over the whole catalogue (trained items, and the new items known from side features) as the
   agent serves it, from the last ``history_length`` events. Mode all: everything bought in the
   window; mode new: what they never bought before, with what the agent knows they bought (its
-  kept events and purchase memory, :mod:`cloud_trainer.served`) excluded (``exclude=purchased``).
+  kept events and purchase memory, :mod:`cloud_trainer.evaluation.served`) excluded (``exclude=purchased``).
   The objective is the mean of the two Recall@20s.
 - **Search.** Coordinate ascent over :data:`SEARCH_SPACE`: from the current best, each setting in
   turn is tried at each of its values with the others held, keeping any that scores higher;
@@ -32,12 +32,12 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from cloud_trainer import evaluation
-from cloud_trainer.events_io import KIND_CODES, EventTable
-from cloud_trainer.factorized import FactorizedSettings, assemble, item_factors
-from cloud_trainer.model import ModelWeights
-from cloud_trainer.served import kept_rows, remembered_purchases
-from cloud_trainer.side_features import SideFeatureSettings, catalogue_items, extend_with_cold_items
+from cloud_trainer.data.events_io import KIND_CODES, EventTable
+from cloud_trainer.evaluation import metrics, splits
+from cloud_trainer.evaluation.served import kept_rows, remembered_purchases
+from cloud_trainer.models.dot_product import ModelWeights
+from cloud_trainer.models.factorized import FactorizedSettings, assemble, item_factors
+from cloud_trainer.models.side_features import SideFeatureSettings, catalogue_items, extend_with_cold_items
 from shared.catalog import CatalogItem
 from shared.events import EventKind
 
@@ -90,11 +90,11 @@ class Candidate:
 class Validation:
     """The validation window: shoppers, their histories before it and what they bought in it."""
 
-    data: evaluation.ColdStartSplit  # over the catalogue: trained items, then new items
+    data: splits.ColdStartSplit  # over the catalogue: trained items, then new items
     known: list[CatalogItem]
     new: list[CatalogItem]
     start: float  # epoch seconds where the window starts
-    target: str = "purchase"  # what counts as bought (evaluation.TARGETS)
+    target: str = "purchase"  # what counts as bought (splits.TARGETS)
 
     @property
     def train(self) -> EventTable:
@@ -108,9 +108,9 @@ def validation_window(table: EventTable, metadata: dict[str, CatalogItem], share
     if not 0 < share < 1:
         raise ValueError(f"the validation share must be between 0 and 1, not {share}")
     start = float(np.quantile(table.timestamp, 1.0 - share))
-    train = evaluation.train_period(table, start)
+    train = splits.train_period(table, start)
     known, new = catalogue_items(metadata, train.item_ids)
-    data = evaluation.catalogue_split(table, start, [*train.item_ids, *(item.id for item in new)], target)
+    data = splits.catalogue_split(table, start, [*train.item_ids, *(item.id for item in new)], target)
     return Validation(data, known, new, start, target)
 
 
@@ -137,7 +137,7 @@ def serve_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[np
         if excluded is not None:
             banned = excluded[first : first + len(chunk)]
             scores[np.repeat(np.arange(len(banned)), [len(b) for b in banned]), np.concatenate(banned)] = -np.inf
-        out[first : first + len(chunk)] = evaluation.top_k(scores, min(k, n))
+        out[first : first + len(chunk)] = metrics.top_k(scores, min(k, n))
     return out
 
 
@@ -184,14 +184,14 @@ class _Scorer:
         self.v, self.seed = validation, seed
         self._factors: dict[tuple[float, ...], tuple[np.ndarray, np.ndarray]] = {}
         data = validation.data
-        bought_before = [set(data.train.item[rows[evaluation.is_target(data.train.kind[rows], validation.target)]]
+        bought_before = [set(data.train.item[rows[splits.is_target(data.train.kind[rows], validation.target)]]
                              .tolist()) for rows in data.history]
         self.targets = {"all": data.all_targets, "new": [t - b for t, b in zip(data.all_targets, bought_before,
                                                                                  strict=True)]}
         # what the agent holds at the window's start, and what mode new's exclusion leaves out
         self.kept = [kept_rows(data.train, rows, validation.start) for rows in data.history]
         seen = validation.target == "any"
-        self.excluded = [np.union1d(data.train.item[kept[evaluation.is_target(data.train.kind[kept], "any" if seen
+        self.excluded = [np.union1d(data.train.item[kept[splits.is_target(data.train.kind[kept], "any" if seen
                                                                                else "purchase")]],
                                     remembered_purchases(data.train, rows, validation.start))
                          for kept, rows in zip(self.kept, data.history, strict=True)]
@@ -218,7 +218,7 @@ class _Scorer:
         for mode in ("all", "new"):
             ranked = serve_top_k(weights, self.v.train, self.kept, c.history_length,
                                  self.excluded if mode == "new" else None)
-            recall[mode] = evaluation.recall_ndcg(ranked, self.targets[mode])[f"recall@{K}"]
+            recall[mode] = metrics.recall_ndcg(ranked, self.targets[mode])[f"recall@{K}"]
         return Trial(c, recall["all"], recall["new"], time.monotonic() - started)
 
 

@@ -1,6 +1,6 @@
 """The default model: a low-rank item-to-item model fitted in closed form, plus trend and repeat terms.
 
-It is an embedding dot-product model like :mod:`cloud_trainer.model`'s, with these weights:
+It is an embedding dot-product model like :mod:`cloud_trainer.models.dot_product`'s, with these weights:
 
 - **Item embeddings.** EASE (Steck 2019) learns an item-to-item matrix ``B`` by ridge regression
   of each item's column on all others, over the shopper-item matrix ``X`` of the training period
@@ -14,11 +14,11 @@ It is an embedding dot-product model like :mod:`cloud_trainer.model`'s, with the
 - **Trend.** The item bias is ``trend_weight * log1p(purchases in the last trend_days days of
   training)``: what is selling now. (Online Retail's test month is the run-up to Christmas.)
 - **Repeat.** ``repeat_weight * (times the item appears in the history)`` is added to every
-  history item's score, inside the graph (see :mod:`cloud_trainer.export`), so shoppers see what
+  history item's score, inside the graph (see :mod:`cloud_trainer.delivery.export`), so shoppers see what
   they keep buying, ordered by how often.
 
 ``cloud-trainer train`` chooses these settings per data set on a validation window cut from
-the training period (:mod:`cloud_trainer.tuning`); the defaults below are its starting point.
+the training period (:mod:`cloud_trainer.models.tuning`); the defaults below are its starting point.
 """
 
 from __future__ import annotations
@@ -28,19 +28,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloud_trainer.evaluation import ease
-from cloud_trainer.events_io import KINDS_BY_CODE, EventTable
-from cloud_trainer.model import ModelWeights
+from cloud_trainer.data.events_io import KINDS_BY_CODE, EventTable
+from cloud_trainer.errors import TooManyItems
+from cloud_trainer.models.dot_product import ModelWeights
+from cloud_trainer.models.ease import ease
 from shared.events import EVENT_WEIGHTS, EventKind
 
 log = logging.getLogger(__name__)
 
 #: Above this many items the dense item-item solve (N x N) costs too much memory and time.
 MAX_ITEMS = 40_000
-
-
-class TooManyItems(ValueError):
-    pass
 
 
 @dataclass
@@ -55,7 +52,7 @@ class FactorizedSettings:
     seed: int = 7
 
     def event_weights(self) -> np.ndarray:
-        """float32 per event kind code (:data:`cloud_trainer.events_io.KINDS_BY_CODE`)."""
+        """float32 per event kind code (:data:`cloud_trainer.data.events_io.KINDS_BY_CODE`)."""
         by_kind = {EventKind.VIEW: self.view_weight, EventKind.CART: self.cart_weight, EventKind.PURCHASE: 1.0}
         return np.asarray([by_kind[kind] for kind in KINDS_BY_CODE], dtype=np.float32)
 

@@ -3,7 +3,7 @@
 The model is scored twice: the float Keras model over its whole catalogue (a reference), and
 what agents serve: the int8 TFLite export, built as ``export`` builds it (top K and
 explanations in the graph), behind the agent's own recommendation function with its history
-cap, exclusions and popularity fill (:mod:`cloud_trainer.served`). A run trained on data that
+cap, exclusions and popularity fill (:mod:`cloud_trainer.evaluation.served`). A run trained on data that
 includes the test period is refused: its figures would be a leak, not a result.
 
 Then the cold-start section: shoppers who bought items that had no training events ("new
@@ -20,10 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_trainer import evaluation
-from cloud_trainer.events_io import KINDS_BY_CODE, EventTable, read_events
-from cloud_trainer.served import ServedModel, served_rankings, stored_shoppers
-from cloud_trainer.side_features import SideFeatureSettings, extend_with_cold_items
+from cloud_trainer.data.events_io import KINDS_BY_CODE, EventTable, read_events
+from cloud_trainer.errors import EvaluationError
+from cloud_trainer.evaluation import metrics, splits
+from cloud_trainer.evaluation.baselines import BASELINES
+from cloud_trainer.evaluation.report import Report, write_report
+from cloud_trainer.evaluation.served import ServedModel, served_rankings, stored_shoppers
+from cloud_trainer.models.side_features import SideFeatureSettings, extend_with_cold_items
 from shared.catalog import parse_catalog
 from shared.events import history_inputs
 from shared.recommendation import Exclude
@@ -41,10 +44,6 @@ FEATURE_ABLATIONS = {
 NO_FEATURES = "no side features (all new items alike: a random order)"
 
 log = logging.getLogger(__name__)
-
-
-class EvaluationError(ValueError):
-    pass
 
 
 def model_histories(train: EventTable, history: list[np.ndarray],
@@ -74,7 +73,7 @@ EXCLUDE_FOR = {"purchase": Exclude.PURCHASED, "any": Exclude.SEEN}
 
 
 def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
-                 target: str | None = None) -> evaluation.Report:
+                 target: str | None = None) -> Report:
     config = json.loads((run_dir / "config.json").read_text()) if run_dir else {}
     day = test_from or config.get("test_from")
     if not day:
@@ -86,21 +85,19 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
     model = _RunModel(run_dir, config) if run_dir is not None else None
     # the targets: what test users bought of the items the model can recommend (the trained items,
     # and new items listed in the run's catalogue); the baselines know the trained items only
-    data = evaluation.split(table, evaluation.cut_time(day), [item.id for item in model.items] if model else None,
+    data = splits.split(table, splits.cut_time(day), [item.id for item in model.items] if model else None,
                             target or str(config.get("target", "purchase")))
     log.info("test period from %s: %d test users (%d with new items), %d items",
              day, len(data.users), sum(1 for t in data.targets["new"] if t), data.num_items)
-    report = evaluation.Report()
+    report = Report()
     if model is not None:
-        _evaluate_model(model, data, evaluation.cut_time(day), report)
-        _evaluate_cold_start(model, table, evaluation.cut_time(day), report)
-    for name, scorer in evaluation.BASELINES.items():
-        report.rows[name] = evaluation.evaluate(scorer(data), data)
+        _evaluate_model(model, data, splits.cut_time(day), report)
+        _evaluate_cold_start(model, table, splits.cut_time(day), report)
+    for name, scorer in BASELINES.items():
+        report.rows[name] = metrics.evaluate(scorer(data), data)
         log.info("%s: recall@20 %.4f (all), %.4f (new)", name, report.rows[name]["all"]["recall@20"],
                  report.rows[name]["new"]["recall@20"])
     if run_dir is not None:
-        from cloud_trainer.report import write_report
-
         (run_dir / "evaluation.json").write_text(json.dumps(
             {"test_from": day, "target": data.target, **report.rows, "cold_start": report.cold_start,
              "among_new_items": report.among_new}, indent=1))
@@ -114,9 +111,9 @@ class _RunModel:
     def __init__(self, run_dir: Path, config: dict[str, object]) -> None:
         import keras
 
-        from cloud_trainer.bundler import DEFAULT_TOP_K
-        from cloud_trainer.export import to_tflite
-        from cloud_trainer.model import extract_weights
+        from cloud_trainer.delivery.bundler import DEFAULT_TOP_K
+        from cloud_trainer.delivery.export import to_tflite
+        from cloud_trainer.models.dot_product import extract_weights
 
         self.history_length = int(config["history_length"])  # type: ignore[call-overload]
         self.keras = keras.models.load_model(run_dir / "model.keras")
@@ -143,23 +140,23 @@ class _RunModel:
         return ranked if allowed is None else np.where(allowed[ranked], ranked, -1)
 
 
-def _evaluate_model(model: _RunModel, data: evaluation.Split, cut: float, report: evaluation.Report) -> None:
+def _evaluate_model(model: _RunModel, data: splits.Split, cut: float, report: Report) -> None:
     if [item.id for item in model.items[: data.num_items]] != data.train.item_ids:
         raise EvaluationError("the run's items are not the training period's items of these events")
-    report.rows["model (float, Keras)"] = evaluation.evaluate(model.float_scores(model.inputs(data.train,
+    report.rows["model (float, Keras)"] = metrics.evaluate(model.float_scores(model.inputs(data.train,
                                                                                           data.history)), data)
     # what the agent serves: its catalogue (new items too), the REST route's history, exclusions
     shoppers = stored_shoppers(data.train, data.history, now=cut)
-    report.rows[SERVED] = evaluation.evaluate_ranked(
+    report.rows[SERVED] = metrics.evaluate_ranked(
         {"all": served_rankings(model.served, shoppers, model.top_k),
          "new": served_rankings(model.served, shoppers, model.top_k, EXCLUDE_FOR[data.target])}, data)
 
 
-def _evaluate_cold_start(model: _RunModel, table: EventTable, cut: float, report: evaluation.Report) -> None:
-    from cloud_trainer.model import model_from_weights
+def _evaluate_cold_start(model: _RunModel, table: EventTable, cut: float, report: Report) -> None:
+    from cloud_trainer.models.dot_product import model_from_weights
 
     items = model.items
-    data = evaluation.cold_start_split(table, cut, [item.id for item in items])
+    data = splits.cold_start_split(table, cut, [item.id for item in items])
     if not data.users:
         log.info("cold start: nobody bought an item without training events in the test period")
         return
@@ -168,20 +165,20 @@ def _evaluate_cold_start(model: _RunModel, table: EventTable, cut: float, report
     log.info("cold start: %d shoppers bought %d new items (%d in the run's catalogue)", len(data.users),
              len({i for t in data.new_targets for i in t}), data.num_items - data.num_known)
     without = ranks_as_scores(model.int8_ranked(inputs, trained_only), data.num_items)
-    report.cold_start = {"model (int8, LiteRT), trained items only": evaluation.cold_start_metrics(without, data)}
+    report.cold_start = {"model (int8, LiteRT), trained items only": metrics.cold_start_metrics(without, data)}
     if data.num_items == data.num_known:
         return
     served = ranks_as_scores(served_rankings(model.served, stored_shoppers(data.train, data.history, now=cut),
                                              model.top_k), data.num_items)
-    report.cold_start["model (float, Keras), with new items"] = evaluation.cold_start_metrics(
+    report.cold_start["model (float, Keras), with new items"] = metrics.cold_start_metrics(
         model.float_scores(inputs), data)
-    report.cold_start[f"{SERVED}, with new items"] = evaluation.cold_start_metrics(served, data)
+    report.cold_start[f"{SERVED}, with new items"] = metrics.cold_start_metrics(served, data)
     among_new = ranks_as_scores(model.int8_ranked(inputs, ~trained_only), data.num_items)
-    report.among_new["int8 (LiteRT), side features as trained"] = evaluation.among_new_items(among_new, data)
+    report.among_new["int8 (LiteRT), side features as trained"] = metrics.among_new_items(among_new, data)
     known_items, new_items = items[: data.num_known], items[data.num_known :]
     trained = model.weights.first_items(data.num_known)
     for name, switches in FEATURE_ABLATIONS.items():
         extended = extend_with_cold_items(trained, known_items, new_items, SideFeatureSettings(**switches))
         scores = model_from_weights(extended, model.history_length).predict(list(inputs), verbose=0)
-        report.among_new[f"float, side features: {name}"] = evaluation.among_new_items(np.asarray(scores), data)
-    report.among_new[NO_FEATURES] = evaluation.random_among_new_items(data)
+        report.among_new[f"float, side features: {name}"] = metrics.among_new_items(np.asarray(scores), data)
+    report.among_new[NO_FEATURES] = metrics.random_among_new_items(data)

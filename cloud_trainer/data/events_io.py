@@ -21,6 +21,7 @@ from typing import IO
 
 import numpy as np
 
+from cloud_trainer.errors import InputError
 from shared.catalog import CatalogItem
 from shared.events import EventError, EventKind, parse_event
 
@@ -29,10 +30,6 @@ ITEM_COLUMNS = ("item_id", "title", "category", "price")
 KIND_CODES = {kind: code for code, kind in enumerate(EventKind)}
 KINDS_BY_CODE = list(EventKind)
 MAX_FIELD_BYTES = 1 << 16
-
-
-class InputError(ValueError):
-    """An input file cannot be used at all (missing, wrong columns, not text)."""
 
 
 @dataclass

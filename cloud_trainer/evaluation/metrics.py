@@ -1,0 +1,134 @@
+"""The protocol's metrics (see :mod:`cloud_trainer.evaluation`): top K, Recall@K, NDCG@K, the
+standard error of Recall@20, coverage, and the cold-start figures.
+
+Recall@K is :func:`recall_at` for everyone: the tables, the settings search and the export's
+quantization quality gate (:mod:`cloud_trainer.delivery.gates`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from cloud_trainer.evaluation.splits import MODES, ColdStartSplit, Split
+
+RECALL_AT = (10, 20, 50)
+NDCG_AT = (10, 20)
+#: Cut-offs of the recall@K curves in the report (the table shows RECALL_AT).
+CURVE_AT = (1, 2, 5, 10, 20, 50, 100)
+
+
+def top_k(scores: np.ndarray, k: int, exclude: list[set[int]] | None = None) -> np.ndarray:
+    """[users, k] item indices by descending score (ties: lower index first); excluded items never."""
+    scores = np.array(scores, dtype=np.float64)
+    if exclude is not None:
+        for row, items in enumerate(exclude):
+            scores[row, list(items)] = -np.inf
+    part = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+def as_target_sets(targets: Sequence[set[int]] | np.ndarray) -> Sequence[set[int]]:
+    """Per row the set of target item indices, from sets or from an array padded with -1."""
+    if isinstance(targets, np.ndarray):
+        return [set(row[row >= 0].tolist()) for row in targets]
+    return targets
+
+
+def _target_rows(ranked: np.ndarray, targets: Sequence[set[int]]) -> Iterator[tuple[np.ndarray, int]]:
+    """For each row with targets (rows without any are skipped): bool per ranked place (a target?),
+    and how many targets the row has."""
+    for row, wanted in zip(ranked, targets, strict=True):
+        if wanted:
+            yield np.fromiter((int(i) in wanted for i in row), dtype=bool, count=len(row)), len(wanted)
+
+
+def _recall(hits: np.ndarray, wanted: int, k: int) -> float:
+    """Recall@k of one list: hits among its first k places / min(k, targets) (a numpy float)."""
+    return hits[:k].sum() / min(k, wanted)
+
+
+def recall_at(ranked: np.ndarray, targets: Sequence[set[int]] | np.ndarray, k: int = 20) -> float:
+    """Mean Recall@k = hits / min(k, |targets|) over the rows with targets, unrounded. ``targets``:
+    per row a set of item indices, or an array of them padded with -1; ``ranked`` may hold -1 for
+    empty places."""
+    total, rows = 0.0, 0
+    for hits, wanted in _target_rows(ranked, as_target_sets(targets)):
+        total += _recall(hits, wanted, k)
+        rows += 1
+    return float(total / rows) if rows else 0.0
+
+
+def recall_ndcg(ranked: np.ndarray, targets: Sequence[set[int]]) -> dict[str, float]:
+    """Mean Recall@K and NDCG@K over the users with targets (users without any are skipped), and
+    the standard error of the mean Recall@20 (``se(recall@20)``). ``ranked`` may hold -1 for
+    empty places."""
+    discounts = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
+    cutoffs = sorted(set(RECALL_AT) | {k for k in CURVE_AT if k <= ranked.shape[1]})
+    sums = {f"recall@{k}": 0.0 for k in cutoffs} | {f"ndcg@{k}": 0.0 for k in NDCG_AT}
+    per_user_recall_at_20: list[float] = []
+    for hits, wanted in _target_rows(ranked, targets):
+        for k in cutoffs:
+            sums[f"recall@{k}"] += _recall(hits, wanted, k)
+        per_user_recall_at_20.append(_recall(hits, wanted, 20))
+        for k in NDCG_AT:
+            ideal = discounts[: min(k, wanted)].sum()
+            sums[f"ndcg@{k}"] += (hits[:k] * discounts[:k]).sum() / ideal
+    users = len(per_user_recall_at_20)
+    se = float(np.std(per_user_recall_at_20, ddof=1) / np.sqrt(users)) if users > 1 else 0.0
+    return ({name: round(total / users, 4) if users else 0.0 for name, total in sums.items()}
+            | {"se(recall@20)": round(se, 4), "users": users})
+
+
+def evaluate(scores: np.ndarray, data: Split) -> dict[str, dict[str, float]]:
+    """Both modes' metrics for a [test users, items] score matrix (higher is better)."""
+    k = min(max(CURVE_AT), data.num_items)
+    return evaluate_ranked({mode: top_k(scores, k, data.bought_before if mode == "new" else None)
+                            for mode in MODES}, data)
+
+
+def evaluate_ranked(ranked: dict[str, np.ndarray], data: Split) -> dict[str, dict[str, float]]:
+    """Both modes' metrics for ranked lists per mode ([test users, K] item indices, -1 for none):
+    mode ``new``'s lists must leave out what each user bought before."""
+    results = {}
+    for mode in MODES:
+        metrics = recall_ndcg(ranked[mode], data.targets[mode])
+        listed = ranked[mode][:, :20]
+        metrics["coverage@20"] = round(len(np.unique(listed[listed >= 0])) / data.num_items, 4)
+        results[mode] = metrics
+    return results
+
+
+def cold_start_metrics(scores: np.ndarray, data: ColdStartSplit, k: int = 20) -> dict[str, float]:
+    """For a [users, whole catalogue] score matrix: Recall@k of the new items bought and of every
+    item bought, and the share of top-k slots that went to new items."""
+    ranked = top_k(scores, k)
+    return {
+        f"recall@{k} new items": recall_ndcg(ranked, data.new_targets)[f"recall@{k}"],
+        f"recall@{k} all items": recall_ndcg(ranked, data.all_targets)[f"recall@{k}"],
+        f"new-item share of top {k}": round(float((ranked >= data.num_known).mean()), 4),
+        "users": len(data.users),
+    }
+
+
+def among_new_items(scores: np.ndarray, data: ColdStartSplit, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
+    """Recall@K when only the new items are ranked (a "new for you" shelf): which of them does
+    this shopper want?"""
+    new = scores[:, data.num_known :]
+    ranked = top_k(new, min(max(ks), new.shape[1])) + data.num_known
+    metrics = recall_ndcg(ranked, data.new_targets)
+    return {f"recall@{k}": metrics[f"recall@{k}"] for k in ks}
+
+
+def random_among_new_items(data: ColdStartSplit, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
+    """The expected :func:`among_new_items` recall of a random order: for a shopper with ``t``
+    rankable targets among ``m`` new items, expected hits in the top k are ``t * k / m``."""
+    m = data.num_items - data.num_known
+    out = {}
+    for k in ks:
+        values = [min(k, m) * sum(1 for i in wanted if i >= 0) / m / min(k, len(wanted)) for wanted in data.new_targets]
+        out[f"recall@{k}"] = round(float(np.mean(values)), 4) if values and m else 0.0
+    return out
