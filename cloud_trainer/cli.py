@@ -146,11 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from cloud_trainer.errors import BadInput, GateRefusal, TransportError
     from shared.bundle import BundleError
-    from shared.signing import SignatureError
 
     try:
         return int(args.handler(args))
-    except (BadInput, TransportError, BundleError, SignatureError, OSError, ValueError) as e:
+    except (BadInput, TransportError, BundleError, OSError, ValueError) as e:
         print(f"cloud-trainer {args.command}: {e}", file=sys.stderr)
         return 2
     except (GateRefusal, RuntimeError) as e:  # a gate's refusal, and others with a message for the user

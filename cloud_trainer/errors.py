@@ -7,18 +7,21 @@
 - :class:`TransportError`: the broker cannot be reached, refused the connection, did not
   confirm a message or does not hold what it should.
 
-``cloud-trainer`` exits with status 2 for bad input and transport errors, 3 for a refusal (see
+The bad-input and transport roots are those of :mod:`shared.errors` too. ``cloud-trainer`` exits
+with status 2 for bad input and transport errors, 3 for a refusal (see
 :func:`cloud_trainer.cli.main`).
 """
 
 from __future__ import annotations
+
+from shared import errors as shared_errors
 
 
 class TrainerError(Exception):
     """Root of the trainer's own errors."""
 
 
-class BadInput(TrainerError, ValueError):
+class BadInput(TrainerError, shared_errors.BadInput):
     """What was given cannot be used."""
 
 
@@ -51,5 +54,5 @@ class QualityGateError(GateRefusal):
     """The exported model's Recall@20 fell too far below the float model's."""
 
 
-class TransportError(TrainerError, RuntimeError):
+class TransportError(TrainerError, shared_errors.TransportError, RuntimeError):
     """The broker: unreachable, refused the connection, did not confirm, does not hold the chunks."""

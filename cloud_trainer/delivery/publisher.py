@@ -29,7 +29,7 @@ from cloud_trainer.errors import ReleaseError, TransportError
 from shared import topics
 from shared.bounded_json import JsonRejected, loads
 from shared.bundle import ENVELOPE_FILE, BundleError, Manifest, check_file, iso_utc, parse_manifest, split_chunks
-from shared.signing import SignatureError, load_private_key, sign, verify
+from shared.signing import load_private_key, sign, verify
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def channel_manifest(connection: BrokerConnection, fleet: str, channel: str,
         return None
     try:
         return manifest_of(envelope, trusted)
-    except (ReleaseError, BundleError, SignatureError) as e:
+    except (ReleaseError, BundleError) as e:
         log.warning("the broker holds an unusable %s manifest for fleet %s: %s", channel, fleet, e)
         return None
 
