@@ -84,7 +84,7 @@ def test_malformed_files_read_as_row_by_row(data: bytes, gzipped: bool, tail: st
 
 def test_quoting_and_blank_lines_read_as_row_by_row(tmp_path: Path) -> None:
     path = tmp_path / "e.csv"
-    path.write_bytes(b'user_id,item_id,event,timestamp,extra\n"u""1",i"1,view,1,x\n\n\r\n"u\n2","i,2",cart,2,y\n'
+    path.write_bytes(b'"user_id",item_id,event,timestamp,extra\n"u""1",i"1,view,1,x\n\n\r\n"u\n2","i,2",cart,2,y\n'
                      b'"u3"x,i3,purchase,3,z\n""\n,\nu4,i4,view,4\nu5,i5,view,5,a,b\r\nu6,i6,view,6,"\r"\n')
     both(path)
 

@@ -32,15 +32,21 @@ def _open_binary(path: Path) -> IO[bytes]:
 
 
 def _plain_header(path: Path) -> list[str]:
-    """The header, if it is one line without quotes that decodes as UTF-8."""
+    """The header, if it is one whole line (no quoted line break) that decodes as UTF-8."""
     try:
         with _open_binary(path) as f:
             line = f.readline(1 << 16).decode("utf-8")
     except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as e:
         raise NotColumnar(str(e)) from None
-    if '"' in line or not line.endswith("\n") or not line.strip("\r\n"):
+    if not line.endswith("\n") or not line.strip("\r\n"):
         raise NotColumnar("header")
-    return next(csv.reader(io.StringIO(line)))
+    try:
+        rows = list(csv.reader(io.StringIO(line, newline=""), strict=True))
+    except csv.Error:
+        raise NotColumnar("header") from None
+    if len(rows) != 1 or any("\n" in name or "\r" in name for name in rows[0]):
+        raise NotColumnar("header")
+    return rows[0]
 
 
 def csv_batches(path: Path, columns: tuple[str, ...], field_limit: int) -> Iterator[tuple[int, Columns]]:
@@ -56,10 +62,11 @@ def _batches(source: IO[bytes], header: list[str], columns: tuple[str, ...],
              field_limit: int) -> Iterator[tuple[int, Columns]]:
     import pyarrow.csv as pacsv
 
-    wrong = [0]
+    wrong, longest_wrong = [0], [0]
 
-    def count_wrong(row: object) -> str:
+    def count_wrong(row: pacsv.InvalidRow) -> str:
         wrong[0] += 1
+        longest_wrong[0] = max(longest_wrong[0], len(row.text or ""))
         return "skip"
 
     try:
@@ -71,10 +78,12 @@ def _batches(source: IO[bytes], header: list[str], columns: tuple[str, ...],
                                                  strings_can_be_null=False, quoted_strings_can_be_null=False))
         for batch in reader:
             longest = max((pc.max(pc.utf8_length(column)).as_py() or 0) for column in batch.columns)
-            if longest >= field_limit // 2:
+            if max(longest, longest_wrong[0]) >= field_limit // 2:
                 raise NotColumnar("a long field")
             yield wrong[0], tuple(batch.column(name) for name in columns)  # type: ignore[misc]
             wrong[0] = 0
+        if longest_wrong[0] >= field_limit // 2:
+            raise NotColumnar("a long field")
         if wrong[0]:
             yield wrong[0], tuple(pa.array([], pa.string()) for _ in columns)  # type: ignore[misc]
     except (pa.ArrowException, OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as e:
