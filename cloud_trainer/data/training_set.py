@@ -17,6 +17,8 @@ from cloud_trainer.data.events_io import KINDS_BY_CODE, EventTable
 from shared.events import EVENT_WEIGHTS, RECENCY_DECAY
 
 POPULARITY_HALF_LIFE_DAYS = 30.0
+#: History rows built at a time (their float64 temporaries are [rows, history_length]).
+HISTORY_CHUNK = 65_536
 
 
 @dataclass
@@ -70,8 +72,13 @@ def build_training_set(table: EventTable, history_length: int) -> TrainingSet:
     first = first[predicted[basket[first]]]
     if not len(first):
         raise ValueError("no training examples: every user has a single basket")
-    hist_items, hist_weights = _histories(items, kinds, basket_start[predicted], user_start[predicted],
-                                          history_length)
+    starts, firsts = basket_start[predicted], user_start[predicted]
+    hist_items = np.empty((len(starts), history_length), dtype=np.int32)
+    hist_weights = np.empty((len(starts), history_length), dtype=np.float32)
+    for lo in range(0, len(starts), HISTORY_CHUNK):  # bounded float64 temporaries
+        chunk = slice(lo, lo + HISTORY_CHUNK)
+        hist_items[chunk], hist_weights[chunk] = _histories(items, kinds, starts[chunk], firsts[chunk],
+                                                            history_length)
     return TrainingSet(
         hist_items=hist_items,
         hist_weights=hist_weights,
