@@ -1,6 +1,7 @@
 """Training examples from an event table, built the way the agent will see histories.
 
-For each user, events are grouped into baskets (same timestamp). Each basket after the first is a
+Vectorised with numpy (no loop per user or basket). For each user, events are grouped into baskets
+(same timestamp). Each basket after the first is a
 prediction point: the history is the user's events strictly before the basket (the last
 ``history_length``, weighted by :func:`shared.events.history_inputs`), the targets are the
 distinct items in the basket. No example's history ever contains its own or a later event.
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from cloud_trainer.data.events_io import KINDS_BY_CODE, EventTable
-from shared.events import EVENT_WEIGHTS, history_inputs
+from shared.events import EVENT_WEIGHTS, RECENCY_DECAY
 
 POPULARITY_HALF_LIFE_DAYS = 30.0
+#: History rows built at a time (their float64 temporaries are [rows, history_length]).
+HISTORY_CHUNK = 65_536
 
 
 @dataclass
@@ -30,61 +33,73 @@ class TrainingSet:
         return len(self.example_target)
 
 
-def _user_slices(table: EventTable) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def _baskets(table: EventTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Events ordered by (user, time); per event its basket number; per basket its first event and
+    the first event of its user (all positions in that order)."""
     order = np.lexsort((table.timestamp, table.user))
-    users = table.user[order]
-    cuts = np.flatnonzero(np.diff(users)) + 1
-    starts = np.concatenate([[0], cuts])
-    ends = np.concatenate([cuts, [len(users)]])
-    return order, list(zip(starts.tolist(), ends.tolist(), strict=True))
+    users, times = table.user[order], table.timestamp[order]
+    new_user = np.r_[True, users[1:] != users[:-1]]
+    new_basket = new_user | np.r_[True, times[1:] != times[:-1]]
+    user_start = np.maximum.accumulate(np.where(new_user, np.arange(len(order)), 0))
+    basket_start = np.flatnonzero(new_basket)
+    basket = np.cumsum(new_basket) - 1
+    return order, basket, np.stack([basket_start, user_start[basket_start]])
+
+
+def _histories(items: np.ndarray, kinds: np.ndarray, starts: np.ndarray, firsts: np.ndarray,
+               length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each prediction point's history as :func:`shared.events.history_inputs` builds it: the last
+    ``length`` events before ``starts`` (not before the user's ``firsts``), most recent first."""
+    age = np.arange(length)
+    position = starts[:, None] - 1 - age[None, :]
+    present = position >= firsts[:, None]
+    position = np.where(present, position, 0)
+    kind_weight = np.asarray([EVENT_WEIGHTS[kind] for kind in KINDS_BY_CODE])
+    decay = np.asarray([RECENCY_DECAY**a for a in range(length)])  # Python's pow, as history_inputs
+    raw = np.where(present, kind_weight[kinds[position]] * decay[None, :], 0.0)
+    total = np.cumsum(raw, axis=1)[:, -1]  # summed left to right, as Python's sum()
+    return np.where(present, items[position], 0).astype(np.int32), (raw / total[:, None]).astype(np.float32)
 
 
 def build_training_set(table: EventTable, history_length: int) -> TrainingSet:
-    order, slices = _user_slices(table)
+    order, basket, (basket_start, user_start) = _baskets(table)
     items, kinds, times = table.item[order], table.kind[order], table.timestamp[order]
-    rows_items: list[list[int]] = []
-    rows_weights: list[list[float]] = []
-    ex_row: list[int] = []
-    ex_target: list[int] = []
-    ex_time: list[float] = []
-    for start, end in slices:
-        t = times[start:end]
-        cuts = (np.flatnonzero(np.diff(t)) + 1).tolist()
-        bounds = list(zip([0, *cuts], [*cuts, end - start], strict=True))
-        for b_start, b_end in bounds[1:]:
-            lo = max(0, b_start - history_length)
-            history = [
-                (int(items[start + j]), KINDS_BY_CODE[int(kinds[start + j])]) for j in range(lo, b_start)
-            ]
-            row_items, row_weights = history_inputs(history, history_length)
-            row = len(rows_items)
-            rows_items.append(row_items)
-            rows_weights.append(row_weights)
-            for target in dict.fromkeys(items[start + b_start : start + b_end].tolist()):
-                ex_row.append(row)
-                ex_target.append(int(target))
-                ex_time.append(float(t[b_start]))
-    if not ex_target:
+    predicted = basket_start != user_start  # every basket after the user's first
+    row_of_basket = np.cumsum(predicted) - 1
+    # the examples: each predicted basket's distinct items, in order of first appearance
+    key = basket.astype(np.int64) * (int(items.max(initial=0)) + 1) + items
+    first = np.sort(np.unique(key, return_index=True)[1])
+    first = first[predicted[basket[first]]]
+    if not len(first):
         raise ValueError("no training examples: every user has a single basket")
+    starts, firsts = basket_start[predicted], user_start[predicted]
+    hist_items = np.empty((len(starts), history_length), dtype=np.int32)
+    hist_weights = np.empty((len(starts), history_length), dtype=np.float32)
+    for lo in range(0, len(starts), HISTORY_CHUNK):  # bounded float64 temporaries
+        chunk = slice(lo, lo + HISTORY_CHUNK)
+        hist_items[chunk], hist_weights[chunk] = _histories(items, kinds, starts[chunk], firsts[chunk],
+                                                            history_length)
     return TrainingSet(
-        hist_items=np.asarray(rows_items, dtype=np.int32),
-        hist_weights=np.asarray(rows_weights, dtype=np.float32),
-        example_row=np.asarray(ex_row, dtype=np.int32),
-        example_target=np.asarray(ex_target, dtype=np.int32),
-        example_time=np.asarray(ex_time, dtype=np.float64),
+        hist_items=hist_items,
+        hist_weights=hist_weights,
+        example_row=row_of_basket[basket[first]].astype(np.int32),
+        example_target=items[first].astype(np.int32),
+        example_time=times[first].astype(np.float64),
     )
 
 
 def next_baskets(data: TrainingSet, rows: np.ndarray, width: int = 32) -> np.ndarray:
     """int32 [len(rows), width]: each history row's target items (its next basket), -1 padded."""
     targets = np.full((len(rows), width), -1, dtype=np.int32)
-    position = {int(row): n for n, row in enumerate(rows)}
-    filled = np.zeros(len(rows), dtype=np.int64)
-    for row, item in zip(data.example_row.tolist(), data.example_target.tolist(), strict=True):
-        n = position.get(row)
-        if n is not None and filled[n] < width:
-            targets[n, filled[n]] = item
-            filled[n] += 1
+    position = np.full(len(data.hist_items), -1, dtype=np.int64)
+    position[np.asarray(rows, dtype=np.int64)] = np.arange(len(rows))
+    picked = np.flatnonzero(position[data.example_row] >= 0)
+    picked = picked[np.argsort(data.example_row[picked], kind="stable")]  # by row, in example order
+    n = position[data.example_row[picked]]
+    run_start = np.flatnonzero(np.r_[True, n[1:] != n[:-1]])
+    rank = np.arange(len(n)) - np.repeat(run_start, np.diff(np.r_[run_start, len(n)]))
+    keep = rank < width
+    targets[n[keep], rank[keep]] = data.example_target[picked[keep]]
     return targets
 
 

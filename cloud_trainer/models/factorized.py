@@ -27,6 +27,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from cloud_trainer.data.events_io import KINDS_BY_CODE, EventTable
 from cloud_trainer.errors import TooManyItems
@@ -57,11 +58,17 @@ class FactorizedSettings:
         return np.asarray([by_kind[kind] for kind in KINDS_BY_CODE], dtype=np.float32)
 
 
-def shopper_item_matrix(table: EventTable, event_weights: np.ndarray) -> np.ndarray:
-    """float32 [users, items]: each shopper's strongest event weight per item (0 if none)."""
-    x = np.zeros((len(table.user_ids), len(table.item_ids)), dtype=np.float32)
-    np.maximum.at(x, (table.user, table.item), event_weights[table.kind])
-    return x
+def shopper_item_matrix(table: EventTable, event_weights: np.ndarray) -> sp.csr_matrix:
+    """float32 [users, items], sparse (CSR): each shopper's strongest event weight per item. Memory
+    grows with events, not users x items."""
+    shape = (len(table.user_ids), len(table.item_ids))
+    key = table.user.astype(np.int64) * shape[1] + table.item
+    order = np.argsort(key, kind="stable")
+    key, weight = key[order], event_weights[table.kind][order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    strongest = np.maximum.reduceat(weight, starts) if len(key) else weight
+    cells = key[starts]
+    return sp.csr_matrix((strongest.astype(np.float32), (cells // shape[1], cells % shape[1])), shape=shape)
 
 
 def truncated_svd(b: np.ndarray, rank: int, seed: int, power_iterations: int = 4) -> tuple[np.ndarray, ...]:
