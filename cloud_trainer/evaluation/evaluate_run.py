@@ -24,7 +24,7 @@ from cloud_trainer.data.events_io import KINDS_BY_CODE, EventTable, read_events
 from cloud_trainer.errors import EvaluationError
 from cloud_trainer.evaluation import metrics, splits
 from cloud_trainer.evaluation.baselines import BASELINES
-from cloud_trainer.evaluation.report import Report, write_report
+from cloud_trainer.evaluation.report import NOT_COMPUTED, Report, write_report
 from cloud_trainer.evaluation.served import ServedModel, served_rankings, stored_shoppers
 from cloud_trainer.models.side_features import SideFeatureSettings, extend_with_cold_items
 from shared.catalog import parse_catalog
@@ -89,20 +89,36 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
                             target or str(config.get("target", "purchase")))
     log.info("test period from %s: %d test users (%d with new items), %d items",
              day, len(data.users), sum(1 for t in data.targets["new"] if t), data.num_items)
+    test_users = {"total": len(data.users)}
+    data = splits.sample_users(data, splits.MAX_TEST_USERS)
+    if len(data.users) < test_users["total"]:
+        test_users |= {"evaluated": len(data.users), "sample_seed": splits.SAMPLE_SEED}
+        log.info("more than %d test users: evaluating a seeded sample of %d (seed %d) of the %d",
+                 splits.MAX_TEST_USERS, len(data.users), splits.SAMPLE_SEED, test_users["total"])
     report = Report()
     if model is not None:
         _evaluate_model(model, data, splits.cut_time(day), report)
         _evaluate_cold_start(model, table, splits.cut_time(day), report)
-    for name, scorer in BASELINES.items():
-        report.rows[name] = metrics.evaluate(scorer(data), data)
-        log.info("%s: recall@20 %.4f (all), %.4f (new)", name, report.rows[name]["all"]["recall@20"],
-                 report.rows[name]["new"]["recall@20"])
+    _evaluate_baselines(data, report)
     if run_dir is not None:
         (run_dir / "evaluation.json").write_text(json.dumps(
-            {"test_from": day, "target": data.target, **report.rows, "cold_start": report.cold_start,
-             "among_new_items": report.among_new}, indent=1))
+            {"test_from": day, "target": data.target, "test_users": test_users, **report.rows,
+             "cold_start": report.cold_start, "among_new_items": report.among_new}, indent=1))
         log.info("report: %s", write_report(run_dir, report, day))
     return report
+
+
+def _evaluate_baselines(data: splits.Split, report: Report) -> None:
+    """Each baseline ranked batch by batch; one that cannot be built at this size (None) gets a
+    row marked not computed."""
+    for name, build in BASELINES.items():
+        scorer = build(data)
+        if scorer is None:
+            report.rows[name] = {mode: {NOT_COMPUTED: True} for mode in splits.MODES}
+            continue
+        report.rows[name] = metrics.evaluate(scorer, data)
+        log.info("%s: recall@20 %.4f (all), %.4f (new)", name, report.rows[name]["all"]["recall@20"],
+                 report.rows[name]["new"]["recall@20"])
 
 
 class _RunModel:

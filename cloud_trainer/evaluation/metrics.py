@@ -7,7 +7,7 @@ quantization quality gate (:mod:`cloud_trainer.delivery.gates`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -17,6 +17,11 @@ RECALL_AT = (10, 20, 50)
 NDCG_AT = (10, 20)
 #: Cut-offs of the recall@K curves in the report (the table shows RECALL_AT).
 CURVE_AT = (1, 2, 5, 10, 20, 50, 100)
+#: Test users scored and ranked at a time by :func:`evaluate` when given a :data:`BatchScorer`.
+BATCH_USERS = 1024
+
+#: Scores of some test users: positions in ``Split.users`` -> dense [len(positions), items].
+BatchScorer = Callable[[np.ndarray], np.ndarray]
 
 
 def top_k(scores: np.ndarray, k: int, exclude: list[set[int]] | None = None) -> np.ndarray:
@@ -83,9 +88,32 @@ def recall_ndcg(ranked: np.ndarray, targets: Sequence[set[int]]) -> dict[str, fl
             | {"se(recall@20)": round(se, 4), "users": users})
 
 
-def evaluate(scores: np.ndarray, data: Split) -> dict[str, dict[str, float]]:
-    """Both modes' metrics for a [test users, items] score matrix (higher is better)."""
+def all_scores(scorer: BatchScorer, data: Split) -> np.ndarray:
+    """The whole [test users, items] matrix of a :data:`BatchScorer` (for small splits)."""
+    return scorer(np.arange(len(data.users)))
+
+
+def rank_in_batches(scorer: BatchScorer, data: Split, k: int,
+                    batch: int = BATCH_USERS) -> dict[str, np.ndarray]:
+    """Per mode the [test users, k] top items of ``scorer``, scored ``batch`` users at a time
+    (memory: batch x items); mode ``new`` leaves out what each user bought before. The same lists
+    as :func:`top_k` over the whole matrix."""
+    ranked: dict[str, list[np.ndarray]] = {mode: [] for mode in MODES}
+    for start in range(0, len(data.users), batch):
+        rows = np.arange(start, min(start + batch, len(data.users)))
+        scores = scorer(rows)
+        ranked["all"].append(top_k(scores, k))
+        ranked["new"].append(top_k(scores, k, data.bought_before[start : start + batch]))
+    return {mode: np.concatenate(lists) if lists else np.zeros((0, k), dtype=np.int64)
+            for mode, lists in ranked.items()}
+
+
+def evaluate(scores: np.ndarray | BatchScorer, data: Split) -> dict[str, dict[str, float]]:
+    """Both modes' metrics for a [test users, items] score matrix, or for a :data:`BatchScorer`
+    ranked batch by batch (higher is better)."""
     k = min(max(CURVE_AT), data.num_items)
+    if callable(scores):
+        return evaluate_ranked(rank_in_batches(scores, data, k), data)
     return evaluate_ranked({mode: top_k(scores, k, data.bought_before if mode == "new" else None)
                             for mode in MODES}, data)
 

@@ -18,6 +18,8 @@ from cloud_trainer.evaluation.metrics import CURVE_AT, NDCG_AT, RECALL_AT
 from cloud_trainer.evaluation.splits import MODES
 
 REPORT_DIR = "report"
+#: The key of a row's only figure when it was not computed at this size (the tables say so).
+NOT_COMPUTED = "not computed"
 
 
 @dataclass
@@ -35,7 +37,7 @@ class Report:
             lines.append("| " + " | ".join(["model", *columns]) + " |")
             lines.append("|" + " --- |" * (len(columns) + 1))
             for name, modes in self.rows.items():
-                cells = [str(modes[mode][c]) for c in columns]
+                cells = [str(modes[mode].get(c, NOT_COMPUTED)) for c in columns]
                 lines.append("| " + " | ".join([name, *cells]) + " |")
             lines.append("")
         return "\n".join(lines)

@@ -67,6 +67,22 @@ class Split:
         return len(self.train.item_ids)
 
 
+#: Beyond this many test users, :func:`sample_users` keeps a seeded sample of this many.
+MAX_TEST_USERS = 50_000
+SAMPLE_SEED = 17
+
+
+def sample_users(data: Split, limit: int = MAX_TEST_USERS, seed: int = SAMPLE_SEED) -> Split:
+    """``data`` itself up to ``limit`` test users; beyond, a seeded sample of ``limit`` of them
+    (in their original order)."""
+    if len(data.users) <= limit:
+        return data
+    keep = np.sort(np.random.default_rng(seed).choice(len(data.users), limit, replace=False)).tolist()
+    return replace(data, users=[data.users[n] for n in keep], history=[data.history[n] for n in keep],
+                   targets={mode: [targets[n] for n in keep] for mode, targets in data.targets.items()},
+                   bought_before=[data.bought_before[n] for n in keep])
+
+
 def _rows_by_user(train: EventTable) -> tuple[np.ndarray, np.ndarray]:
     """Training rows ordered by (user, time), and where each user's run starts and ends in that order."""
     order = np.lexsort((train.timestamp, train.user))
