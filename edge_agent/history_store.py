@@ -255,18 +255,19 @@ class HistoryStore:
                 doomed = [seq for seq, _ in rows] if key is None else expired_events(AESGCM(key), ref, rows, oldest)
                 self._db.executemany("DELETE FROM events WHERE ref=? AND seq=?", [(ref, s) for s in doomed])
                 removed += len(doomed)
-        self._sweep_purchases(oldest, live)
+        self._sweep_purchases(oldest)
         with self._lock:
             self._forget()
             self._reclaim()
         return removed
 
-    def _sweep_purchases(self, oldest: float, live: set[bytes]) -> None:
-        """Forget purchases past the maximum age, and purchase memories whose key is gone."""
+    def _sweep_purchases(self, oldest: float) -> None:
+        """Forget purchases past the maximum age, and purchase memories whose key is gone (looked
+        up per memory: a shopper whose first purchase lands during the sweep keeps theirs)."""
         with self._lock:
             refs = [bytes(r[0]) for r in self._db.execute("SELECT ref FROM bought_items")]
         for ref in refs:
-            key = self.keyring.data_key(ref, create=False) if ref in live else None
+            key = self.keyring.data_key(ref, create=False)
             with self._lock:
                 row = self._db.execute("SELECT sealed FROM bought_items WHERE ref=?", (ref,)).fetchone()
                 if row is None:

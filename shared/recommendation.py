@@ -192,5 +192,6 @@ def recommend(
         chosen.append(Recommendation(catalog.items[index], None))
         taken.add(index)
     return RecommendationResult(
-        items=chosen, fallback=not known, model_version=scorer.version, history_used=len(known), model_failed=failed
+        items=chosen, fallback=not known, model_version=scorer.version,
+        history_used=min(len(known), scorer.history_length), model_failed=failed
     )

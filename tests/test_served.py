@@ -54,3 +54,21 @@ def test_in_process_evaluation_agrees_with_the_rest_api(prepared: Path, int8_bun
             assert status == 200 and answer["model_version"] == manifest.version
             over_rest = [model.item_index[item["id"]] for item in answer["items"]]
             assert over_rest == [i for i in row.tolist() if i >= 0], (exclude, user)
+
+
+def test_the_purchase_memory_keeps_the_items_bought_last_up_to_its_cap() -> None:
+    from cloud_trainer.data.events_io import KIND_CODES, EventTable, ReadReport
+    from cloud_trainer.evaluation.served import remembered_purchases
+    from shared.events import EventKind
+
+    purchase, view = KIND_CODES[EventKind.PURCHASE], KIND_CODES[EventKind.VIEW]
+    # item 0 bought, then 1, then 2, then 0 again, and a view of 3; one purchase past retention
+    table = EventTable(["u"], ["a", "b", "c", "d", "e"], np.zeros(6, np.int32),
+                       np.array([4, 0, 1, 2, 0, 3], np.int32),
+                       np.array([purchase] * 5 + [view], np.int8),
+                       np.array([0.0, 1e9, 1e9 + 1, 1e9 + 2, 1e9 + 3, 1e9 + 4]), ReadReport())
+    rows = np.arange(6)
+    now = 1e9 + 10
+    assert remembered_purchases(table, rows, now, remembered=5).tolist() == [1, 2, 0]  # fewer than the cap: all
+    assert remembered_purchases(table, rows, now, remembered=2).tolist() == [2, 0]  # the two bought last
+    assert remembered_purchases(table, rows, now, remembered=0).tolist() == []

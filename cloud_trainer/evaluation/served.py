@@ -67,8 +67,8 @@ def remembered_purchases(train: EventTable, rows: np.ndarray, now: float,
     purchase = KIND_CODES[EventKind.PURCHASE]
     rows = rows[(train.timestamp[rows] >= now - retention_days * 86400.0) & (train.kind[rows] == purchase)]
     last_bought = {int(train.item[r]): n for n, r in enumerate(rows.tolist())}
-    return np.asarray(sorted(last_bought, key=last_bought.__getitem__)[len(last_bought) - remembered:]
-                      if remembered else [], dtype=np.int64)
+    latest_last = sorted(last_bought, key=last_bought.__getitem__)
+    return np.asarray(latest_last[-remembered:] if remembered else [], dtype=np.int64)
 
 
 def stored_shoppers(train: EventTable, rows_per_user: Iterable[np.ndarray], now: float) -> list[StoredShopper]:

@@ -190,9 +190,7 @@ class _Scorer:
                                                                                  strict=True)]}
         # what the agent holds at the window's start, and what mode new's exclusion leaves out
         self.kept = [kept_rows(data.train, rows, validation.start) for rows in data.history]
-        seen = validation.target == "any"
-        self.excluded = [np.union1d(data.train.item[kept[splits.is_target(data.train.kind[kept], "any" if seen
-                                                                               else "purchase")]],
+        self.excluded = [np.union1d(data.train.item[kept[splits.is_target(data.train.kind[kept], validation.target)]],
                                     remembered_purchases(data.train, rows, validation.start))
                          for kept, rows in zip(self.kept, data.history, strict=True)]
 

@@ -37,8 +37,9 @@ def recommendations() -> Any:
         raise ApiError(503, "no_model", "no model installed yet; retry later")
     # the model reads the last history_length events; exclusions see all that is kept, and the
     # purchase memory (bought items, also those whose events the event cap has dropped)
-    history = found.history.recent(user_id, max(model.history_length, found.max_history))
-    bought = found.history.purchased(user_id) if exclude is not Exclude.NONE else ()
+    excluding = exclude is not Exclude.NONE
+    history = found.history.recent(user_id, found.max_history if excluding else model.history_length)
+    bought = found.history.purchased(user_id) if excluding else ()
     result = recommend(model, history, k, exclude, category, bought)
     found.metrics.count_recommendation(result.fallback)
     if result.model_failed:
