@@ -86,11 +86,13 @@ def test_cold_start_metrics_by_hand() -> None:
     data = splits.cold_start_split(TOY, CUT, ["a", "b", "c", "d", "y", "z"])
     # ann: z (5) first, then a, y, ...; cat: y (4) first, then z
     scores = np.array([[5.0, 1, 1, 1, 4, 9], [1, 1, 1, 1, 9, 8]])
-    metrics = ev_metrics.cold_start_metrics(scores, data, k=2)
+    metrics = ev_metrics.cold_start_metrics(ev_metrics.top_k(scores, 6), data, k=2)
     assert metrics["recall@2 new items"] == pytest.approx((1 + 1) / 2)
     assert metrics["recall@2 all items"] == pytest.approx((2 / 2 + 1) / 2)  # ann: z and a of a, d, z
     assert metrics["new-item share of top 2"] == pytest.approx(3 / 4)
-    among = ev_metrics.among_new_items(scores, data, ks=(1, 2))
+    new_only = np.arange(6) >= data.num_known
+    among = ev_metrics.among_new_items(ev_metrics.ranked_in_batches(lambda rows: scores[rows], 2, 2, new_only, batch=1),
+                                       data, ks=(1, 2))
     assert among == {"recall@1": 0.5, "recall@2": 1.0}  # ann ranks z first, cat ranks y first
     # random order of the 2 new items: each shopper's one target is first half the time
     assert ev_metrics.random_among_new_items(data, ks=(1, 2)) == {"recall@1": 0.5, "recall@2": 1.0}

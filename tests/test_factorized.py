@@ -19,30 +19,36 @@ def toy_table(users: int = 40, items: int = 15, events: int = 300, seed: int = 0
 
 
 def test_full_rank_factorization_scores_exactly_as_ease() -> None:
-    """At full rank, pooling each distinct history item once gives EASE's scores (Steck 2019)."""
+    """At full rank, pooling each distinct history item once gives EASE's scores (Steck 2019), up
+    to each history item's own (diagonal) score, which EASE sets to zero."""
     from cloud_trainer.models.ease import ease
     from cloud_trainer.models.factorized import FactorizedSettings, fit, shopper_item_matrix
 
     table = toy_table()
     weights = fit(table, FactorizedSettings(rank=15, trend_weight=0.0, repeat_weight=0.0))
-    x = shopper_item_matrix(table, FactorizedSettings().event_weights())
-    user_vectors = x @ weights.history_embedding  # X is 0/1: each bought item pooled once
-    scores = (user_vectors @ weights.projection + weights.projection_bias) @ weights.item_vectors
-    np.testing.assert_allclose(scores, x @ ease(x, 200.0), atol=1e-4)
+    x = shopper_item_matrix(table, FactorizedSettings().event_weights()).toarray()
+    item_item = (weights.history_embedding @ weights.projection) @ weights.item_vectors
+    np.testing.assert_allclose(item_item - np.diag(np.diag(item_item)), ease(x, 200.0), atol=1e-5)
     assert weights.pooling == "distinct" and not weights.item_bias.any()
 
 
-def test_truncated_svd_finds_the_top_singular_values() -> None:
-    from cloud_trainer.models.factorized import truncated_svd
+def test_the_spectrum_comes_from_products_with_the_sparse_matrix() -> None:
+    """The rank-r model keeps the Gram matrix's top r eigenpairs, found by subspace iteration with
+    products by the sparse shopper-item matrix alone (shoppers taken in blocks)."""
+    from cloud_trainer.models.factorized import FactorizedSettings, gram_spectrum, gram_times, shopper_item_matrix
 
-    rng = np.random.default_rng(1)  # a decaying spectrum, as item-item matrices have
-    left, _ = np.linalg.qr(rng.normal(size=(60, 60)))
-    right, _ = np.linalg.qr(rng.normal(size=(60, 60)))
-    b = (left * 0.8 ** np.arange(60)) @ right.T
-    u, s, vt = truncated_svd(b, 10, seed=0)
-    np.testing.assert_allclose(s, np.linalg.svd(b, compute_uv=False)[:10], rtol=1e-6)
-    np.testing.assert_allclose(u.T @ u, np.eye(10), atol=1e-8)
-    np.testing.assert_allclose((u * s) @ vt, u @ u.T @ b, atol=1e-8)
+    table = toy_table(users=400, items=60, events=4000, seed=3)
+    table.item = (table.item % 6 + 6 * (table.user % 10)).astype(np.int32)  # ten taste groups of six items
+    x = shopper_item_matrix(table, FactorizedSettings().event_weights())
+    gram = (x.T @ x).toarray().astype(np.float64)
+    q = np.random.default_rng(0).normal(size=(60, 5))
+    np.testing.assert_allclose(gram_times(x, q, block=7), gram @ q, rtol=1e-6)
+    exact = np.linalg.eigvalsh(gram)[::-1]
+    spectrum = gram_spectrum(x, 10, seed=0, power_iterations=8)
+    np.testing.assert_allclose(spectrum.values[:10], exact[:10], rtol=1e-6)
+    np.testing.assert_allclose(spectrum.vectors.T @ spectrum.vectors, np.eye(10), atol=1e-8)
+    top = spectrum.vectors[:, :3]
+    np.testing.assert_allclose(gram @ top, top * spectrum.values[:3], rtol=1e-6, atol=1e-6)
 
 
 def test_trend_bias_counts_only_the_last_days() -> None:

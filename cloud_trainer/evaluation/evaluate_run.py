@@ -58,15 +58,8 @@ def model_histories(train: EventTable, history: list[np.ndarray],
     return np.asarray(items, dtype=np.int32), np.asarray(weights, dtype=np.float32)
 
 
-def ranks_as_scores(ranked: np.ndarray, num_items: int) -> np.ndarray:
-    """A [users, items] matrix ordering items as ``ranked`` ([users, K], -1 for none) does;
-    unranked items score -inf."""
-    scores = np.full((len(ranked), num_items), -np.inf)
-    for row, items in enumerate(ranked):
-        items = items[items >= 0]
-        scores[row, items] = np.arange(len(items), 0, -1)
-    return scores
-
+#: Places ranked for the cold-start figures (Recall@20 and the among-new-items Recall@10 and @20).
+COLD_START_K = 20
 
 #: The agent's exclusion that leaves out what mode new's targets exclude, per target.
 EXCLUDE_FOR = {"purchase": Exclude.PURCHASED, "any": Exclude.SEEN}
@@ -145,8 +138,11 @@ class _RunModel:
     def inputs(self, train: EventTable, history: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         return model_histories(train, history, self.history_length)
 
-    def float_scores(self, inputs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        return np.asarray(self.keras.predict(list(inputs), batch_size=512, verbose=0))
+    def float_scorer(self, inputs: tuple[np.ndarray, np.ndarray], keras_model: object = None) -> metrics.BatchScorer:
+        """Scores of the float Keras model (or ``keras_model``) for some of ``inputs``' rows."""
+        model = keras_model or self.keras
+        return lambda rows: np.asarray(model.predict([inputs[0][rows], inputs[1][rows]],  # type: ignore[attr-defined]
+                                                     batch_size=512, verbose=0))
 
     def int8_ranked(self, inputs: tuple[np.ndarray, np.ndarray], allowed: np.ndarray | None = None) -> np.ndarray:
         """[users, top K] of the int8 graph itself (no popularity fill) under a filter mask, -1 where
@@ -159,8 +155,8 @@ class _RunModel:
 def _evaluate_model(model: _RunModel, data: splits.Split, cut: float, report: Report) -> None:
     if [item.id for item in model.items[: data.num_items]] != data.train.item_ids:
         raise EvaluationError("the run's items are not the training period's items of these events")
-    report.rows["model (float, Keras)"] = metrics.evaluate(model.float_scores(model.inputs(data.train,
-                                                                                          data.history)), data)
+    report.rows["model (float, Keras)"] = metrics.evaluate(model.float_scorer(model.inputs(data.train, data.history)),
+                                                            data)
     # what the agent serves: its catalogue (new items too), the REST route's history, exclusions
     shoppers = stored_shoppers(data.train, data.history, now=cut)
     report.rows[SERVED] = metrics.evaluate_ranked(
@@ -176,25 +172,26 @@ def _evaluate_cold_start(model: _RunModel, table: EventTable, cut: float, report
     if not data.users:
         log.info("cold start: nobody bought an item without training events in the test period")
         return
-    inputs = model.inputs(data.train, data.history)
-    trained_only = np.arange(data.num_items) < data.num_known
     log.info("cold start: %d shoppers bought %d new items (%d in the run's catalogue)", len(data.users),
              len({i for t in data.new_targets for i in t}), data.num_items - data.num_known)
-    without = ranks_as_scores(model.int8_ranked(inputs, trained_only), data.num_items)
+    data = splits.sample_shoppers(data)
+    inputs = model.inputs(data.train, data.history)
+    trained_only = np.arange(data.num_items) < data.num_known
+    without = model.int8_ranked(inputs, trained_only)
     report.cold_start = {"model (int8, LiteRT), trained items only": metrics.cold_start_metrics(without, data)}
     if data.num_items == data.num_known:
         return
-    served = ranks_as_scores(served_rankings(model.served, stored_shoppers(data.train, data.history, now=cut),
-                                             model.top_k), data.num_items)
+    served = served_rankings(model.served, stored_shoppers(data.train, data.history, now=cut), model.top_k)
     report.cold_start["model (float, Keras), with new items"] = metrics.cold_start_metrics(
-        model.float_scores(inputs), data)
+        metrics.ranked_in_batches(model.float_scorer(inputs), len(data.users), COLD_START_K), data)
     report.cold_start[f"{SERVED}, with new items"] = metrics.cold_start_metrics(served, data)
-    among_new = ranks_as_scores(model.int8_ranked(inputs, ~trained_only), data.num_items)
-    report.among_new["int8 (LiteRT), side features as trained"] = metrics.among_new_items(among_new, data)
+    report.among_new["int8 (LiteRT), side features as trained"] = metrics.among_new_items(
+        model.int8_ranked(inputs, ~trained_only), data)
     known_items, new_items = items[: data.num_known], items[data.num_known :]
     trained = model.weights.first_items(data.num_known)
     for name, switches in FEATURE_ABLATIONS.items():
         extended = extend_with_cold_items(trained, known_items, new_items, SideFeatureSettings(**switches))
-        scores = model_from_weights(extended, model.history_length).predict(list(inputs), verbose=0)
-        report.among_new[f"float, side features: {name}"] = metrics.among_new_items(np.asarray(scores), data)
+        scorer = model.float_scorer(inputs, model_from_weights(extended, model.history_length))
+        report.among_new[f"float, side features: {name}"] = metrics.among_new_items(
+            metrics.ranked_in_batches(scorer, len(data.users), COLD_START_K, ~trained_only), data)
     report.among_new[NO_FEATURES] = metrics.random_among_new_items(data)

@@ -130,10 +130,21 @@ def evaluate_ranked(ranked: dict[str, np.ndarray], data: Split) -> dict[str, dic
     return results
 
 
-def cold_start_metrics(scores: np.ndarray, data: ColdStartSplit, k: int = 20) -> dict[str, float]:
-    """For a [users, whole catalogue] score matrix: Recall@k of the new items bought and of every
-    item bought, and the share of top-k slots that went to new items."""
-    ranked = top_k(scores, k)
+def ranked_in_batches(scorer: BatchScorer, users: int, k: int, allowed: np.ndarray | None = None,
+                      batch: int = BATCH_USERS) -> np.ndarray:
+    """[users, k] top items of ``scorer`` (only ``allowed`` items, a bool mask, when given), scored
+    ``batch`` users at a time (memory: batch x items, never users x items)."""
+    ranked = []
+    for start in range(0, users, batch):
+        scores = scorer(np.arange(start, min(start + batch, users)))
+        ranked.append(top_k(scores if allowed is None else np.where(allowed, scores, -np.inf), k))
+    return np.concatenate(ranked) if ranked else np.zeros((0, k), dtype=np.int64)
+
+
+def cold_start_metrics(ranked: np.ndarray, data: ColdStartSplit, k: int = 20) -> dict[str, float]:
+    """For ranked lists over the whole catalogue ([users, >= k], -1 for none): Recall@k of the new
+    items bought and of every item bought, and the share of top-k slots that went to new items."""
+    ranked = ranked[:, :k]
     return {
         f"recall@{k} new items": recall_ndcg(ranked, data.new_targets)[f"recall@{k}"],
         f"recall@{k} all items": recall_ndcg(ranked, data.all_targets)[f"recall@{k}"],
@@ -142,11 +153,9 @@ def cold_start_metrics(scores: np.ndarray, data: ColdStartSplit, k: int = 20) ->
     }
 
 
-def among_new_items(scores: np.ndarray, data: ColdStartSplit, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
-    """Recall@K when only the new items are ranked (a "new for you" shelf): which of them does
-    this shopper want?"""
-    new = scores[:, data.num_known :]
-    ranked = top_k(new, min(max(ks), new.shape[1])) + data.num_known
+def among_new_items(ranked: np.ndarray, data: ColdStartSplit, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
+    """Recall@K when only the new items are ranked (a "new for you" shelf; ``ranked``: [users,
+    >= max K] lists of new items, -1 for none): which of them does this shopper want?"""
     metrics = recall_ndcg(ranked, data.new_targets)
     return {f"recall@{k}": metrics[f"recall@{k}"] for k in ks}
 

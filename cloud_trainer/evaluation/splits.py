@@ -72,12 +72,19 @@ MAX_TEST_USERS = 50_000
 SAMPLE_SEED = 17
 
 
+def sampled_positions(total: int, limit: int, seed: int = SAMPLE_SEED) -> list[int] | None:
+    """None up to ``limit``; beyond, a seeded sample of ``limit`` positions of ``total``, in order."""
+    if total <= limit:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(total, limit, replace=False)).tolist()
+
+
 def sample_users(data: Split, limit: int = MAX_TEST_USERS, seed: int = SAMPLE_SEED) -> Split:
     """``data`` itself up to ``limit`` test users; beyond, a seeded sample of ``limit`` of them
     (in their original order)."""
-    if len(data.users) <= limit:
+    keep = sampled_positions(len(data.users), limit, seed)
+    if keep is None:
         return data
-    keep = np.sort(np.random.default_rng(seed).choice(len(data.users), limit, replace=False)).tolist()
     return replace(data, users=[data.users[n] for n in keep], history=[data.history[n] for n in keep],
                    targets={mode: [targets[n] for n in keep] for mode, targets in data.targets.items()},
                    bought_before=[data.bought_before[n] for n in keep])
@@ -179,6 +186,16 @@ def catalogue_split(table: EventTable, cut: float, catalogue: list[str], target:
 def cold_start_split(table: EventTable, cut: float, catalogue: list[str]) -> ColdStartSplit:
     """``catalogue``: item ids by model index, the training period's items first (as trained)."""
     data = catalogue_split(table, cut, catalogue)
-    keep = [n for n, new in enumerate(data.new_targets) if new]
+    return keep_shoppers(data, [n for n, new in enumerate(data.new_targets) if new])
+
+
+def keep_shoppers(data: ColdStartSplit, keep: list[int]) -> ColdStartSplit:
+    """``data`` with only the shoppers at positions ``keep``."""
     return replace(data, users=[data.users[n] for n in keep], history=[data.history[n] for n in keep],
                    new_targets=[data.new_targets[n] for n in keep], all_targets=[data.all_targets[n] for n in keep])
+
+
+def sample_shoppers(data: ColdStartSplit, limit: int = MAX_TEST_USERS, seed: int = SAMPLE_SEED) -> ColdStartSplit:
+    """:func:`sample_users` for a :class:`ColdStartSplit`."""
+    keep = sampled_positions(len(data.users), limit, seed)
+    return data if keep is None else keep_shoppers(data, keep)

@@ -1,14 +1,23 @@
-"""The default model: a low-rank item-to-item model fitted in closed form, plus trend and repeat terms.
+"""The default model: EASE in the leading eigenspace of the item Gram matrix, plus trend and repeat terms.
 
 It is an embedding dot-product model like :mod:`cloud_trainer.models.dot_product`'s, with these weights:
 
-- **Item embeddings.** EASE (Steck 2019) learns an item-to-item matrix ``B`` by ridge regression
-  of each item's column on all others, over the shopper-item matrix ``X`` of the training period
-  (``X[u, i]`` = the weight of u's strongest event with i: purchase 1.0, cart 0.5, view 0.25).
-  A rank-``r`` truncated SVD ``B ~ U S V'`` splits it into history embeddings ``U`` and item
-  vectors ``S V'``, so the agent scores with one ``[r] x [r, N]`` matmul. (``U``'s entries are
-  even in size, which int8 needs: the embedding table is quantized with one scale for all of it;
-  ``U sqrt(S)`` lost up to 40% of the score range on 200-item histories.)
+- **Item embeddings.** EASE (Steck 2019) learns an item-to-item matrix ``B = I - P / diag(P)``
+  (zero diagonal) with ``P = (G + lambda I)^-1``, ``G = X'X`` over the shopper-item matrix ``X``
+  of the training period (``X[u, i]`` = the weight of u's strongest event with i: purchase 1.0,
+  cart 0.5, view 0.25). Written in G's eigenvectors ``V`` (eigenvalues ``s``),
+  ``P = I / lambda - V diag(s / (lambda (s + lambda))) V'``: the directions with large ``s``
+  carry the item-to-item structure, the rest only the diagonal. So the model keeps the top
+  ``r`` eigenpairs, found by randomized subspace iteration (Halko, Martinsson and Tropp 2011)
+  with products by the sparse ``X`` only, and takes
+  ``B ~ V diag(w) V' diag(1/d)``, ``w = s / (lambda (s + lambda))``, ``d = 1/lambda - V^2 w``
+  (``diag(P)`` in the same eigenspace): history embeddings ``V`` and item vectors
+  ``diag(w) V' diag(1/d)``, so the agent scores with one ``[r] x [r, N]`` matmul. Nothing of
+  size items x items or shoppers x items is ever made: memory is ``X`` (events) plus a few
+  ``[N, r]`` blocks, and time grows with events x r. (``V``'s entries are even in size, which
+  int8 needs: the embedding table is quantized with one scale for all of it.) On Online Retail
+  it ranks as the dense solve followed by a rank-r SVD of ``B`` did, within one standard error
+  (docs/evaluation.md); unlike it, it fits a million items.
 - **User vector.** The sum of the embeddings of the distinct items in the shopper's last
   ``history_length`` events: the graph pools each item once ("distinct" pooling).
 - **Trend.** The item bias is ``trend_weight * log1p(purchases in the last trend_days days of
@@ -19,6 +28,8 @@ It is an embedding dot-product model like :mod:`cloud_trainer.models.dot_product
 
 ``cloud-trainer train`` chooses these settings per data set on a validation window cut from
 the training period (:mod:`cloud_trainer.models.tuning`); the defaults below are its starting point.
+A change of ``lambda`` re-weights the same eigenpairs (:func:`factors_from_spectrum`): no new
+decomposition.
 """
 
 from __future__ import annotations
@@ -30,15 +41,17 @@ import numpy as np
 import scipy.sparse as sp
 
 from cloud_trainer.data.events_io import KINDS_BY_CODE, EventTable
-from cloud_trainer.errors import TooManyItems
 from cloud_trainer.models.dot_product import ModelWeights
-from cloud_trainer.models.ease import ease
 from shared.events import EVENT_WEIGHTS, EventKind
 
 log = logging.getLogger(__name__)
 
-#: Above this many items the dense item-item solve (N x N) costs too much memory and time.
-MAX_ITEMS = 40_000
+#: Extra directions the subspace iteration carries beyond the rank (Halko et al.'s oversampling).
+OVERSAMPLE = 16
+#: Subspace iterations: each is two sparse products with X (time grows with events x rank).
+POWER_ITERATIONS = 4
+#: Shoppers multiplied at a time: bounds the dense [shoppers, r] intermediate of X V.
+SHOPPER_BLOCK = 131_072
 
 
 @dataclass
@@ -71,17 +84,52 @@ def shopper_item_matrix(table: EventTable, event_weights: np.ndarray) -> sp.csr_
     return sp.csr_matrix((strongest.astype(np.float32), (cells // shape[1], cells % shape[1])), shape=shape)
 
 
-def truncated_svd(b: np.ndarray, rank: int, seed: int, power_iterations: int = 4) -> tuple[np.ndarray, ...]:
-    """The top ``rank`` singular triplets (U [N, r], S [r], Vt [r, N]) by randomized SVD (Halko,
-    Martinsson and Tropp 2011): a full SVD of a 4k x 4k matrix takes 15 s here, this about 1 s."""
-    rng = np.random.default_rng(seed)
-    width = min(b.shape[0], rank + 16)
-    q, _ = np.linalg.qr(b @ rng.standard_normal((b.shape[1], width)))
+def gram_times(x: sp.csr_matrix, q: np.ndarray, block: int = SHOPPER_BLOCK) -> np.ndarray:
+    """X'X q, shoppers ``block`` at a time: the Gram matrix is never formed."""
+    out = np.zeros((x.shape[1], q.shape[1]))
+    for start in range(0, x.shape[0], block):
+        rows = x[start : start + block]
+        out += rows.T @ (rows @ q)
+    return out
+
+
+@dataclass
+class Spectrum:
+    """The leading eigenpairs of the item Gram matrix X'X: ``values`` [w] descending, ``vectors`` [N, w]."""
+
+    values: np.ndarray
+    vectors: np.ndarray
+
+
+def gram_spectrum(x: sp.csr_matrix, width: int, seed: int, power_iterations: int = POWER_ITERATIONS) -> Spectrum:
+    """The top ``width`` eigenpairs of X'X by randomized subspace iteration and a Rayleigh-Ritz step."""
+    x = sp.csr_matrix(x, dtype=np.float64)
+    width = min(width, x.shape[1])
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((x.shape[1], width)))
     for _ in range(power_iterations):
-        q, _ = np.linalg.qr(b.T @ q)
-        q, _ = np.linalg.qr(b @ q)
-    u_small, s, vt = np.linalg.svd(q.T @ b, full_matrices=False)
-    return (q @ u_small)[:, :rank], s[:rank], vt[:rank]
+        q, _ = np.linalg.qr(gram_times(x, q))
+    small = q.T @ gram_times(x, q)
+    values, rotation = np.linalg.eigh((small + small.T) / 2)
+    order = np.argsort(values)[::-1]
+    return Spectrum(np.maximum(values[order], 0.0), q @ rotation[:, order])
+
+
+def item_spectrum(table: EventTable, settings: FactorizedSettings) -> Spectrum:
+    """The Gram spectrum the model of ``settings`` needs (its rank, its event weights)."""
+    num_items = len(table.item_ids)
+    rank = min(settings.rank, num_items)
+    x = shopper_item_matrix(table, settings.event_weights())
+    log.info("top %d eigenpairs of the item Gram matrix: %d items, %d shopper-item cells ...", rank, num_items, x.nnz)
+    return gram_spectrum(x, rank + OVERSAMPLE, settings.seed)
+
+
+def factors_from_spectrum(spectrum: Spectrum, rank: int, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """(history embeddings V [N, r], item vectors diag(w) V' diag(1/d) [r, N]): EASE with ``lambda = l2``
+    in the top ``rank`` eigen-directions. ``d`` (the diagonal of P) uses every direction computed."""
+    weight = spectrum.values / (l2 * (spectrum.values + l2))
+    diagonal = 1.0 / l2 - (spectrum.vectors**2) @ weight  # >= diag(P) > 0: V's rows have norm <= 1
+    v = spectrum.vectors[:, :rank]
+    return v.astype(np.float32), (weight[:rank, None] * v.T / diagonal[None, :]).astype(np.float32)
 
 
 def trend(table: EventTable, days: float) -> np.ndarray:
@@ -91,18 +139,9 @@ def trend(table: EventTable, days: float) -> np.ndarray:
 
 
 def item_factors(table: EventTable, settings: FactorizedSettings) -> tuple[np.ndarray, np.ndarray]:
-    """(history embeddings U [N, r], item vectors S V' [r, N]) of the rank-r EASE factorization."""
-    num_items = len(table.item_ids)
-    if num_items > MAX_ITEMS:
-        raise TooManyItems(f"{num_items} items: the factorized model solves an items x items system and takes at "
-                           f"most {MAX_ITEMS}; train with --model two-tower")
-    rank = min(settings.rank, num_items)
-    log.info("EASE item-item solve over %d items (lambda %g) ...", num_items, settings.l2)
-    b = ease(shopper_item_matrix(table, settings.event_weights()), settings.l2)
-    log.info("rank-%d factorization ...", rank)
-    u, s, vt = truncated_svd(b, rank, settings.seed)
-    # U has orthonormal columns: even entries, kind to int8; S V' is quantized per output channel
-    return u.astype(np.float32), (s[:, None] * vt).astype(np.float32)
+    """(history embeddings [N, r], item vectors [r, N]) of the model of ``settings``."""
+    rank = min(settings.rank, len(table.item_ids))
+    return factors_from_spectrum(item_spectrum(table, settings), rank, settings.l2)
 
 
 def assemble(factors: tuple[np.ndarray, np.ndarray], table: EventTable, settings: FactorizedSettings) -> ModelWeights:

@@ -15,9 +15,9 @@ wins), a fashion or media shop's rarely do (it loses), and how fast taste moves 
   The objective is the mean of the two Recall@20s.
 - **Search.** Coordinate ascent over :data:`SEARCH_SPACE`: from the current best, each setting in
   turn is tried at each of its values with the others held, keeping any that scores higher;
-  rounds repeat until one changes nothing or the time budget is spent. Fits are cached, so a
-  setting that needs no refit (repeat, trend, history length, cold start scale) costs a
-  re-scoring only. Settings that cannot matter on the data are left out (view and cart weights
+  rounds repeat until one changes nothing or the time budget is spent. Eigendecompositions
+  are cached, so a setting that needs none (lambda, repeat, trend, history length, cold start
+  scale) costs a re-scoring only. Settings that cannot matter on the data are left out (view and cart weights
   without views or carts, the cold-start scale without new items).
 - **Record.** Every trial, its figures and the choice go to ``tuning.json`` in the run directory,
   and into the report.
@@ -36,7 +36,7 @@ from cloud_trainer.data.events_io import KIND_CODES, EventTable
 from cloud_trainer.evaluation import metrics, splits
 from cloud_trainer.evaluation.served import kept_rows, remembered_purchases
 from cloud_trainer.models.dot_product import ModelWeights
-from cloud_trainer.models.factorized import FactorizedSettings, assemble, item_factors
+from cloud_trainer.models.factorized import FactorizedSettings, Spectrum, assemble, factors_from_spectrum, item_spectrum
 from cloud_trainer.models.side_features import SideFeatureSettings, catalogue_items, extend_with_cold_items
 from shared.catalog import CatalogItem
 from shared.events import EventKind
@@ -55,14 +55,19 @@ SEARCH_SPACE: dict[str, tuple[float, ...]] = {
     "cart_weight": (0.25, 0.5, 0.75, 1.0),
     "cold_start_scale": (1.0, 2.0, 3.0, 5.0, 8.0),
 }
-#: Settings whose change needs a new EASE solve and factorization.
-REFIT = ("l2", "rank", "view_weight", "cart_weight")
+#: Settings whose change needs a new eigendecomposition (lambda only re-weights the eigenpairs).
+REFIT = ("rank", "view_weight", "cart_weight")
 K = 20
-#: Item factorizations kept (2 N r floats each; each costs an N x N solve to make).
-CACHED_FITS = 6
+#: Gram spectra kept (N x (r + 16) floats each; each costs a few passes over the events to make).
+CACHED_FITS = 4
 #: Fewer validation shoppers than this say too little to choose by: the given settings are kept.
 MIN_SHOPPERS = 50
 DEFAULT_BUDGET_S = 180.0
+#: Scores computed at a time when ranking (float32: 128 MB).
+SCORED_CELLS = 32_000_000
+#: Beyond this many validation shoppers a seeded sample of them is scored (a big shop's trials
+#: would otherwise each take minutes; the standard error at 5,000 is about 0.005).
+MAX_VALIDATION_SHOPPERS = 5_000
 DEFAULT_VALIDATION_SHARE = 0.1
 
 
@@ -115,12 +120,20 @@ def validation_window(table: EventTable, metadata: dict[str, CatalogItem], share
 
 
 def serve_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[np.ndarray], history_length: int,
-                excluded: Sequence[np.ndarray] | None, k: int = K, batch: int = 1024) -> np.ndarray:
+                excluded: Sequence[np.ndarray] | None, k: int = K) -> np.ndarray:
     """[shoppers, k] catalogue indices, as the agent ranks them (float): the distinct items of the
     last ``history_length`` events (``histories``: rows as the agent holds them) pooled once each,
     plus ``repeat_weight`` x their counts, without the ``excluded`` items."""
+    return served_top_k(weights, train, histories, history_length, {"": excluded}, k)[""]
+
+
+def served_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[np.ndarray], history_length: int,
+                 exclusions: dict[str, Sequence[np.ndarray] | None], k: int = K) -> dict[str, np.ndarray]:
+    """:func:`serve_top_k` under each of several ``exclusions`` (by name) from one scoring pass.
+    Shoppers are scored in batches of at most :data:`SCORED_CELLS` scores (memory: not shoppers x items)."""
     n = weights.num_items
-    out = np.empty((len(histories), min(k, n)), dtype=np.int64)
+    batch = max(1, min(1024, SCORED_CELLS // n))
+    out = {name: np.empty((len(histories), min(k, n)), dtype=np.int64) for name in exclusions}
     for first in range(0, len(histories), batch):
         chunk = [rows[-history_length:] for rows in histories[first : first + batch]]
         owner = np.repeat(np.arange(len(chunk)), [len(rows) for rows in chunk])
@@ -129,15 +142,18 @@ def serve_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[np
         user, item = pairs // n, pairs % n
         starts = np.searchsorted(user, np.arange(len(chunk)))
         held = np.bincount(user, minlength=len(chunk)) > 0  # an agent holding nothing pools nothing
-        pooled = np.zeros((len(chunk), weights.history_embedding.shape[1]))
+        pooled = np.zeros((len(chunk), weights.history_embedding.shape[1]), dtype=np.float32)
         if held.any():
             pooled[held] = np.add.reduceat(weights.history_embedding[item].astype(np.float64), starts[held], axis=0)
         scores = pooled @ weights.item_vectors + weights.item_bias
         scores[user, item] += weights.repeat_weight * counts
-        if excluded is not None:
-            banned = excluded[first : first + len(chunk)]
-            scores[np.repeat(np.arange(len(banned)), [len(b) for b in banned]), np.concatenate(banned)] = -np.inf
-        out[first : first + len(chunk)] = metrics.top_k(scores, min(k, n))
+        for name, excluded in exclusions.items():
+            ranked = scores
+            if excluded is not None:
+                banned = excluded[first : first + len(chunk)]
+                ranked = scores.copy()
+                ranked[np.repeat(np.arange(len(banned)), [len(b) for b in banned]), np.concatenate(banned)] = -np.inf
+            out[name][first : first + len(chunk)] = metrics.top_k(ranked, min(k, n))
     return out
 
 
@@ -169,10 +185,12 @@ class TuningResult:
     budget_s: float
     seconds: float
     stopped_by: str  # "converged", "budget" or "too few shoppers"
+    scored: int = 0  # validation shoppers scored: all of them, or a seeded sample (MAX_VALIDATION_SHOPPERS)
 
     def to_json(self) -> dict[str, object]:
         return {"chosen": asdict(self.chosen), "start": asdict(self.start), "searched": self.searched,
                 "validation_from": self.validation_from, "validation_shoppers": self.shoppers,
+                "validation_shoppers_scored": self.scored,
                 "budget_s": self.budget_s, "seconds": round(self.seconds, 1), "stopped_by": self.stopped_by,
                 "trials": [trial.to_json() for trial in self.trials]}
 
@@ -182,7 +200,7 @@ class _Scorer:
 
     def __init__(self, validation: Validation, seed: int) -> None:
         self.v, self.seed = validation, seed
-        self._factors: dict[tuple[float, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._spectra: dict[tuple[float, ...], Spectrum] = {}
         data = validation.data
         bought_before = [set(data.train.item[rows[splits.is_target(data.train.kind[rows], validation.target)]]
                              .tolist()) for rows in data.history]
@@ -195,15 +213,16 @@ class _Scorer:
                          for kept, rows in zip(self.kept, data.history, strict=True)]
 
     def weights(self, c: Candidate) -> ModelWeights:
-        key = (c.l2, c.rank, c.view_weight, c.cart_weight)
+        key = tuple(getattr(c, name) for name in REFIT)
         settings = c.factorized(self.seed)
-        if key in self._factors:
-            self._factors[key] = self._factors.pop(key)  # the most recently used last
+        if key in self._spectra:
+            self._spectra[key] = self._spectra.pop(key)  # the most recently used last
         else:
-            if len(self._factors) >= CACHED_FITS:
-                self._factors.pop(next(iter(self._factors)))
-            self._factors[key] = item_factors(self.v.train, settings)
-        weights = assemble(self._factors[key], self.v.train, settings)
+            if len(self._spectra) >= CACHED_FITS:
+                self._spectra.pop(next(iter(self._spectra)))
+            self._spectra[key] = item_spectrum(self.v.train, settings)
+        factors = factors_from_spectrum(self._spectra[key], min(c.rank, len(self.v.train.item_ids)), c.l2)
+        weights = assemble(factors, self.v.train, settings)
         if self.v.new:
             weights = extend_with_cold_items(weights, self.v.known, self.v.new,
                                              SideFeatureSettings(vector_scale=c.cold_start_scale))
@@ -212,11 +231,9 @@ class _Scorer:
     def __call__(self, c: Candidate) -> Trial:
         started = time.monotonic()
         weights = self.weights(c)
-        recall = {}
-        for mode in ("all", "new"):
-            ranked = serve_top_k(weights, self.v.train, self.kept, c.history_length,
-                                 self.excluded if mode == "new" else None)
-            recall[mode] = metrics.recall_ndcg(ranked, self.targets[mode])[f"recall@{K}"]
+        ranked = served_top_k(weights, self.v.train, self.kept, c.history_length,
+                              {"all": None, "new": self.excluded})
+        recall = {mode: metrics.recall_ndcg(ranked[mode], self.targets[mode])[f"recall@{K}"] for mode in ranked}
         return Trial(c, recall["all"], recall["new"], time.monotonic() - started)
 
 
@@ -243,14 +260,17 @@ def tune(table: EventTable, metadata: dict[str, CatalogItem], start: Candidate, 
     day = time.strftime("%Y-%m-%d %H:%M", time.gmtime(validation.start))
     searched = searched_settings(validation, fixed)
     users = len(validation.data.users)
-    result = TuningResult(start, start, [], searched, users, day, budget_s, 0.0, "converged")
+    validation.data = splits.sample_shoppers(validation.data, MAX_VALIDATION_SHOPPERS, seed)
+    sampled = f" (a seeded sample of {len(validation.data.users)} scored)" if len(validation.data.users) < users else ""
+    result = TuningResult(start, start, [], searched, users, day, budget_s, 0.0, "converged",
+                          len(validation.data.users))
     if users < MIN_SHOPPERS:
         progress(f"tuning: {users} shoppers bought something in the validation window from {day} (at least "
                  f"{MIN_SHOPPERS} are needed to choose by); keeping the given settings")
         result.stopped_by = "too few shoppers"
         return result
     num_items = len(validation.train.item_ids)
-    progress(f"tuning {', '.join(searched)} on the validation window from {day}: {users} shoppers, "
+    progress(f"tuning {', '.join(searched)} on the validation window from {day}: {users} shoppers{sampled}, "
              f"{num_items} items (+{len(validation.new)} new); budget {budget_s:g} s")
     score = _Scorer(validation, seed)
     tried: dict[Candidate, Trial] = {}
