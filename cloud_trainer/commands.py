@@ -75,8 +75,8 @@ def run_train(args: argparse.Namespace) -> int:
 
         cut_time(args.test_from)  # a bad date is an error now, not after reading the data
     metrics = train(config, args.out)
-    shown = ("users", "items", "new_items", "examples", "loss", "replicas", "train_seconds")
-    print(json.dumps({k: metrics[k] for k in shown}))
+    shown = ("users", "items", "new_items", "examples", "calibration_histories", "loss", "replicas", "train_seconds")
+    print(json.dumps({k: metrics[k] for k in shown if k in metrics}))
     print(f"run directory: {args.out}")
     return 0
 

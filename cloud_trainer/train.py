@@ -116,11 +116,11 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
     if config.model == "factorized" and config.tune:
         _choose_settings(config, table, metadata, run_dir)
     assert config.history_length is not None
-    data = build_training_set(table, config.history_length)
-    log.info(
-        "training set: %d examples from %d histories, %d users, %d items",
-        len(data), len(data.hist_items), len(table.user_ids), num_items,
-    )
+    # the closed-form model needs histories only to calibrate int8 and check the export
+    data = build_training_set(table, config.history_length, seed=config.seed,
+                              sample=config.calibration_histories if config.model == "factorized" else None)
+    log.info("training set: %d examples from %d histories (%s), %d users, %d items", len(data), len(data.hist_items),
+             "a sample, to calibrate" if config.model == "factorized" else "all", len(table.user_ids), num_items)
     weights, model, loss = _fit(config, table, data, num_items, strategy)
     known, new = catalogue_items(metadata, table.item_ids)
     if not config.cold_start:
@@ -146,7 +146,8 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
         "users": len(table.user_ids),
         "items": num_items,
         "new_items": len(new),
-        "examples": len(data),
+        **({"calibration_histories": len(data.hist_items)} if config.model == "factorized"
+           else {"examples": len(data)}),
         "model": config.model,
         "loss": loss,
         "replicas": strategy.num_replicas_in_sync,

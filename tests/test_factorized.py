@@ -42,13 +42,13 @@ def test_the_spectrum_comes_from_products_with_the_sparse_matrix() -> None:
     x = shopper_item_matrix(table, FactorizedSettings().event_weights())
     gram = (x.T @ x).toarray().astype(np.float64)
     q = np.random.default_rng(0).normal(size=(60, 5))
-    np.testing.assert_allclose(gram_times(x, q, block=7), gram @ q, rtol=1e-6)
+    np.testing.assert_allclose(gram_times(x, q, block=7), gram @ q, rtol=1e-5, atol=1e-4)  # float32 products
     exact = np.linalg.eigvalsh(gram)[::-1]
     spectrum = gram_spectrum(x, 10, seed=0, power_iterations=8)
-    np.testing.assert_allclose(spectrum.values[:10], exact[:10], rtol=1e-6)
+    np.testing.assert_allclose(spectrum.values[:10], exact[:10], rtol=1e-5)
     np.testing.assert_allclose(spectrum.vectors.T @ spectrum.vectors, np.eye(10), atol=1e-8)
     top = spectrum.vectors[:, :3]
-    np.testing.assert_allclose(gram @ top, top * spectrum.values[:3], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(gram @ top, top * spectrum.values[:3], atol=1e-5 * spectrum.values[0])
 
 
 def test_trend_bias_counts_only_the_last_days() -> None:

@@ -32,3 +32,18 @@ def test_tiny_table_gives_the_hand_checked_examples() -> None:
     np.testing.assert_array_equal(data.example_target, [3, 1])
     np.testing.assert_array_equal(data.example_time, [2.0, 3.0])
     np.testing.assert_array_equal(next_baskets(data, np.array([1, 0]), width=2), [[1, -1], [3, -1]])
+
+
+def test_a_sample_of_prediction_points_is_those_rows_of_the_full_set() -> None:
+    from test_factorized import toy_table
+
+    table = toy_table(users=30, items=20, events=400, seed=4)
+    full = build_training_set(table, history_length=6)
+    part = build_training_set(table, history_length=6, sample=9, seed=3)
+    assert len(part.hist_items) == 9
+    # each sampled row is one of the full set's rows, with its own next basket
+    rows = [next(n for n in range(len(full.hist_items))
+                 if (full.hist_items[n] == h).all() and (full.hist_weights[n] == w).all())
+            for h, w in zip(part.hist_items, part.hist_weights, strict=True)]
+    np.testing.assert_array_equal(next_baskets(part, np.arange(9)), next_baskets(full, np.array(rows)))
+    assert len(build_training_set(table, 6, sample=10**6).hist_items) == len(full.hist_items)

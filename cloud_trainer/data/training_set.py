@@ -61,7 +61,11 @@ def _histories(items: np.ndarray, kinds: np.ndarray, starts: np.ndarray, firsts:
     return np.where(present, items[position], 0).astype(np.int32), (raw / total[:, None]).astype(np.float32)
 
 
-def build_training_set(table: EventTable, history_length: int) -> TrainingSet:
+def build_training_set(table: EventTable, history_length: int, sample: int | None = None,
+                       seed: int = 0) -> TrainingSet:
+    """Every prediction point's history and targets; with ``sample``, only that many prediction
+    points drawn at random (seeded): what the closed-form model needs for calibration, whose
+    full set (points x ``history_length``) would outgrow memory on a big shop."""
     order, basket, (basket_start, user_start) = _baskets(table)
     items, kinds, times = table.item[order], table.kind[order], table.timestamp[order]
     predicted = basket_start != user_start  # every basket after the user's first
@@ -73,6 +77,14 @@ def build_training_set(table: EventTable, history_length: int) -> TrainingSet:
     if not len(first):
         raise ValueError("no training examples: every user has a single basket")
     starts, firsts = basket_start[predicted], user_start[predicted]
+    example_row = row_of_basket[basket[first]]
+    if sample is not None and sample < len(starts):
+        picked = np.sort(np.random.default_rng(seed).choice(len(starts), sample, replace=False))
+        renumber = np.full(len(starts), -1, dtype=np.int64)
+        renumber[picked] = np.arange(sample)
+        starts, firsts = starts[picked], firsts[picked]
+        first = first[renumber[example_row] >= 0]
+        example_row = renumber[row_of_basket[basket[first]]]
     hist_items = np.empty((len(starts), history_length), dtype=np.int32)
     hist_weights = np.empty((len(starts), history_length), dtype=np.float32)
     for lo in range(0, len(starts), HISTORY_CHUNK):  # bounded float64 temporaries
@@ -82,7 +94,7 @@ def build_training_set(table: EventTable, history_length: int) -> TrainingSet:
     return TrainingSet(
         hist_items=hist_items,
         hist_weights=hist_weights,
-        example_row=row_of_basket[basket[first]].astype(np.int32),
+        example_row=example_row.astype(np.int32),
         example_target=items[first].astype(np.int32),
         example_time=times[first].astype(np.float64),
     )

@@ -32,7 +32,7 @@ KNN_BUDGET = 16_000_000
 #: keeps its peak on Online Retail below the dense similarity's).
 KNN_BLOCK = 512
 #: EASE solves a dense items x items system (8 N^2 bytes, several copies): above this many items
-#: (the factorized model's MAX_ITEMS) the baseline is not computed.
+#: the baseline is not computed (the default model, EASE in a low-rank eigenspace, has no such limit).
 EASE_MAX_ITEMS = 40_000
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,6 @@
-"""EASE's closed form (Steck 2019), shared by the factorized model and the EASE baseline."""
+"""EASE's dense closed form (Steck 2019): the EASE baseline of ``cloud-trainer evaluate``, and the
+reference the default model (:mod:`cloud_trainer.models.factorized`, EASE in a low-rank eigenspace)
+is tested against."""
 
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ def gram(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:
 def ease(x: np.ndarray | sp.spmatrix | sp.sparray, lam: float) -> np.ndarray:
     """EASE's closed form (Steck 2019): B = -P / diag(P) with P = (X'X + lam I)^-1, zero diagonal.
 
-    ``x`` is dense or scipy.sparse. The factorized model (:mod:`cloud_trainer.models.factorized`)
-    and the EASE baseline (:mod:`cloud_trainer.evaluation.baselines`) both use it.
+    ``x`` is dense or scipy.sparse. Memory: several dense items x items float64 matrices, so the
+    baseline (:mod:`cloud_trainer.evaluation.baselines`) is computed only up to 40,000 items.
     """
     g = gram(x)
     g[np.diag_indices_from(g)] += lam

@@ -35,6 +35,8 @@ decomposition.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,12 +87,36 @@ def shopper_item_matrix(table: EventTable, event_weights: np.ndarray) -> sp.csr_
 
 
 def gram_times(x: sp.csr_matrix, q: np.ndarray, block: int = SHOPPER_BLOCK) -> np.ndarray:
-    """X'X q, shoppers ``block`` at a time: the Gram matrix is never formed."""
-    out = np.zeros((x.shape[1], q.shape[1]))
-    for start in range(0, x.shape[0], block):
+    """X'X q (float64), shoppers ``block`` at a time, blocks on every core (scipy's sparse
+    products release the GIL): the Gram matrix is never formed. The products run in float32
+    (half the memory traffic, which bounds them); blocks are summed in float64."""
+    q32 = np.ascontiguousarray(q, dtype=np.float32)
+
+    def block_product(start: int) -> np.ndarray:
         rows = x[start : start + block]
-        out += rows.T @ (rows @ q)
+        return np.asarray(rows.T @ (rows @ q32))
+
+    out = np.zeros((x.shape[1], q.shape[1]))
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for part in pool.map(block_product, range(0, x.shape[0], block)):
+            out += part
     return out
+
+
+def orthonormal_columns(a: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of ``a``'s columns ([N, w], N >> w) by shifted CholeskyQR3 (Fukaya et
+    al. 2020): matrix products only, ten times faster here than Householder QR on a 200k x 272
+    block. Householder QR when ``a`` is too close to rank-deficient for it."""
+    m, n = a.shape
+    try:
+        first_shift = 11 * (m * n + n * (n + 1)) * np.finfo(np.float64).eps * float(np.einsum("ij,ij->", a, a))
+        for shift in (first_shift, 0.0, 0.0):
+            gram = a.T @ a
+            gram[np.diag_indices_from(gram)] += shift
+            a = a @ np.linalg.inv(np.linalg.cholesky(gram)).T
+        return a
+    except np.linalg.LinAlgError:
+        return np.linalg.qr(a)[0]
 
 
 @dataclass
@@ -103,11 +129,11 @@ class Spectrum:
 
 def gram_spectrum(x: sp.csr_matrix, width: int, seed: int, power_iterations: int = POWER_ITERATIONS) -> Spectrum:
     """The top ``width`` eigenpairs of X'X by randomized subspace iteration and a Rayleigh-Ritz step."""
-    x = sp.csr_matrix(x, dtype=np.float64)
+    x = sp.csr_matrix(x, dtype=np.float32)
     width = min(width, x.shape[1])
-    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((x.shape[1], width)))
+    q = orthonormal_columns(np.random.default_rng(seed).standard_normal((x.shape[1], width)))
     for _ in range(power_iterations):
-        q, _ = np.linalg.qr(gram_times(x, q))
+        q = orthonormal_columns(gram_times(x, q))
     small = q.T @ gram_times(x, q)
     values, rotation = np.linalg.eigh((small + small.T) / 2)
     order = np.argsort(values)[::-1]

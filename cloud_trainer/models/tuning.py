@@ -66,8 +66,8 @@ DEFAULT_BUDGET_S = 180.0
 #: Scores computed at a time when ranking (float32: 128 MB).
 SCORED_CELLS = 32_000_000
 #: Beyond this many validation shoppers a seeded sample of them is scored (a big shop's trials
-#: would otherwise each take minutes; the standard error at 5,000 is about 0.005).
-MAX_VALIDATION_SHOPPERS = 5_000
+#: would otherwise each take minutes; the standard error of a recall at 2,000 is about 0.008).
+MAX_VALIDATION_SHOPPERS = 2_000
 DEFAULT_VALIDATION_SHARE = 0.1
 
 
