@@ -127,8 +127,9 @@ def run_publish(args: argparse.Namespace) -> int:
 
     report = publish_bundle(args.bundle, _broker_options(args), args.channel, args.key)
     replaced = f", replaced version {report.replaced_version}" if report.replaced_version else ""
-    print(f"published version {report.version} on {report.channel}: {report.chunks} chunks, {report.bytes} bytes "
-          f"in {report.seconds}s{replaced}")
+    where = f" for {', '.join(report.targets)}" if report.targets else ""
+    print(f"published version {report.version} on {report.channel}{where}: {report.chunks} chunks, "
+          f"{report.bytes} bytes in {report.seconds}s{replaced}")
     return 0
 
 
