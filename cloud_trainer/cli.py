@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from cloud_trainer import __version__, commands
-from cloud_trainer.commands import TUNED_SETTINGS
+from cloud_trainer.commands import ASSORTMENT_HISTORY, TUNED_SETTINGS
 from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE
 
 
@@ -101,9 +101,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="bundle even if the parity check or the quantization quality gate fails")
     p.add_argument("--no-explanations", action="store_true",
                    help="leave per-item explanations out of the graph (int8: ~30%% smaller for large catalogues)")
+    store = p.add_argument_group(
+        "per-store bundles", "a chain trains one model; each store's bundle ranks the items it sells and goes "
+        "to that store's devices only (see docs/operations.md)")
+    store.add_argument("--assortment", type=Path, metavar="FILE",
+                       help="item ids the store sells: one per line, or a CSV with an item_id column; the bundle "
+                            "ranks only these (ids the run does not know are left out with a warning; none known "
+                            "is an error)")
+    store.add_argument("--assortment-history", choices=ASSORTMENT_HISTORY, default="chain",
+                       help="chain (default): every item of the run still counts in a shopper's history, sold here "
+                            "or not; store: only the assortment's items (a smaller bundle for large catalogues)")
+    store.add_argument("--target", action="append", default=[], metavar="DEVICE_ID",
+                       help="only this device installs the bundle (repeatable); publish sends it to each target's "
+                            "own manifest topic, so bundles for different stores do not replace each other")
     p.set_defaults(handler=commands.run_export)
 
-    p = sub.add_parser("publish", help="publish a bundle to one channel of the fleet over MQTT")
+    p = sub.add_parser("publish", help="publish a bundle to one channel of the fleet over MQTT (a bundle exported "
+                                       "with --target: to each target device's own topic of the channel)")
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--channel", choices=CHANNELS, default=STABLE)
     p.add_argument("--key", type=Path, help="signing.key: sign the version as released to --channel (without it, "

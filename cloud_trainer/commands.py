@@ -25,6 +25,9 @@ TUNED_SETTINGS = {
     "cart_weight": "a cart event's entry in the shopper-item matrix",
     "cold_start_scale": "scale of new items' vectors predicted from side features",
 }
+#: ``export --assortment-history``: what a store's bundle reads in histories
+#: (cloud_trainer.delivery.assortment.HISTORY_SCOPES, kept here so the parser imports no numpy).
+ASSORTMENT_HISTORY = ("chain", "store")
 
 
 def run_keygen(args: argparse.Namespace) -> int:
@@ -97,13 +100,18 @@ def run_export(args: argparse.Namespace) -> int:
 
     options = BundleOptions(variant=args.variant, fleet=args.fleet, version=args.version,
                             valid_days=args.valid_days, force=args.force,
-                            explanations=not args.no_explanations, channels=tuple(args.channel))
+                            explanations=not args.no_explanations, channels=tuple(args.channel),
+                            assortment=args.assortment, assortment_history=args.assortment_history,
+                            targets=tuple(args.target))
     out = args.out or args.run / "bundle"
     manifest = build_bundle(args.run, args.key, out, options)
     size = manifest.files["model.tflite"].length
+    history_only = (f" (+{manifest.model.history_only_items} read in histories only)"
+                    if manifest.model.history_only_items else "")
+    targets = f", for {', '.join(manifest.targets)} only" if manifest.targets else ""
     print(f"bundle version {manifest.version} for fleet {manifest.fleet}: {out} "
-          f"(model {size} bytes, {manifest.model.num_items} items, expires {manifest.expires}, "
-          f"released to {', '.join(manifest.channels) or 'no channel yet'})")
+          f"(model {size} bytes, {manifest.model.num_items} items{history_only}, expires {manifest.expires}, "
+          f"released to {', '.join(manifest.channels) or 'no channel yet'}{targets})")
     return 0
 
 
@@ -119,8 +127,9 @@ def run_publish(args: argparse.Namespace) -> int:
 
     report = publish_bundle(args.bundle, _broker_options(args), args.channel, args.key)
     replaced = f", replaced version {report.replaced_version}" if report.replaced_version else ""
-    print(f"published version {report.version} on {report.channel}: {report.chunks} chunks, {report.bytes} bytes "
-          f"in {report.seconds}s{replaced}")
+    where = f" for {', '.join(report.targets)}" if report.targets else ""
+    print(f"published version {report.version} on {report.channel}{where}: {report.chunks} chunks, "
+          f"{report.bytes} bytes in {report.seconds}s{replaced}")
     return 0
 
 

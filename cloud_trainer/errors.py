@@ -42,6 +42,10 @@ class ReleaseError(BadInput):
     channel, no earlier version to go back to."""
 
 
+class AssortmentError(BadInput):
+    """A store's assortment that cannot be bundled: no item of it is in the run, an unreadable file."""
+
+
 class GateRefusal(TrainerError, RuntimeError):
     """A gate refused the exported model."""
 

@@ -16,7 +16,7 @@ from shared.signing import verify
 def load_bundle(manifest: Manifest, files: dict[str, bytes], num_threads: int) -> LoadedModel:
     for name in manifest.files:
         check_file(manifest, name, files.get(name, b""))
-    catalog = parse_catalog(files[CATALOG_FILE], manifest.model.num_items)
+    catalog = parse_catalog(files[CATALOG_FILE], manifest.model.num_items, manifest.model.history_only_items)
     return LoadedModel(manifest, files[MODEL_FILE], catalog, num_threads=num_threads)
 
 

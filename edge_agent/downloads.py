@@ -98,11 +98,16 @@ def _active_envelope(ctx: UpdateContext) -> bytes | None:
         return None
 
 
-def _rejected(ctx: UpdateContext, envelope: bytes, error: UpdateRejected, later_ring: bool) -> None:
-    if ctx.active.current is not None and error.reason == "rollback" and (
-        later_ring or envelope == _active_envelope(ctx)
+def _rejected(ctx: UpdateContext, envelope: bytes, error: UpdateRejected, later_ring: bool,
+              device_topic: bool) -> None:
+    current = ctx.active.current
+    if current is not None and error.reason == "rollback" and (
+        later_ring or envelope == _active_envelope(ctx) or device_topic != bool(current.manifest.targets)
     ):
-        return  # the retained manifest of the model we already run, or of a later ring
+        # the retained manifest of the model we already run, of a later ring, or of the other
+        # kind of topic than the one the running model came from (the fleet's channel while a
+        # version targeted at this device runs, or the reverse): the newest of them runs
+        return
     reason = f"{error.reason}: {error}"
     if ctx.reporter.repeats_rejection(reason):
         ctx.reporter.discard(f"repeated: {reason}")  # a replayed signed manifest, again and again
@@ -110,11 +115,14 @@ def _rejected(ctx: UpdateContext, envelope: bytes, error: UpdateRejected, later_
         ctx.reporter.report(None, Outcome.REJECTED, reason)  # signed by the fleet key
 
 
-def on_manifest(ctx: UpdateContext, envelope: bytes, later_ring: bool = False) -> int | None:
+def on_manifest(ctx: UpdateContext, envelope: bytes, later_ring: bool = False,
+                device_topic: bool = False) -> int | None:
     """Start receiving the bundle a manifest announces; returns its version, or None if refused.
 
     ``later_ring``: the manifest comes from a ring after the agent's own (a canary agent reading
     the stable channel), where an older version is normal and not worth reporting.
+    ``device_topic``: it comes from this device's own topic of the ring (see :mod:`shared.topics`),
+    not the fleet's; an older version there while a fleet-wide one runs (or the reverse) is normal too.
     """
     lifecycle = ctx.lifecycle
     current = lifecycle.session
@@ -126,7 +134,7 @@ def on_manifest(ctx: UpdateContext, envelope: bytes, later_ring: bool = False) -
         ctx.reporter.discard(f"{e.reason}: {e}")
         return None
     except UpdateRejected as e:
-        _rejected(ctx, envelope, e, later_ring)
+        _rejected(ctx, envelope, e, later_ring, device_topic)
         return None
     current = lifecycle.session
     if current is not None and current.version > session.version:

@@ -76,8 +76,9 @@ class MqttLink:
         self._chunk_version: int | None = None  # the version those subscriptions belong to
         prefix, fleet = settings.topic_prefix, settings.fleet
         rings = topics.followed_channels(settings.channel)
-        self._manifest_topics = {  # topic -> from a later ring than our own
-            topics.manifest_topic(prefix, fleet, ring): ring != settings.channel for ring in rings
+        self._manifest_topics = {  # topic -> where it is: (a later ring than our own?, our device's topic?)
+            topics.manifest_topic(prefix, fleet, ring, device): (ring != settings.channel, device is not None)
+            for ring in rings for device in (None, settings.device_id)
         }
         self._status_topic = topics.status_topic(prefix, fleet, settings.device_id)
         client = mqtt.Client(
@@ -208,7 +209,8 @@ class MqttLink:
         if topic in self._manifest_topics:
             if not payload:
                 return  # retained manifest cleared
-            self.updater.on_manifest(payload, later_ring=self._manifest_topics[topic])
+            later_ring, device_topic = self._manifest_topics[topic]
+            self.updater.on_manifest(payload, later_ring=later_ring, device_topic=device_topic)
             self._follow_bundle()  # the status went out with the updater's report (throttled for junk)
             return
         version = self.updater.receiving()

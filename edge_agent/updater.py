@@ -57,9 +57,10 @@ class Updater:
         return self.ctx.lifecycle.to_fetch()
 
     # -- messages (the worker thread) -----------------------------------------------------------
-    def on_manifest(self, envelope: bytes, later_ring: bool = False) -> int | None:
-        """Start receiving the bundle a manifest announces; returns its version, or None if refused."""
-        return downloads.on_manifest(self.ctx, envelope, later_ring)
+    def on_manifest(self, envelope: bytes, later_ring: bool = False, device_topic: bool = False) -> int | None:
+        """Start receiving the bundle a manifest announces; returns its version, or None if refused.
+        (Where it came from: see :func:`edge_agent.downloads.on_manifest`.)"""
+        return downloads.on_manifest(self.ctx, envelope, later_ring, device_topic)
 
     def on_chunk(self, version: int, name: str, index: int, data: bytes) -> bool:
         """Take one chunk; True when the bundle it belongs to was completed and handled."""

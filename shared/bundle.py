@@ -56,6 +56,10 @@ __all__ = [
 ]
 
 
+#: History-only items a model may declare (a chain's whole catalogue beside a store's assortment).
+MAX_HISTORY_ONLY_ITEMS = 10_000_000
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -83,6 +87,8 @@ def check_contract(model: ModelContract, supported_variants: tuple[str, ...] = M
         raise IncompatibleContract(f"model variant {model.variant!r} is not one of {supported_variants}")
     if not (1 <= model.history_length <= 1000 and 1 <= model.top_k <= model.num_items):
         raise IncompatibleContract("history_length or top_k is out of range")
+    if not 0 <= model.history_only_items <= MAX_HISTORY_ONLY_ITEMS:
+        raise IncompatibleContract(f"history_only_items must be from 0 to {MAX_HISTORY_ONLY_ITEMS}")
 
 
 def check_acceptable(

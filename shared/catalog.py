@@ -7,6 +7,13 @@
 
 ``items[i]`` is the item behind model output index ``i``; ``popular`` lists item indices, most
 popular first, for shoppers with no usable history.
+
+A store's bundle (``cloud-trainer export --assortment``) ranks only the items the store sells, but
+a shopper's history may hold others (items the store stopped selling, bought in another store of
+the chain): those are listed after the sold ones, as ``"history_only": [{"id", "title"}, ...]``.
+History index ``len(items) + j`` is ``history_only[j]``; the model reads them in histories and never
+returns them. One index space serves both: an item sold has the same index as history input and
+as output.
 """
 
 from __future__ import annotations
@@ -104,14 +111,25 @@ class CompactItems(Sequence[CatalogItem]):
         return item
 
 
+def _ids(items: Sequence[CatalogItem]) -> Iterator[str]:
+    return items.ids() if isinstance(items, CompactItems) else (item.id for item in items)
+
+
 @dataclass(frozen=True)
 class Catalog:
     items: Sequence[CatalogItem]
     popular: tuple[int, ...]
+    #: Items the model reads in histories but does not rank (see the module's docstring).
+    history_only: Sequence[CatalogItem] = ()
 
     def index_of(self) -> dict[str, int]:
-        ids = self.items.ids() if isinstance(self.items, CompactItems) else (item.id for item in self.items)
-        return {item_id: i for i, item_id in enumerate(ids)}
+        """Item id -> history index: the items ranked, then the history-only ones."""
+        return {item_id: i for i, item_id in enumerate(itertools.chain(_ids(self.items), _ids(self.history_only)))}
+
+    def item(self, index: int) -> CatalogItem:
+        """The item behind a history index (a ranked item, or a history-only one)."""
+        count = len(self.items)
+        return self.items[index] if index < count else self.history_only[index - count]
 
     def category_codes(self) -> tuple[list[str], array[int]]:
         """(category names, each item's index into them): the filter mask's input (see
@@ -123,12 +141,38 @@ class Catalog:
         return names, array("I", (code[item.category] for item in self.items))
 
     def to_bytes(self) -> bytes:
-        data = {"items": [i.to_json() for i in self.items], "popular": list(self.popular)}
+        data: dict[str, object] = {"items": [i.to_json() for i in self.items], "popular": list(self.popular)}
+        if self.history_only:
+            data["history_only"] = [{"id": i.id, "title": i.title} for i in self.history_only]
         return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def parse_catalog(data: bytes, num_items: int) -> Catalog:
-    """Parse ``catalog.json``; it must describe exactly the ``num_items`` items of the model."""
+def _parse_items(entries: list[object], where: str, seen: set[str]) -> CompactItems:
+    ids: list[str] = []
+    titles: list[str] = []
+    categories: list[str] = []
+    prices: array[float] = array("d")
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
+            raise CatalogError(f"catalog {where} {n} needs a string id")
+        if entry["id"] in seen:
+            raise CatalogError(f"catalog item id {entry['id'][:40]!r} appears twice")
+        seen.add(entry["id"])
+        price = entry.get("price")
+        if price is not None and (
+            not isinstance(price, (int, float)) or isinstance(price, bool) or not math.isfinite(price)
+        ):
+            raise CatalogError(f"catalog {where} {n} has a non-numeric price")
+        ids.append(entry["id"])
+        titles.append(str(entry.get("title") or ""))
+        categories.append(str(entry.get("category") or ""))
+        prices.append(math.nan if price is None else float(price))
+    return CompactItems(ids, titles, categories, prices)
+
+
+def parse_catalog(data: bytes, num_items: int, history_only: int = 0) -> Catalog:
+    """Parse ``catalog.json``; it must describe exactly the ``num_items`` items of the model, and
+    the ``history_only`` items it reads in histories besides (the manifest's contract says both)."""
     try:
         raw = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -137,29 +181,16 @@ def parse_catalog(data: bytes, num_items: int) -> Catalog:
         raise CatalogError("catalog must be an object with an items list")
     if len(raw["items"]) != num_items:
         raise CatalogError(f"catalog has {len(raw['items'])} items, the model scores {num_items}")
-    ids: list[str] = []
-    titles: list[str] = []
-    categories: list[str] = []
-    prices: array[float] = array("d")
+    extra = raw.get("history_only", [])
+    if not isinstance(extra, list) or len(extra) != history_only:
+        count = len(extra) if isinstance(extra, list) else "no list of"
+        raise CatalogError(f"catalog has {count} history-only items, the model reads {history_only}")
     seen: set[str] = set()
-    for n, entry in enumerate(raw["items"]):
-        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
-            raise CatalogError(f"catalog item {n} needs a string id")
-        if entry["id"] in seen:
-            raise CatalogError(f"catalog item id {entry['id'][:40]!r} appears twice")
-        seen.add(entry["id"])
-        price = entry.get("price")
-        if price is not None and (
-            not isinstance(price, (int, float)) or isinstance(price, bool) or not math.isfinite(price)
-        ):
-            raise CatalogError(f"catalog item {n} has a non-numeric price")
-        ids.append(entry["id"])
-        titles.append(str(entry.get("title") or ""))
-        categories.append(str(entry.get("category") or ""))
-        prices.append(math.nan if price is None else float(price))
+    items = _parse_items(raw["items"], "item", seen)
+    others = _parse_items(extra, "history-only item", seen)
     popular = raw.get("popular", [])
     if not isinstance(popular, list) or not all(
         isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_items for i in popular
     ):
         raise CatalogError("catalog popular must list item indices within the catalog")
-    return Catalog(items=CompactItems(ids, titles, categories, prices), popular=tuple(popular))
+    return Catalog(items=items, popular=tuple(popular), history_only=others)

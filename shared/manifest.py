@@ -50,6 +50,10 @@ class ModelContract:
     top_k: int
     num_items: int
     contract_version: int = CONTRACT_VERSION
+    #: Items the graph reads in histories but never returns (a store's assortment bundle: items the
+    #: store does not sell); their history indices follow the ``num_items`` ranked ones. Agents
+    #: that predate it ignore them (they read only the ranked items in histories): no new contract.
+    history_only_items: int = 0
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,8 @@ def _model(raw_model: dict[str, object]) -> ModelContract:
             top_k=_int(raw_model, "top_k", "model."),
             num_items=_int(raw_model, "num_items", "model."),
             contract_version=_int(raw_model, "contract_version", "model."),
+            history_only_items=_int(raw_model, "history_only_items", "model.") if "history_only_items" in raw_model
+            else 0,
         )
     except MalformedManifest as e:
         raise IncompatibleContract(str(e)) from None

@@ -143,14 +143,20 @@ _SCHEMAS: dict[str, Any] = {
     "ModelInfo": {
         "type": "object",
         "required": [
-            "version", "runtime", "loaded_at", "expired", "catalog_items", "explanations", "manifest", "last_update"
+            "version", "runtime", "loaded_at", "expired", "catalog_items", "history_items", "explanations", "manifest",
+            "last_update",
         ],
         "properties": {
             "version": {"type": "integer"},
             "runtime": {"type": "string", "description": "Interpreter in use: litert, tflite_runtime or tensorflow."},
             "loaded_at": {"type": "string", "format": "date-time"},
             "expired": {"type": "boolean", "description": "The manifest's expiry has passed: the model is stale."},
-            "catalog_items": {"type": "integer"},
+            "catalog_items": {"type": "integer", "description": "Items the model ranks (a store's assortment)."},
+            "history_items": {
+                "type": "integer",
+                "description": "Items the model reads in shoppers' histories: the ranked ones, and in a store's "
+                               "bundle the chain's other items.",
+            },
             "explanations": {"type": "boolean"},
             "manifest": {"type": "object", "description": "The verified manifest (see shared/bundle.py)."},
             "last_update": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/UpdateResult"}]},

@@ -102,17 +102,21 @@ def _excluded(known: Sequence[tuple[int, EventKind]], exclude: Exclude, bought: 
 
 def allowed_items(catalog: Catalog, banned: Sequence[int], category: str | None) -> np.ndarray | None:
     """bool [items]: the items of ``category`` (compared case-insensitively) not in ``banned``;
-    None when nothing is filtered. Costs two passes over the item count, no per-item Python."""
-    if category is None and not banned:
+    None when nothing is filtered. Costs two passes over the item count, no per-item Python.
+    ``banned`` may hold history-only items (see :mod:`shared.catalog`): they are never ranked anyway."""
+    count = len(catalog.items)
+    ranked = np.asarray(banned, dtype=np.int64)
+    ranked = ranked[ranked < count]
+    if category is None and not len(ranked):
         return None
     if category is None:
-        allowed = np.ones(len(catalog.items), dtype=bool)
+        allowed = np.ones(count, dtype=bool)
     else:
         names, codes = catalog.category_codes()
         wanted = category.casefold()
         matching = np.fromiter((name.casefold() == wanted for name in names), dtype=bool, count=len(names))
         allowed = matching[np.frombuffer(codes, dtype=np.uint32)]
-    allowed[np.asarray(banned, dtype=np.int64)] = False
+    allowed[ranked] = False
     return allowed
 
 
@@ -149,8 +153,9 @@ def recommend(
     ``exclude`` removes, and its last ``scorer.history_length`` events are the model's input.
     ``bought`` (the agent's purchase memory) names items bought earlier than the kept events
     show: ``exclude`` purchased and seen leave them out too.
-    Items in the history that the model does not know (new or retired items) are ignored. With a
-    ``category``, only items of that category (compared case-insensitively) are returned. The
+    Items in the history that the model does not know (new or retired items) are ignored; items it
+    reads in histories but does not rank (a store's bundle: items sold elsewhere) are input only.
+    With a ``category``, only items of that category (compared case-insensitively) are returned. The
     model ranks the whole catalogue under these filters; popular items that pass them fill the
     rest of a list the model could not fill (see the module's docstring).
     """
@@ -182,7 +187,7 @@ def recommend(
             positions = items[: min(len(known), scorer.history_length, answer.contributions.shape[0])]
             reasons = _main_contributors(positions, answer.contributions[:, [j for j, _, _ in picked]])
         for (_, index, score), reason in zip(picked, reasons, strict=True):
-            because = None if reason is None else catalog.items[reason]
+            because = None if reason is None else catalog.item(reason)  # may be an item not sold here
             chosen.append(Recommendation(catalog.items[index], score, because))
     for index in catalog.popular:
         if len(chosen) >= k:

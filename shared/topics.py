@@ -3,11 +3,18 @@
 Layout under a prefix (default ``edge-rec/v1``)::
 
     <prefix>/<fleet>/manifest/<channel>                retained signed manifest of the channel's model
+    <prefix>/<fleet>/manifest/<channel>/<device_id>    retained signed manifest of a version targeted
+                                                       at that device (a store's own bundle)
     <prefix>/<fleet>/bundle/<version>/<file>/<index>   retained chunk <index> of a bundle file
     <prefix>/<fleet>/status/<device_id>                retained agent status (last will: offline)
 
 Channels are rollout rings: a version goes to ``canary`` first and is promoted to ``stable``.
 Stable agents follow the stable manifest; canary agents follow both and run the newer.
+
+A manifest whose ``targets`` name devices goes to each target's own topic instead of the channel's
+(one retained message per topic: stores with different bundles must not replace each other's).
+Every agent follows its own device topic beside the channel topic, of each ring it follows, and
+runs the newest version among them.
 """
 
 from __future__ import annotations
@@ -33,10 +40,17 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
-def manifest_topic(prefix: str, fleet: str, channel: str = STABLE) -> str:
+def manifest_topic(prefix: str, fleet: str, channel: str = STABLE, device_id: str | None = None) -> str:
+    """The channel's manifest topic; with ``device_id``, that device's own one on the channel."""
     if channel not in CHANNELS:
         raise ValueError(f"channel {channel!r} must be one of {', '.join(CHANNELS)}")
-    return f"{prefix}/{check_name(fleet, 'fleet')}/manifest/{channel}"
+    topic = f"{prefix}/{check_name(fleet, 'fleet')}/manifest/{channel}"
+    return topic if device_id is None else f"{topic}/{check_name(device_id, 'device id')}"
+
+
+def all_manifests_topic(prefix: str, fleet: str) -> str:
+    """Subscription to every manifest of a fleet: each channel's and each device's."""
+    return f"{prefix}/{check_name(fleet, 'fleet')}/manifest/#"
 
 
 def followed_channels(channel: str) -> tuple[str, ...]:

@@ -124,12 +124,17 @@ def test_an_agents_credentials_cannot_publish_a_model_or_anothers_status(
         neighbour = Client(secure, "dev-2")
         neighbour.publish(topics.status_topic(PREFIX, "default", "dev-2"), b'{"state": "online"}')
         neighbour.close()
+        own, neighbours = (topics.manifest_topic(PREFIX, "default", "stable", d) for d in ("dev-1", "dev-2"))
+        for topic in (own, neighbours):  # versions targeted at one device (a store's own bundle)
+            assert trainer.publish(topic, (int8_bundle / ENVELOPE_FILE).read_bytes()) in (
+                ACCEPTED, ACCEPTED_NO_SUBSCRIBERS)
         for topic in (manifest_topic, topics.manifest_topic(PREFIX, "other-fleet"),
-                      topics.all_statuses_topic(PREFIX, "default")):
+                      topics.all_statuses_topic(PREFIX, "default"), own, neighbours):
             stolen.subscribe(topic)
-        assert wait_for(lambda: manifest_topic in stolen.messages, 10)  # its own fleet's model: yes
+        assert wait_for(lambda: manifest_topic in stolen.messages and own in stolen.messages, 10)  # its own: yes
         time.sleep(0.5)
-        assert sorted(stolen.messages) == [manifest_topic], stolen.messages  # another fleet, statuses: no
+        # another fleet, another device's own topic, statuses: no
+        assert sorted(stolen.messages) == sorted([manifest_topic, own]), stolen.messages
         # nothing of v1001 reached the broker: no retained chunk, and the manifest is not v1001
         assert trainer.subscribe(topics.bundle_topic(PREFIX, "default", 1001) + "/#") == 1
         assert trainer.subscribe(manifest_topic) == 1

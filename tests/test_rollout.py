@@ -208,13 +208,20 @@ def test_rollback_command_takes_every_channel_back_to_an_earlier_bundle(small_fl
 
 
 def test_a_version_targeted_at_one_device_installs_only_there(small_fleet: SmallFleet) -> None:
+    """It goes to that device's own topic of the channel: the channel keeps its version for the rest
+    (a copy on the channel's topic is refused with not_targeted: tests/test_store_bundles.py)."""
     targeted = resigned(small_fleet.bundle, small_fleet.keys, small_fleet.work / "v1005", version=1005,
                         targets=("s-2",))
     assert (targeted / ENVELOPE_FILE).exists()
-    assert small_fleet.cli("publish", "--bundle", str(targeted), "--channel", "stable").returncode == 0
+    rollout = small_fleet.cli("rollout", "--bundle", str(targeted), "--canary", "c-1",
+                              "--key", str(small_fleet.keys / "signing.key"))
+    assert rollout.returncode == 2 and "a rollout is for fleet-wide versions" in rollout.stderr
+    published = small_fleet.cli("publish", "--bundle", str(targeted), "--channel", "stable")
+    assert published.returncode == 0 and "on stable for s-2:" in published.stdout, published.stderr
     assert wait_for(lambda: small_fleet.serving("s-2") == 1005, 20)
-    assert wait_for(lambda: "not_targeted" in str(small_fleet.statuses()["s-1"]["last_update"]), 20)
+    time.sleep(1)
     assert small_fleet.serving("s-1") == 1004 and small_fleet.serving("c-1") == 1004
+    assert small_fleet.statuses()["s-1"]["last_update"]["version"] == 1004
 
 
 def test_the_broker_keeps_chunks_only_of_versions_a_channel_names(small_fleet: SmallFleet) -> None:
@@ -226,7 +233,7 @@ def test_the_broker_keeps_chunks_only_of_versions_a_channel_names(small_fleet: S
         parts = message.topic.split("/")
         if "bundle" in parts and message.payload:
             retained_versions.add(int(parts[parts.index("bundle") + 1]))
-        elif "manifest" in parts and message.payload:
+        elif "manifest" in parts and message.payload:  # by channel, or device for a device's own topic
             named[parts[-1]] = json.loads(json.loads(message.payload)["signed"])["version"]
 
     client.on_message = on_message
@@ -234,10 +241,10 @@ def test_the_broker_keeps_chunks_only_of_versions_a_channel_names(small_fleet: S
     client.subscribe(f"{topics.DEFAULT_PREFIX}/default/#", qos=1)
     client.loop_start()
     try:
-        assert wait_for(lambda: len(named) == 2, 10)
+        assert wait_for(lambda: len(named) == 3, 10)
         time.sleep(1)  # every retained chunk delivered
     finally:
         client.loop_stop()
         client.disconnect()
-    assert named == {"canary": 1004, "stable": 1005}  # after the tests above
+    assert named == {"canary": 1004, "stable": 1004, "s-2": 1005}  # after the tests above
     assert retained_versions == set(named.values())  # 1000-1003 were cleared as they were superseded

@@ -68,7 +68,7 @@ class BrokerConnection:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         payload = bytes(message.payload)
         self.messages[message.topic] = payload
-        for listener in self._listeners:
+        for listener in list(self._listeners):  # (a copy: retained_under removes its own)
             listener(message.topic, payload)
 
     def listen(self, subscription: str, listener: Callable[[str, bytes], None]) -> None:
@@ -90,6 +90,28 @@ class BrokerConnection:
             time.sleep(0.02)
         self.client.unsubscribe(topic)
         return self.messages.get(topic) or None
+
+    def retained_under(self, subscription: str, wait: float = 2.0, quiet: float = 0.3) -> dict[str, bytes]:
+        """{topic: payload} of the retained messages matching a wildcard ``subscription``.
+
+        The broker sends them at once after subscribing, so collecting stops ``quiet`` seconds after
+        the last one came (at most ``wait`` seconds; that long when there are none)."""
+        got: dict[str, bytes] = {}
+        last = [time.monotonic()]
+
+        def collect(topic: str, payload: bytes) -> None:
+            if mqtt.topic_matches_sub(subscription, topic):
+                got[topic] = payload
+                last[0] = time.monotonic()
+
+        self._listeners.append(collect)
+        self.client.subscribe(subscription, qos=1)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and (not got or time.monotonic() - last[0] < quiet):
+            time.sleep(0.02)
+        self.client.unsubscribe(subscription)
+        self._listeners.remove(collect)
+        return {topic: payload for topic, payload in got.items() if payload}
 
     def unsubscribe(self, subscription: str) -> None:
         """Stop receiving ``subscription``'s messages."""

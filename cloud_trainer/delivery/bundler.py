@@ -3,6 +3,9 @@
 Bundle directory::
 
     model.tflite  catalog.json  manifest.envelope   (signed manifest; see shared.signing)
+
+With an assortment the bundle ranks one store's items only (:mod:`cloud_trainer.delivery.assortment`);
+with targets, only those devices install it (and the publisher sends it to their own topics).
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cloud_trainer.delivery.assortment import Assortment, read_assortment, select
 from cloud_trainer.delivery.export import to_tflite
 from cloud_trainer.delivery.gates import check_parity, quality_gate
 from cloud_trainer.delivery.litert import litert_runner
-from cloud_trainer.errors import ParityError, QualityGateError
-from cloud_trainer.models.dot_product import extract_weights
+from cloud_trainer.errors import AssortmentError, ParityError, QualityGateError
+from cloud_trainer.models.dot_product import ModelWeights, extract_weights
 from shared.bundle import (
     CATALOG_FILE,
     CHUNK_SIZE,
@@ -33,7 +37,7 @@ from shared.bundle import (
 )
 from shared.catalog import parse_catalog
 from shared.signing import load_private_key, sign
-from shared.topics import CHANNELS
+from shared.topics import CHANNELS, check_name
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +56,52 @@ class BundleOptions:
     #: Channels the bundle is signed as released to; none: ``publish --key`` or ``rollout`` signs
     #: the release (see shared.bundle: agents refuse a version not released to their channel).
     channels: tuple[str, ...] = ()
+    #: A file of the item ids one store sells: the bundle ranks those only (see ``assortment``).
+    assortment: Path | None = None
+    #: What the store's bundle reads in histories: ``chain`` (every item of the run) or ``store``.
+    assortment_history: str = "chain"
+    #: Device ids that may install the bundle (signed); empty: every device of the fleet.
+    targets: tuple[str, ...] = ()
+
+
+def _for_store(path: Path, history: str, weights: ModelWeights, catalog_bytes: bytes, items: np.ndarray,
+               hist_weights: np.ndarray) -> tuple[Assortment, ModelWeights, bytes, tuple[np.ndarray, np.ndarray]]:
+    """(the assortment, the store's weights, its catalogue, calibration histories in its indices)."""
+    catalog = parse_catalog(catalog_bytes, weights.num_items)
+    assortment = select(list(catalog.index_of()), read_assortment(path), history)
+    store = assortment.weights(weights)
+    calibration = assortment.histories(items, hist_weights)[2:4]
+    if not len(calibration[0]):
+        raise AssortmentError(f"none of the run's sample histories holds an item of assortment {path}: nothing to "
+                              "calibrate and check the export on; use --assortment-history chain")
+    log.info("assortment %s: %d of the run's %d items ranked, %d more read in histories (%s); %d of %d sample "
+             "histories keep an item", path.name, store.num_items, weights.num_items,
+             store.num_history_items - store.num_items, history, len(calibration[0]), len(items))
+    return assortment, store, assortment.catalog(catalog, weights.item_bias).to_bytes(), calibration
 
 
 def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOptions) -> Manifest:
     import keras
 
+    for target in options.targets:  # device ids become topic levels (see shared.topics)
+        check_name(target, "target device id")
     model = keras.models.load_model(run_dir / "model.keras")
     config = json.loads((run_dir / "config.json").read_text())
     history_length = int(config["history_length"])
     weights = extract_weights(model)
-    top_k = min(options.top_k, weights.num_items)
     histories = np.load(run_dir / "histories.npz")
     items, hist_weights = histories["items"], histories["weights"]
+    catalog_bytes = (run_dir / "catalog.json").read_bytes()
+    calibration = (items, hist_weights)
+    assortment = None
+    if options.assortment is not None:
+        assortment, weights, catalog_bytes, calibration = _for_store(
+            options.assortment, options.assortment_history, weights, catalog_bytes, items, hist_weights)
+    top_k = min(options.top_k, weights.num_items)
 
     log.info("exporting %s TFLite model (%d items, top-%d in the graph)", options.variant, weights.num_items, top_k)
-    model_bytes = to_tflite(
-        weights, history_length, top_k, options.variant, (items, hist_weights), options.explanations
-    )
-    parity = check_parity(model, model_bytes, options.variant, items, hist_weights)
+    model_bytes = to_tflite(weights, history_length, top_k, options.variant, calibration, options.explanations)
+    parity = check_parity(model, model_bytes, options.variant, items, hist_weights, assortment)
     log.info(
         "parity vs Keras on %d real histories: top-10 overlap %.3f (min %.2f), max score error %.4f (max %.4f)",
         parity.histories, parity.mean_overlap_at_10, parity.min_overlap_at_10,
@@ -82,7 +114,8 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
         )
     gate = None
     if "targets" in histories.files:  # runs from before the gate have no targets
-        gate = quality_gate(model, model_bytes, options.variant, items, hist_weights, histories["targets"])
+        gate = quality_gate(model, model_bytes, options.variant, items, hist_weights, histories["targets"],
+                            assortment)
         log.info("quality gate on %d real histories: Recall@20 Keras %.4f, %s %.4f (%.1f%% lower; at most %.0f%%)",
                  gate.histories, gate.float_recall_at_20, options.variant, gate.exported_recall_at_20,
                  100 * gate.relative_drop, 100 * gate.max_relative_drop)
@@ -91,16 +124,18 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
                 f"the {options.variant} model's Recall@20 ({gate.exported_recall_at_20}) is "
                 f"{100 * gate.relative_drop:.1f}% below the float model's ({gate.float_recall_at_20}); at most "
                 f"{100 * gate.max_relative_drop:.0f}% is allowed. Use --force to bundle it anyway")
-    catalog_bytes = (run_dir / "catalog.json").read_bytes()
     contract = ModelContract(
         variant=options.variant,
         signature=litert_runner(model_bytes)[0],
         history_length=history_length,
         top_k=top_k,
         num_items=weights.num_items,
+        history_only_items=weights.num_history_items - weights.num_items,
     )
-    training = {"run": run_dir.name, "parity": parity.to_json(),
-                "quality_gate": gate.to_json() if gate else None}
+    training: dict[str, object] = {"run": run_dir.name, "parity": parity.to_json(),
+                                   "quality_gate": gate.to_json() if gate else None}
+    if assortment is not None and options.assortment is not None:
+        training["assortment"] = {"file": options.assortment.name, **assortment.to_json()}
     return write_bundle(out_dir, model_bytes, catalog_bytes, contract, key_path, options, training)
 
 
@@ -114,7 +149,7 @@ def write_bundle(
     training: dict[str, object],
 ) -> Manifest:
     """Write ``model.tflite``, ``catalog.json`` and the signed manifest describing them."""
-    parse_catalog(catalog_bytes, contract.num_items)  # what the agent will check, checked here first
+    parse_catalog(catalog_bytes, contract.num_items, contract.history_only_items)  # as the agent will, first
     now = datetime.now(UTC)
     manifest = Manifest(
         fleet=options.fleet,
@@ -126,6 +161,7 @@ def write_bundle(
         model=contract,
         training=training,
         channels=tuple(c for c in CHANNELS if c in options.channels),
+        targets=tuple(dict.fromkeys(options.targets)),
     )
     key = load_private_key(key_path.read_bytes())
     out_dir.mkdir(parents=True, exist_ok=True)

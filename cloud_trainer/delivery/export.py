@@ -57,7 +57,8 @@ def _blocked_top_k(scores: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def _with_repeats(scores: tf.Tensor, top_items: tf.Tensor, history: tf.Tensor, present: tf.Tensor,
-                  counts: tf.Tensor, allowed: tf.Tensor, weight: float, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+                  counts: tf.Tensor, allowed: tf.Tensor, weight: float, k: int,
+                  history_only: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
     """Top k of ``scores + weight * counts`` over the allowed items, from the top k of the allowed
     items by ``scores`` alone, plus the history.
 
@@ -67,13 +68,22 @@ def _with_repeats(scores: tf.Tensor, top_items: tf.Tensor, history: tf.Tensor, p
     repeat term, and the order of new items would blur (mode new lost 2.1% against 1.3% here).
     Duplicates (an item both in the top k and the history, or repeated in it) and padding are
     pushed below every real candidate (to their minimum minus 1: a tight int8 range).
+
+    ``history_only``: the history may hold items the model does not rank (indices from N, the
+    width of ``scores``, on; see :class:`cloud_trainer.models.dot_product.ModelWeights`). They are
+    no candidates: they stand in as the best item of the top k (a duplicate, pushed below).
     """
-    candidates = tf.concat([top_items[0], history], axis=0)  # [k + L]
-    rescored = tf.gather(scores[0], candidates) + weight * tf.cast(tf.gather(counts, candidates), tf.float32)
+    candidates = tf.concat([top_items[0], history], axis=0)  # [k + L] history indices
     slots = tf.range(tf.shape(candidates)[0])
-    first_slot = tf.math.unsorted_segment_min(slots, candidates, num_segments=tf.shape(counts)[0])  # [N]
-    real = (tf.concat([tf.ones([k], tf.bool), present], axis=0) & tf.equal(tf.gather(first_slot, candidates), slots)
-            & tf.gather(allowed, candidates))
+    first_slot = tf.math.unsorted_segment_min(slots, candidates, num_segments=tf.shape(counts)[0])  # [N_h]
+    real = tf.concat([tf.ones([k], tf.bool), present], axis=0) & tf.equal(tf.gather(first_slot, candidates), slots)
+    repeats = weight * tf.cast(tf.gather(counts, candidates), tf.float32)
+    if history_only:
+        ranked = candidates < tf.shape(scores)[1]
+        candidates = tf.where(ranked, candidates, top_items[0][0])
+        real &= ranked
+    rescored = tf.gather(scores[0], candidates) + repeats
+    real &= tf.gather(allowed, candidates)
     rescored = tf.where(real, rescored, tf.reduce_min(rescored) - 1.0)
     top_scores, position = tf.math.top_k(rescored[None], k=k)
     return top_scores, tf.gather(candidates, position[0])[None]
@@ -107,7 +117,7 @@ def _recommend_module(weights: ModelWeights, history_length: int, top_k: int, ex
             present = history_present(history_items, history_weights)  # [1, L]
             counts = None
             if weights.pooling == "distinct" or weights.repeat_weight:
-                counts = history_counts(history_items, present, weights.num_items)  # [1, N] int32
+                counts = history_counts(history_items, present, weights.num_history_items)  # [1, N_h] int32
             if weights.pooling == "distinct":
                 coefficients = distinct_positions(history_items, present, counts)  # [1, L]
             else:
@@ -125,7 +135,8 @@ def _recommend_module(weights: ModelWeights, history_length: int, top_k: int, ex
             top_scores, top_items = _blocked_top_k(filtered, top_k)
             if weights.repeat_weight:  # the shopper's own items: + weight x times in the history
                 top_scores, top_items = _with_repeats(scores, top_items, history_items[0], present[0], counts[0],
-                                                      item_allowed[0], weights.repeat_weight, top_k)
+                                                      item_allowed[0], weights.repeat_weight, top_k,
+                                                      weights.num_history_items > weights.num_items)
             if not explanations:
                 return {"item_indices": top_items, "scores": top_scores}
             # The user vector is linear in the history, so each position's share of a returned

@@ -1,6 +1,9 @@
 """The gates an export passes before it is bundled: parity with the Keras model, and the
 quantization quality gate (Recall@20 of the export against the float model's, on real histories
 and their next baskets; Recall@K as every evaluation computes it, :mod:`cloud_trainer.evaluation.metrics`).
+
+A store's bundle (an :class:`~cloud_trainer.delivery.assortment.Assortment`) is compared with the
+Keras model's scores of the store's items, on the histories as the store's agent reads them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from cloud_trainer.evaluation.metrics import recall_at
 
 if TYPE_CHECKING:
     import keras
+
+    from cloud_trainer.delivery.assortment import Assortment
 
 #: Parity tolerances per variant: mean top-10 overlap with Keras, and the largest score error on
 #: the returned items, relative to the range (max - min) of Keras scores for that history: int8
@@ -53,12 +58,24 @@ class ParityReport:
         return {**asdict(self), "ok": self.ok}
 
 
+def _queries(model: keras.Model, items: np.ndarray, weights: np.ndarray,
+             assortment: Assortment | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(the export's history items, its weights, the Keras scores of the items it ranks, rows kept)."""
+    if assortment is None:
+        return items, weights, np.asarray(model.predict([items, weights], batch_size=256, verbose=0)), \
+            np.ones(len(items), dtype=bool)
+    keras_items, keras_weights, items, weights, rows = assortment.histories(items, weights)
+    scores = np.asarray(model.predict([keras_items, keras_weights], batch_size=256, verbose=0))
+    return items, weights, scores[:, assortment.sold], rows
+
+
 def check_parity(
-    model: keras.Model, model_bytes: bytes, variant: str, items: np.ndarray, weights: np.ndarray
+    model: keras.Model, model_bytes: bytes, variant: str, items: np.ndarray, weights: np.ndarray,
+    assortment: Assortment | None = None,
 ) -> ParityReport:
-    """Compare TFLite (in LiteRT) against the Keras model on the given histories."""
+    """Compare TFLite (in LiteRT) against the Keras model on the given histories (run indices)."""
     _, runner = litert_runner(model_bytes)
-    keras_scores = np.asarray(model.predict([items, weights], batch_size=256, verbose=0))
+    items, weights, keras_scores, _ = _queries(model, items, weights, assortment)
     overlaps, errors = [], []
     for n in range(len(items)):
         out = runner(history_items=items[n : n + 1], history_weights=weights[n : n + 1])
@@ -103,11 +120,15 @@ class QualityGate:
 
 
 def quality_gate(
-    model: keras.Model, model_bytes: bytes, variant: str, items: np.ndarray, weights: np.ndarray, targets: np.ndarray
+    model: keras.Model, model_bytes: bytes, variant: str, items: np.ndarray, weights: np.ndarray, targets: np.ndarray,
+    assortment: Assortment | None = None,
 ) -> QualityGate:
-    """Compare Recall@20 of the Keras model and of the exported model (in LiteRT) on the same queries."""
+    """Compare Recall@20 of the Keras model and of the exported model (in LiteRT) on the same queries
+    (run indices; a store's bundle: the store's items of each next basket are its targets)."""
     _, runner = litert_runner(model_bytes)
-    keras_scores = np.asarray(model.predict([items, weights], batch_size=256, verbose=0))
+    items, weights, keras_scores, rows = _queries(model, items, weights, assortment)
+    if assortment is not None:
+        targets = assortment.targets(targets[rows])
     keras_ranked = np.argsort(-keras_scores, axis=1, kind="stable")[:, :GATE_K]
     exported = np.stack([
         runner(history_items=items[n : n + 1], history_weights=weights[n : n + 1])["item_indices"][0][:GATE_K]

@@ -2,8 +2,12 @@
 
 Chunks go first, then the manifest on a channel's topic, all retained with QoS 1 and each
 confirmed by the broker, so an agent never sees a manifest whose chunks are not there yet. Once
-no channel names a version any more, its chunks are cleared from the broker (empty retained
+no manifest names a version any more, its chunks are cleared from the broker (empty retained
 messages). Promoting a version to another channel publishes only its manifest there.
+
+A version whose manifest has ``targets`` (a store's own bundle) goes to each target device's
+topic of the channel instead (:func:`shared.topics.manifest_topic`): the channel keeps its
+fleet-wide version, and two stores' bundles never replace each other's retained manifest.
 
 Releasing is signing: with the signing key, the manifest is signed again naming the channels the
 version is released to (agents refuse a version not released to their ring, so a canary manifest
@@ -43,6 +47,7 @@ class PublishReport:
     replaced_version: int | None
     seconds: float
     envelope: bytes = field(default=b"", repr=False)  # the signed manifest as published
+    targets: tuple[str, ...] = ()  # the devices whose own topics it went to; none: the channel's
 
 
 def manifest_of(envelope: bytes, trusted: Ed25519PublicKey | None = None) -> Manifest:
@@ -67,20 +72,34 @@ def channel_manifest(connection: BrokerConnection, fleet: str, channel: str,
                      trusted: Ed25519PublicKey | None = None) -> Manifest | None:
     """The manifest retained on ``channel``; None if there is none, or (with ``trusted``) if it
     does not verify: someone with write access to the broker put it there."""
-    envelope = connection.retained(topics.manifest_topic(connection.prefix, fleet, channel))
-    if envelope is None:
-        return None
-    try:
-        return manifest_of(envelope, trusted)
-    except (ReleaseError, BundleError) as e:
-        log.warning("the broker holds an unusable %s manifest for fleet %s: %s", channel, fleet, e)
-        return None
+    return _retained_manifest(connection, topics.manifest_topic(connection.prefix, fleet, channel), trusted)
+
+
+def published_manifests(connection: BrokerConnection, fleet: str,
+                        trusted: Ed25519PublicKey | None = None) -> dict[str, Manifest]:
+    """{topic: manifest} of every manifest retained for the fleet: each channel's and each device's
+    (with ``trusted``, those that verify)."""
+    found = {}
+    for topic, envelope in connection.retained_under(topics.all_manifests_topic(connection.prefix, fleet)).items():
+        try:
+            found[topic] = manifest_of(envelope, trusted)
+        except (ReleaseError, BundleError) as e:
+            log.warning("the broker holds an unusable manifest on %s: %s", topic, e)
+    return found
+
+
+def manifest_topics(prefix: str, manifest: Manifest, channel: str) -> list[str]:
+    """Where ``manifest`` goes on ``channel``: its target devices' topics, or the channel's."""
+    if not manifest.targets:
+        return [topics.manifest_topic(prefix, manifest.fleet, channel)]
+    return [topics.manifest_topic(prefix, manifest.fleet, channel, device) for device in manifest.targets]
 
 
 def release(connection: BrokerConnection, envelope: bytes, channel: str, files: dict[str, bytes] | None,
             key: Ed25519PrivateKey | None = None, channels: tuple[str, ...] | None = None) -> PublishReport:
-    """Put ``envelope`` on ``channel``, after its chunks when ``files`` are given; then clear
-    the chunks of the version it replaces if no channel names that version any more.
+    """Put ``envelope`` on ``channel`` (a targeted version: on each target's own topic of it), after
+    its chunks when ``files`` are given; then clear the chunks of the versions it replaces if no
+    manifest names them any more.
 
     With ``key``, the manifest is signed again as released to ``channels`` (default: the
     channels it names plus ``channel``); without, it must already name ``channel``.
@@ -96,7 +115,11 @@ def release(connection: BrokerConnection, envelope: bytes, channel: str, files: 
         named = ", ".join(manifest.channels) or "no channel"
         raise ReleaseError(f"version {version} is signed as released to {named}, not {channel}: "
                            f"pass the signing key (--key) to sign its release to {channel}")
-    replaced = channel_manifest(connection, fleet, channel, trusted)
+    try:
+        destinations = manifest_topics(connection.prefix, manifest, channel)
+    except ValueError as e:  # a target that cannot be a topic level
+        raise ReleaseError(f"version {version} cannot be published: {e}") from None
+    replaced = [m for topic in destinations if (m := _retained_manifest(connection, topic, trusted)) is not None]
     chunks = total = 0
     for name, data in (files or {}).items():
         check_file(manifest, name, data)
@@ -105,23 +128,50 @@ def release(connection: BrokerConnection, envelope: bytes, channel: str, files: 
             chunks += 1
             total += len(chunk)
         log.info("published %s of version %d (%d bytes)", name, version, len(data))
-    connection.publish(topics.manifest_topic(connection.prefix, fleet, channel), envelope)
-    if replaced is not None and replaced.version != version:
-        _clear_if_unused(connection, fleet, replaced, trusted)
-    return PublishReport(version, channel, chunks, total, replaced.version if replaced else None,
-                         round(time.monotonic() - started, 2), envelope)
+    for topic in destinations:
+        connection.publish(topic, envelope)
+    superseded = {m.version: m for m in replaced if m.version != version}
+    if superseded or not manifest.targets:
+        published = published_manifests(connection, fleet, trusted)
+        if not manifest.targets:
+            _warn_of_targeted(published, manifest, channel)
+        in_use = {m.version for m in published.values()}
+        for old in superseded.values():
+            if old.version not in in_use:
+                _clear(connection, old)
+    return PublishReport(version, channel, chunks, total, max((m.version for m in replaced), default=None),
+                         round(time.monotonic() - started, 2), envelope, manifest.targets)
 
 
-def _clear_if_unused(connection: BrokerConnection, fleet: str, replaced: Manifest,
-                     trusted: Ed25519PublicKey | None) -> None:
-    """Clear the chunks of the ``replaced`` version from the broker unless a channel still names it."""
-    in_use = {m.version for c in topics.CHANNELS
-              if (m := channel_manifest(connection, fleet, c, trusted)) is not None}
-    if replaced.version not in in_use:
-        for name, entry in replaced.files.items():
-            for index in range(len(entry.chunks)):
-                connection.publish(topics.chunk_topic(connection.prefix, fleet, replaced.version, name, index), b"")
-        log.info("cleared the chunks of superseded version %d", replaced.version)
+def _retained_manifest(connection: BrokerConnection, topic: str, trusted: Ed25519PublicKey | None) -> Manifest | None:
+    envelope = connection.retained(topic)
+    if envelope is None:
+        return None
+    try:
+        return manifest_of(envelope, trusted)
+    except (ReleaseError, BundleError) as e:
+        log.warning("the broker holds an unusable manifest on %s: %s", topic, e)
+        return None
+
+
+def _warn_of_targeted(published: dict[str, Manifest], manifest: Manifest, channel: str) -> None:
+    """Devices run the newest version of their channel's and their own topic: a fleet-wide version
+    newer than a device's own takes its place (a store leaves its assortment). Say so."""
+    devices = sorted({t for m in published.values() if m.targets and m.version < manifest.version
+                      and channel in m.channels for t in m.targets})
+    if devices:
+        log.warning("version %d is fleet-wide and newer than the versions targeted at %d devices (%s): they will "
+                    "run it instead of their own bundles; publish newer bundles for them to go back",
+                    manifest.version, len(devices), ", ".join(devices[:5]) + (", ..." if len(devices) > 5 else ""))
+
+
+def _clear(connection: BrokerConnection, replaced: Manifest) -> None:
+    """Clear the chunks of the ``replaced`` version from the broker."""
+    for name, entry in replaced.files.items():
+        for index in range(len(entry.chunks)):
+            connection.publish(
+                topics.chunk_topic(connection.prefix, replaced.fleet, replaced.version, name, index), b"")
+    log.info("cleared the chunks of superseded version %d", replaced.version)
 
 
 def fetch_files(connection: BrokerConnection, manifest: Manifest) -> dict[str, bytes]:

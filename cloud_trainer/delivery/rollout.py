@@ -29,6 +29,7 @@ from cloud_trainer.delivery.publisher import (
     channel_manifest,
     fetch_files,
     manifest_of,
+    published_manifests,
     read_bundle,
     release,
     rollback_instruction,
@@ -188,6 +189,11 @@ def roll_out(
     envelope, files = read_bundle(bundle)
     manifest = manifest_of(envelope, key.public_key())
     fleet, version = manifest.fleet, manifest.version
+    if manifest.targets:
+        # a rollout promotes through the fleet's channels and rolls them back to the stable version:
+        # neither is what a bundle of a few devices (a store's) needs
+        raise ReleaseError(f"version {version} targets {', '.join(manifest.targets[:5])}: a rollout is for fleet-wide "
+                           "versions; send a targeted one with 'publish' (to --channel canary first if you wish)")
     watcher = FleetWatcher(connection, fleet)
     stable = channel_manifest(connection, fleet, topics.STABLE, key.public_key())
     judge = CanaryJudge(version, canaries, policy, started=time.time())
@@ -243,7 +249,8 @@ def roll_back(
     connection: BrokerConnection, bundle: Path, key_path: Path, progress: Callable[[str], None] = print
 ) -> int:
     """Re-deliver an earlier bundle's files to every channel as a new, signed version that revokes
-    the versions the channels named (newer than the earlier bundle)."""
+    the versions the channels named (newer than the earlier bundle). Its version is above every
+    published one, versions targeted at single devices included, so every agent takes it."""
     key = load_private_key(key_path.read_bytes())
     envelope, files = read_bundle(bundle)
     earlier = manifest_of(envelope, key.public_key())
@@ -251,7 +258,8 @@ def roll_back(
                if (m := channel_manifest(connection, earlier.fleet, c, key.public_key()))]
     if not current:
         raise ReleaseError(f"fleet {earlier.fleet} has no published version to roll back from")
-    version = max(current) + 1
+    published = published_manifests(connection, earlier.fleet, key.public_key())
+    version = max(current + [m.version for m in published.values()]) + 1
     instruction = rollback_instruction(earlier, version, key, revokes=tuple(v for v in current if v > earlier.version))
     for n, channel in enumerate(topics.CHANNELS):
         release(connection, instruction, channel, files if n == 0 else None, key, channels=topics.CHANNELS)

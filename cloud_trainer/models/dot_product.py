@@ -23,7 +23,11 @@ import tensorflow as tf
 
 @dataclass
 class ModelWeights:
-    history_embedding: np.ndarray  # [N, D]
+    """A trained model's weights. History rows and item columns are the same N items, except in a
+    store's bundle (:mod:`cloud_trainer.delivery.assortment`): there the first N rows are the N
+    items sold and ranked, the rows after them items read in histories only ([N_h, D], N_h >= N)."""
+
+    history_embedding: np.ndarray  # [N_h, D]
     projection: np.ndarray  # [D, D]
     projection_bias: np.ndarray  # [D]
     item_vectors: np.ndarray  # [D, N]
@@ -33,7 +37,13 @@ class ModelWeights:
 
     @property
     def num_items(self) -> int:
+        """Items ranked (the scores' width)."""
         return int(self.item_bias.shape[0])
+
+    @property
+    def num_history_items(self) -> int:
+        """Items a history may hold (the history embedding's rows)."""
+        return int(self.history_embedding.shape[0])
 
     def first_items(self, count: int) -> ModelWeights:
         """The same model over its first ``count`` items only."""

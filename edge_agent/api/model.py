@@ -28,6 +28,7 @@ def model_info() -> Any:
             "loaded_at": iso_timestamp(model.loaded_at),
             "expired": manifest.expires_at.timestamp() < time.time(),
             "catalog_items": len(model.catalog.items),
+            "history_items": len(model.catalog.items) + len(model.catalog.history_only),
             "explanations": model.explains,
             "manifest": manifest.as_dict(),
             "last_update": last.to_json() if last else None,

@@ -115,8 +115,9 @@ def _issue(path: Path, subject: str, issuer: tuple[Key, x509.Certificate] | None
 
 def _agent_acl(prefix: str, fleet: str, device: str) -> str:
     model_topics = topics.manifest_topic(prefix, fleet).rsplit("/", 1)[0] + "/+"
+    own_topics = model_topics + "/" + topics.check_name(device, "device id")  # versions targeted at it
     bundles = topics.bundle_topic(prefix, fleet, 0).rsplit("/", 1)[0] + "/#"
-    return (f"user {device}\ntopic read {model_topics}\ntopic read {bundles}\n"
+    return (f"user {device}\ntopic read {model_topics}\ntopic read {own_topics}\ntopic read {bundles}\n"
             f"topic write {topics.status_topic(prefix, fleet, device)}\n")
 
 
