@@ -9,13 +9,15 @@ export EDGE_REC_DATASETS := $(abspath $(DATASETS))
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help demo test test-arm64 lint typecheck install mosquitto wrk bench soak clean
+.PHONY: help demo test test-arm64 lint typecheck install mosquitto wrk bench bench-scale soak clean
 
 help:
 	@echo "make demo   train on Online Retail, publish over MQTT, serve recommendations from an edge agent"
 	@echo "make test   lint, type checks and the test suite (real Mosquitto, real LiteRT, real HTTP)"
 	@echo "make bench  benchmarks; results in bench/results/"
 	@echo "make test-arm64  the agent on an emulated Raspberry Pi OS 64-bit (Debian bookworm arm64, qemu); root"
+	@echo "make bench-scale  trainer stages (prepare, train, export, evaluate) on generated shops of 1M and 10M"
+	@echo "            events: wall time and peak RSS, bench/results/scale.json (SCALE_ARGS=--with-100m adds 100M)"
 	@echo "make soak   10 min of mixed traffic with a model update each minute; bench/results/soak.json"
 	@echo "variables: DATASETS=$(DATASETS) VENV=$(VENV)"
 
@@ -68,6 +70,10 @@ bench: $(STAMP) mosquitto wrk
 	$(PY) bench/serving.py
 	$(PY) bench/fleet.py
 	$(PY) bench/cold_start.py
+
+# Long (the 10M point trains for many minutes): not part of `make bench`.
+bench-scale: $(STAMP)
+	$(PY) bench/scale.py $(SCALE_ARGS)
 
 soak: $(STAMP) mosquitto wrk
 	$(PY) bench/soak.py
