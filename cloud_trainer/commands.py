@@ -67,7 +67,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         events=str(args.events), items=str(args.items) if args.items else None, model=args.model, dim=args.dim,
         rank=args.rank, history_length=args.history_length, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, seed=args.seed, test_from=args.test_from,
+        learning_rate=args.learning_rate, seed=args.seed, test_from=args.test_from, softmax=args.softmax,
         distribute=args.distribute, cpu_devices=args.cpu_devices, cold_start=args.cold_start,
         tune=args.tune, target=args.target,
         **{name: getattr(args, name) for name in (*TUNED_SETTINGS, "tune_budget", "validation_share")
@@ -78,9 +78,10 @@ def run_train(args: argparse.Namespace) -> int:
 
         cut_time(args.test_from)  # a bad date is an error now, not after reading the data
     metrics = train(config, args.out)
-    shown = ("users", "items", "new_items", "examples", "calibration_histories", "loss", "replicas", "train_seconds")
+    shown = ("users", "items", "new_items", "examples", "calibration_histories", "loss", "replicas", "workers",
+             "train_seconds")
     print(json.dumps({k: metrics[k] for k in shown if k in metrics}))
-    print(f"run directory: {args.out}")
+    print(f"run directory: {args.out}" if metrics["chief"] else "trained; the chief writes the run directory")
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ import numpy as np
 
 from cloud_trainer.data.events_io import read_events, read_items
 from cloud_trainer.data.training_set import TrainingSet, build_training_set, next_baskets, popularity
+from cloud_trainer.distribute import DISTRIBUTE, Placement, output_directory, strategy
 from cloud_trainer.evaluation.splits import cut_time, is_target, train_period
 from cloud_trainer.models.side_features import catalogue_items
 from cloud_trainer.models.tuning import DEFAULT_BUDGET_S, DEFAULT_VALIDATION_SHARE, Candidate, tune
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 
 
 MODELS = ("factorized", "two-tower")
+#: The two-tower model's training loss (cloud_trainer.models.retrieval).
+SOFTMAXES = ("in-batch", "full")
 #: History length per model kind when not given (the factorized model counts repeats over more).
 HISTORY_LENGTH = {"factorized": 200, "two-tower": 50}
 
@@ -73,26 +77,9 @@ class TrainConfig:
     target: str = "purchase"  # what tuning (and evaluate) count as a hit: purchase, or any event
     test_from: str | None = None  # YYYY-MM-DD (UTC): hold out events from then on for `evaluate`
     cold_start: bool = True  # items in the items file without events join the model (models.side_features)
-    distribute: str = "none"  # two-tower: "mirrored" trains under tf.distribute.MirroredStrategy
+    softmax: str = "in-batch"  # two-tower: "in-batch" (log-Q corrected) or "full" (cloud_trainer.models.retrieval)
+    distribute: str = "none"  # two-tower: "mirrored" or "multi-worker" (TF_CONFIG); cloud_trainer.distribute
     cpu_devices: int = 1  # split the CPU into this many logical devices (to use or test a strategy without GPUs)
-
-
-DISTRIBUTE = ("none", "mirrored")
-
-
-def _strategy(config: TrainConfig) -> tf.distribute.Strategy:
-    """The tf.distribute strategy: MirroredStrategy over every GPU, or over the logical CPUs when
-    there is none; the default (no-op) strategy for "none". Call before TensorFlow runs anything."""
-    import tensorflow as tf
-
-    if config.cpu_devices > 1:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices)
-    if config.distribute == "none":
-        return tf.distribute.get_strategy()
-    gpus = tf.config.list_logical_devices("GPU")
-    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-    return tf.distribute.MirroredStrategy(devices)
 
 
 def _seed(seed: int) -> None:
@@ -104,13 +91,20 @@ def _seed(seed: int) -> None:
 
 
 def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
+    """Train and write ``run_dir``. Under ``--distribute multi-worker`` every worker calls this with
+    the same config; only the chief writes ``run_dir`` (:func:`cloud_trainer.distribute.output_directory`)."""
     started = time.monotonic()
     _check(config)
     if config.history_length is None:
         config.history_length = HISTORY_LENGTH[config.model]
-    strategy = _strategy(config)
+    distribution, place = strategy(config.distribute, config.cpu_devices, os.environ.get("TF_CONFIG"))
     _seed(config.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with output_directory(run_dir, place) as out:
+        return _train(config, out, distribution, place, started)
+
+
+def _train(config: TrainConfig, run_dir: Path, distribution: tf.distribute.Strategy, place: Placement,
+           started: float) -> dict[str, object]:
     table, metadata = _read(config)
     num_items = len(table.item_ids)
     if config.model == "factorized" and config.tune:
@@ -121,7 +115,7 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
                               sample=config.calibration_histories if config.model == "factorized" else None)
     log.info("training set: %d examples from %d histories (%s), %d users, %d items", len(data), len(data.hist_items),
              "a sample, to calibrate" if config.model == "factorized" else "all", len(table.user_ids), num_items)
-    weights, model, loss = _fit(config, table, data, num_items, strategy)
+    weights, model, loss = _fit(config, table, data, num_items, distribution)
     known, new = catalogue_items(metadata, table.item_ids)
     if not config.cold_start:
         new = []
@@ -150,7 +144,9 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
            else {"examples": len(data)}),
         "model": config.model,
         "loss": loss,
-        "replicas": strategy.num_replicas_in_sync,
+        "replicas": distribution.num_replicas_in_sync,
+        "workers": place.workers,
+        "chief": place.chief,
         "train_seconds": round(time.monotonic() - started, 1),
     }
     (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
@@ -164,6 +160,8 @@ def _check(config: TrainConfig) -> None:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, not {config.model!r}")
     if config.distribute not in DISTRIBUTE:
         raise ValueError(f"distribute must be one of {', '.join(DISTRIBUTE)}, not {config.distribute!r}")
+    if config.softmax not in SOFTMAXES:
+        raise ValueError(f"softmax must be one of {', '.join(SOFTMAXES)}, not {config.softmax!r}")
     is_target(np.zeros(0, dtype=np.int8), config.target)  # raises for an unknown target
     if config.tune_budget <= 0:
         raise ValueError(f"tune_budget must be a positive number of seconds, not {config.tune_budget}")
@@ -232,31 +230,22 @@ def _candidate(config: TrainConfig) -> Candidate:
 
 def _fit_two_tower(config: TrainConfig, data: TrainingSet, num_items: int,
                    strategy: tf.distribute.Strategy) -> tuple[keras.Model, list[float]]:
-    """The Keras two-tower model trained with a full softmax over the catalogue on next baskets;
-    under ``strategy`` each global batch is split across its replicas."""
+    """The Keras two-tower model trained on next baskets with the softmax of ``config.softmax``
+    (:mod:`cloud_trainer.models.retrieval`); under ``strategy`` each global batch is split across
+    its replicas (across workers: each worker builds the same batches and keeps its part of each)."""
     import keras
-    import tensorflow as tf
 
     from cloud_trainer.models.dot_product import build_model
+    from cloud_trainer.models.retrieval import RetrievalTask, fit, log_sampling_probability, training_batches
 
-    rows, targets = data.example_row, data.example_target
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((rows, targets))
-        .shuffle(len(rows), seed=config.seed, reshuffle_each_iteration=True)
-        .batch(config.batch_size)
-        .map(
-            lambda r, t: ((tf.gather(data.hist_items, r), tf.gather(data.hist_weights, r)), t),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    batches, steps = training_batches(data, config.batch_size, config.epochs, config.seed)
     assert config.history_length is not None
     with strategy.scope():  # variables mirrored on every replica
         model = build_model(num_items, config.dim, config.history_length, config.l2)
-        model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-    log.info("training on %d replica(s)", strategy.num_replicas_in_sync)
-    history = model.fit(dataset, epochs=config.epochs, verbose=2)
-    return model, [float(v) for v in history.history["loss"]]
+        log_q = log_sampling_probability(data.example_target, num_items)
+        model.get_layer("item_vectors").bias.assign(log_q)  # start at popularity (models.retrieval)
+        task = RetrievalTask(model, log_q, full_softmax=config.softmax == "full")
+        optimizer = keras.optimizers.Adam(config.learning_rate)
+        optimizer.build(model.trainable_variables)
+    log.info("training on %d replica(s), %s softmax", strategy.num_replicas_in_sync, config.softmax)
+    return model, fit(task, optimizer, batches, steps, config.epochs, strategy)
