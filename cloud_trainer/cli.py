@@ -95,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="run directory from train")
     p.add_argument("--key", type=Path, required=True, help="signing.key from keygen")
     p.add_argument("--out", type=Path, help="bundle folder (default: RUN/bundle, beside the run's model and metrics)")
-    p.add_argument("--variant", choices=("int8", "float16", "float32"), default="int8")
+    p.add_argument("--variant", choices=("auto", "int8", "float16", "float32"), default="auto",
+                   help="auto (default): int8, or float16 when int8 fails the parity check or the quality gate "
+                        "(large catalogues)")
     p.add_argument("--fleet", default="default")
     p.add_argument("--version", type=int, help="bundle version (default: current Unix time)")
     p.add_argument("--valid-days", type=int, default=90, help="manifest expiry, in days")

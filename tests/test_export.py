@@ -130,3 +130,30 @@ def test_blocked_top_k_in_the_graph_is_exact() -> None:
         assert sorted(got.tolist()) == sorted(expected.tolist())
         assert {n_items - 5, 3 * TOP_K_BLOCK + 9} <= set(got.tolist())
         np.testing.assert_allclose(out["scores"][0], scores[got], rtol=1e-4, atol=1e-3)
+
+
+def test_auto_variant_falls_back_to_float16_when_int8_cannot_order_the_scores(  # type: ignore[no-untyped-def]
+    keras_model, trained_run: Path, keys: Path, tmp_path: Path
+) -> None:
+    """One item far above the rest stretches int8's single scale for the score vector until the
+    others share a few steps (as 10^5+ items do): int8 is refused, float16 is bundled, and the
+    manifest says so. An explicit --variant int8 is still refused."""
+    import shutil
+
+    from cloud_trainer.delivery.bundler import BundleOptions, build_bundle
+    from cloud_trainer.errors import ParityError
+    from cloud_trainer.models.dot_product import extract_weights, model_from_weights
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("bundle*", "report"))
+    weights = extract_weights(keras_model)
+    weights.item_bias = weights.item_bias.copy()
+    weights.item_bias[0] = 1e4
+    config = json.loads((run / "config.json").read_text())
+    model_from_weights(weights, int(config["history_length"])).save(run / "model.keras")
+    manifest = build_bundle(run, keys / "signing.key", tmp_path / "auto", BundleOptions(version=7))
+    assert manifest.model.variant == "float16"
+    assert "int8" in manifest.training["variants_refused"]
+    assert manifest.training["parity"]["ok"]
+    with pytest.raises(ParityError):
+        build_bundle(run, keys / "signing.key", tmp_path / "int8", BundleOptions(variant="int8", version=8))

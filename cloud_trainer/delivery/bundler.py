@@ -21,7 +21,7 @@ import numpy as np
 
 from cloud_trainer.delivery.assortment import Assortment, read_assortment, select
 from cloud_trainer.delivery.export import to_tflite
-from cloud_trainer.delivery.gates import check_parity, quality_gate
+from cloud_trainer.delivery.gates import ParityReport, QualityGate, check_parity, quality_gate
 from cloud_trainer.delivery.litert import litert_runner
 from cloud_trainer.errors import AssortmentError, ParityError, QualityGateError
 from cloud_trainer.models.dot_product import ModelWeights, extract_weights
@@ -44,9 +44,15 @@ log = logging.getLogger(__name__)
 DEFAULT_TOP_K = 100
 
 
+#: ``auto`` tries these in turn and bundles the first that passes the parity check and the quality gate.
+AUTO_VARIANTS = ("int8", "float16")
+
+
 @dataclass
 class BundleOptions:
-    variant: str = "int8"
+    #: int8, float16, float32, or ``auto``: int8, and float16 when int8 fails a check (large
+    #: catalogues: int8's one scale for the whole score vector cannot order the top items of 10^5+).
+    variant: str = "auto"
     fleet: str = "default"
     version: int | None = None  # default: the current Unix time, so later builds are newer
     valid_days: int = 90
@@ -80,6 +86,39 @@ def _for_store(path: Path, history: str, weights: ModelWeights, catalog_bytes: b
     return assortment, store, assortment.catalog(catalog, weights.item_bias).to_bytes(), calibration
 
 
+def _export_checked(model: object, weights: ModelWeights, history_length: int, top_k: int, variant: str,
+                    calibration: tuple[np.ndarray, np.ndarray], histories: np.lib.npyio.NpzFile,
+                    assortment: Assortment | None, options: BundleOptions,
+                    force: bool) -> tuple[bytes, ParityReport, QualityGate | None]:
+    """The ``variant`` export with its parity check and quality gate; a failed one raises unless ``force``."""
+    items, hist_weights = histories["items"], histories["weights"]
+    log.info("exporting %s TFLite model (%d items, top-%d in the graph)", variant, weights.num_items, top_k)
+    model_bytes = to_tflite(weights, history_length, top_k, variant, calibration, options.explanations)
+    parity = check_parity(model, model_bytes, variant, items, hist_weights, assortment)
+    log.info(
+        "parity vs Keras on %d real histories: top-10 overlap %.3f (min %.2f), max score error %.4f (max %.4f)",
+        parity.histories, parity.mean_overlap_at_10, parity.min_overlap_at_10,
+        parity.max_relative_score_error, parity.allowed_relative_score_error,
+    )
+    if not parity.ok and not force:
+        raise ParityError(
+            f"the {variant} model differs from the Keras model beyond tolerance "
+            f"({parity.to_json()}); use --force to bundle it anyway"
+        )
+    gate = None
+    if "targets" in histories.files:  # runs from before the gate have no targets
+        gate = quality_gate(model, model_bytes, variant, items, hist_weights, histories["targets"], assortment)
+        log.info("quality gate on %d real histories: Recall@20 Keras %.4f, %s %.4f (%.1f%% lower; at most %.0f%%)",
+                 gate.histories, gate.float_recall_at_20, variant, gate.exported_recall_at_20,
+                 100 * gate.relative_drop, 100 * gate.max_relative_drop)
+        if not gate.ok and not force:
+            raise QualityGateError(
+                f"the {variant} model's Recall@20 ({gate.exported_recall_at_20}) is "
+                f"{100 * gate.relative_drop:.1f}% below the float model's ({gate.float_recall_at_20}); at most "
+                f"{100 * gate.max_relative_drop:.0f}% is allowed. Use --force to bundle it anyway")
+    return model_bytes, parity, gate
+
+
 def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOptions) -> Manifest:
     import keras
 
@@ -99,33 +138,21 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
             options.assortment, options.assortment_history, weights, catalog_bytes, items, hist_weights)
     top_k = min(options.top_k, weights.num_items)
 
-    log.info("exporting %s TFLite model (%d items, top-%d in the graph)", options.variant, weights.num_items, top_k)
-    model_bytes = to_tflite(weights, history_length, top_k, options.variant, calibration, options.explanations)
-    parity = check_parity(model, model_bytes, options.variant, items, hist_weights, assortment)
-    log.info(
-        "parity vs Keras on %d real histories: top-10 overlap %.3f (min %.2f), max score error %.4f (max %.4f)",
-        parity.histories, parity.mean_overlap_at_10, parity.min_overlap_at_10,
-        parity.max_relative_score_error, parity.allowed_relative_score_error,
-    )
-    if not parity.ok and not options.force:
-        raise ParityError(
-            f"the {options.variant} model differs from the Keras model beyond tolerance "
-            f"({parity.to_json()}); use --force to bundle it anyway"
-        )
-    gate = None
-    if "targets" in histories.files:  # runs from before the gate have no targets
-        gate = quality_gate(model, model_bytes, options.variant, items, hist_weights, histories["targets"],
-                            assortment)
-        log.info("quality gate on %d real histories: Recall@20 Keras %.4f, %s %.4f (%.1f%% lower; at most %.0f%%)",
-                 gate.histories, gate.float_recall_at_20, options.variant, gate.exported_recall_at_20,
-                 100 * gate.relative_drop, 100 * gate.max_relative_drop)
-        if not gate.ok and not options.force:
-            raise QualityGateError(
-                f"the {options.variant} model's Recall@20 ({gate.exported_recall_at_20}) is "
-                f"{100 * gate.relative_drop:.1f}% below the float model's ({gate.float_recall_at_20}); at most "
-                f"{100 * gate.max_relative_drop:.0f}% is allowed. Use --force to bundle it anyway")
+    variants = AUTO_VARIANTS if options.variant == "auto" else (options.variant,)
+    refused: dict[str, str] = {}
+    for variant in variants:
+        last = variant == variants[-1]
+        try:
+            model_bytes, parity, gate = _export_checked(model, weights, history_length, top_k, variant, calibration,
+                                                        histories, assortment, options, force=options.force and last)
+            break
+        except (ParityError, QualityGateError) as refusal:
+            if last:
+                raise
+            refused[variant] = str(refusal)
+            log.warning("variant auto: %s; trying %s", refusal, variants[variants.index(variant) + 1])
     contract = ModelContract(
-        variant=options.variant,
+        variant=variant,
         signature=litert_runner(model_bytes)[0],
         history_length=history_length,
         top_k=top_k,
@@ -134,6 +161,8 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
     )
     training: dict[str, object] = {"run": run_dir.name, "parity": parity.to_json(),
                                    "quality_gate": gate.to_json() if gate else None}
+    if refused:
+        training["variants_refused"] = refused
     if assortment is not None and options.assortment is not None:
         training["assortment"] = {"file": options.assortment.name, **assortment.to_json()}
     return write_bundle(out_dir, model_bytes, catalog_bytes, contract, key_path, options, training)
