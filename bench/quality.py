@@ -89,9 +89,9 @@ def main() -> int:
                                       | {"trials": len(tuning["trials"])}}
             for mode in ("all", "new"):
                 best = max(BASELINES, key=lambda name: evaluation[name][mode]["recall@20"])
-                row[mode] = {"model": evaluation[SERVED][mode]["recall@20"],
-                             "se": evaluation[SERVED][mode]["se(recall@20)"],
-                             "users": evaluation[SERVED][mode]["users"], "best_baseline": best,
+                served = evaluation[evaluation.get("served_row") or SERVED][mode]
+                row[mode] = {"model": served["recall@20"], "se": served["se(recall@20)"],
+                             "users": served["users"], "best_baseline": best,
                              "baseline": evaluation[best][mode]["recall@20"],
                              "baseline_se": evaluation[best][mode]["se(recall@20)"]}
             results.append(row)

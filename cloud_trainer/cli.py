@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-from", help="YYYY-MM-DD; default: the run's")
     p.add_argument("--target", choices=("purchase", "any"),
                    help="what counts as a hit: a purchase, or any event; default: the run's (purchase)")
+    p.add_argument("--variant", choices=("auto", "int8", "float16", "float32"), default="auto",
+                   help="the export scored as served; auto (default) chooses as 'export' does")
     p.add_argument("--out", type=Path, help="also write the table (Markdown) here")
     p.set_defaults(handler=commands.run_evaluate)
 

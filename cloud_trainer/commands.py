@@ -88,7 +88,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from cloud_trainer.evaluation.evaluate_run import evaluate_run
 
-    report = evaluate_run(args.run, args.events, args.test_from, args.target)
+    report = evaluate_run(args.run, args.events, args.test_from, args.target, args.variant)
     table = report.text()
     print(table)
     if args.out:

@@ -86,14 +86,48 @@ def _for_store(path: Path, history: str, weights: ModelWeights, catalog_bytes: b
     return assortment, store, assortment.catalog(catalog, weights.item_bias).to_bytes(), calibration
 
 
-def _export_checked(model: object, weights: ModelWeights, history_length: int, top_k: int, variant: str,
-                    calibration: tuple[np.ndarray, np.ndarray], histories: np.lib.npyio.NpzFile,
-                    assortment: Assortment | None, options: BundleOptions,
-                    force: bool) -> tuple[bytes, ParityReport, QualityGate | None]:
+@dataclass
+class Exported:
+    """A checked export: the variant bundled, its bytes and checks, and the variants refused before it."""
+
+    variant: str
+    model_bytes: bytes
+    parity: ParityReport
+    gate: QualityGate | None
+    refused: dict[str, str]
+
+
+def export_checked(model: object, weights: ModelWeights, history_length: int, top_k: int, variant: str,
+                   calibration: tuple[np.ndarray, np.ndarray], histories: np.lib.npyio.NpzFile,
+                   assortment: Assortment | None = None, explanations: bool = True,
+                   force: bool = False) -> Exported:
+    """The export the bundle ships: ``variant``, or for ``auto`` the first of :data:`AUTO_VARIANTS`
+    that passes its checks (``force`` applies to the last one tried). ``cloud-trainer evaluate``
+    scores the same choice."""
+    variants = AUTO_VARIANTS if variant == "auto" else (variant,)
+    refused: dict[str, str] = {}
+    for candidate in variants:
+        last = candidate == variants[-1]
+        try:
+            model_bytes, parity, gate = _export_one(model, weights, history_length, top_k, candidate, calibration,
+                                                    histories, assortment, explanations, force=force and last)
+            return Exported(candidate, model_bytes, parity, gate, refused)
+        except (ParityError, QualityGateError) as refusal:
+            if last:
+                raise
+            refused[candidate] = str(refusal)
+            log.warning("variant auto: %s; trying %s", refusal, variants[variants.index(candidate) + 1])
+    raise AssertionError("unreachable")
+
+
+def _export_one(model: object, weights: ModelWeights, history_length: int, top_k: int, variant: str,
+                calibration: tuple[np.ndarray, np.ndarray], histories: np.lib.npyio.NpzFile,
+                assortment: Assortment | None, explanations: bool,
+                force: bool) -> tuple[bytes, ParityReport, QualityGate | None]:
     """The ``variant`` export with its parity check and quality gate; a failed one raises unless ``force``."""
     items, hist_weights = histories["items"], histories["weights"]
     log.info("exporting %s TFLite model (%d items, top-%d in the graph)", variant, weights.num_items, top_k)
-    model_bytes = to_tflite(weights, history_length, top_k, variant, calibration, options.explanations)
+    model_bytes = to_tflite(weights, history_length, top_k, variant, calibration, explanations)
     parity = check_parity(model, model_bytes, variant, items, hist_weights, assortment)
     log.info(
         "parity vs Keras on %d real histories: top-10 overlap %.3f (min %.2f), max score error %.4f (max %.4f)",
@@ -138,19 +172,10 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
             options.assortment, options.assortment_history, weights, catalog_bytes, items, hist_weights)
     top_k = min(options.top_k, weights.num_items)
 
-    variants = AUTO_VARIANTS if options.variant == "auto" else (options.variant,)
-    refused: dict[str, str] = {}
-    for variant in variants:
-        last = variant == variants[-1]
-        try:
-            model_bytes, parity, gate = _export_checked(model, weights, history_length, top_k, variant, calibration,
-                                                        histories, assortment, options, force=options.force and last)
-            break
-        except (ParityError, QualityGateError) as refusal:
-            if last:
-                raise
-            refused[variant] = str(refusal)
-            log.warning("variant auto: %s; trying %s", refusal, variants[variants.index(variant) + 1])
+    exported = export_checked(model, weights, history_length, top_k, options.variant, calibration, histories,
+                              assortment, options.explanations, options.force)
+    variant, model_bytes, parity, gate, refused = (exported.variant, exported.model_bytes, exported.parity,
+                                                   exported.gate, exported.refused)
     contract = ModelContract(
         variant=variant,
         signature=litert_runner(model_bytes)[0],

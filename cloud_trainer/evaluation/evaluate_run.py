@@ -1,7 +1,7 @@
 """``cloud-trainer evaluate``: a trained run and the baselines, on the held-out period of the same events.
 
 The model is scored twice: the float Keras model over its whole catalogue (a reference), and
-what agents serve: the int8 TFLite export, built as ``export`` builds it (top K and
+what agents serve: the TFLite export ``export`` would bundle (int8, or float16 where int8 fails its checks; top K and
 explanations in the graph), behind the agent's own recommendation function with its history
 cap, exclusions and popularity fill (:mod:`cloud_trainer.evaluation.served`). A run trained on data that
 includes the test period is refused: its figures would be a leak, not a result.
@@ -31,8 +31,10 @@ from shared.catalog import parse_catalog
 from shared.events import history_inputs
 from shared.recommendation import Exclude
 
-#: The table's row of what agents serve.
-SERVED = "model (int8, LiteRT, as served)"
+
+def served_row(variant: str) -> str:
+    """The table's row of what agents serve: the variant ``export`` bundles (int8 unless refused)."""
+    return f"model ({variant}, LiteRT, as served)"
 
 #: Cold-start ablations: which side features predict the new items' vectors.
 FEATURE_ABLATIONS = {
@@ -66,7 +68,7 @@ EXCLUDE_FOR = {"purchase": Exclude.PURCHASED, "any": Exclude.SEEN}
 
 
 def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
-                 target: str | None = None) -> Report:
+                 target: str | None = None, variant: str = "auto") -> Report:
     config = json.loads((run_dir / "config.json").read_text()) if run_dir else {}
     day = test_from or config.get("test_from")
     if not day:
@@ -75,7 +77,7 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
         raise EvaluationError(f"the run was trained with test_from={config.get('test_from')!r}, not {day!r}: "
                               "its training data overlaps the test period")
     table = read_events(events)
-    model = _RunModel(run_dir, config) if run_dir is not None else None
+    model = _RunModel(run_dir, config, variant) if run_dir is not None else None
     # the targets: what test users bought of the items the model can recommend (the trained items,
     # and new items listed in the run's catalogue); the baselines know the trained items only
     data = splits.split(table, splits.cut_time(day), [item.id for item in model.items] if model else None,
@@ -95,7 +97,8 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
     _evaluate_baselines(data, report)
     if run_dir is not None:
         (run_dir / "evaluation.json").write_text(json.dumps(
-            {"test_from": day, "target": data.target, "test_users": test_users, **report.rows,
+            {"test_from": day, "target": data.target, "test_users": test_users,
+             "served_row": served_row(model.variant) if model else None, **report.rows,
              "cold_start": report.cold_start, "among_new_items": report.among_new}, indent=1))
         log.info("report: %s", write_report(run_dir, report, day))
     return report
@@ -115,13 +118,12 @@ def _evaluate_baselines(data: splits.Split, report: Report) -> None:
 
 
 class _RunModel:
-    """A run's model: float (Keras) over its whole catalogue, and int8 as agents run it."""
+    """A run's model: float (Keras) over its whole catalogue, and the export as agents run it."""
 
-    def __init__(self, run_dir: Path, config: dict[str, object]) -> None:
+    def __init__(self, run_dir: Path, config: dict[str, object], variant: str) -> None:
         import keras
 
-        from cloud_trainer.delivery.bundler import DEFAULT_TOP_K
-        from cloud_trainer.delivery.export import to_tflite
+        from cloud_trainer.delivery.bundler import DEFAULT_TOP_K, export_checked
         from cloud_trainer.models.dot_product import extract_weights
 
         self.history_length = int(config["history_length"])  # type: ignore[call-overload]
@@ -131,9 +133,11 @@ class _RunModel:
         self.items = list(catalog.items)
         calibration = np.load(run_dir / "histories.npz")
         self.top_k = min(DEFAULT_TOP_K, self.weights.num_items)
-        int8 = to_tflite(self.weights, self.history_length, self.top_k, "int8",
-                         (calibration["items"], calibration["weights"]))
-        self.served = ServedModel(int8, catalog, self.history_length)
+        # the variant export would bundle, with its checks: what agents would run
+        exported = export_checked(self.keras, self.weights, self.history_length, self.top_k, variant,
+                                  (calibration["items"], calibration["weights"]), calibration)
+        self.variant = exported.variant
+        self.served = ServedModel(exported.model_bytes, catalog, self.history_length)
 
     def inputs(self, train: EventTable, history: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         return model_histories(train, history, self.history_length)
@@ -144,8 +148,8 @@ class _RunModel:
         return lambda rows: np.asarray(model.predict([inputs[0][rows], inputs[1][rows]],  # type: ignore[attr-defined]
                                                      batch_size=512, verbose=0))
 
-    def int8_ranked(self, inputs: tuple[np.ndarray, np.ndarray], allowed: np.ndarray | None = None) -> np.ndarray:
-        """[users, top K] of the int8 graph itself (no popularity fill) under a filter mask, -1 where
+    def served_ranked(self, inputs: tuple[np.ndarray, np.ndarray], allowed: np.ndarray | None = None) -> np.ndarray:
+        """[users, top K] of the served graph itself (no popularity fill) under a filter mask, -1 where
         fewer than K allowed items came back."""
         ranked = np.stack([self.served.score(items, weights, allowed).indices
                            for items, weights in zip(*inputs, strict=True)])
@@ -159,7 +163,7 @@ def _evaluate_model(model: _RunModel, data: splits.Split, cut: float, report: Re
                                                             data)
     # what the agent serves: its catalogue (new items too), the REST route's history, exclusions
     shoppers = stored_shoppers(data.train, data.history, now=cut)
-    report.rows[SERVED] = metrics.evaluate_ranked(
+    report.rows[served_row(model.variant)] = metrics.evaluate_ranked(
         {"all": served_rankings(model.served, shoppers, model.top_k),
          "new": served_rankings(model.served, shoppers, model.top_k, EXCLUDE_FOR[data.target])}, data)
 
@@ -177,16 +181,17 @@ def _evaluate_cold_start(model: _RunModel, table: EventTable, cut: float, report
     data = splits.sample_shoppers(data)
     inputs = model.inputs(data.train, data.history)
     trained_only = np.arange(data.num_items) < data.num_known
-    without = model.int8_ranked(inputs, trained_only)
-    report.cold_start = {"model (int8, LiteRT), trained items only": metrics.cold_start_metrics(without, data)}
+    without = model.served_ranked(inputs, trained_only)
+    report.cold_start = {f"model ({model.variant}, LiteRT), trained items only":
+                         metrics.cold_start_metrics(without, data)}
     if data.num_items == data.num_known:
         return
     served = served_rankings(model.served, stored_shoppers(data.train, data.history, now=cut), model.top_k)
     report.cold_start["model (float, Keras), with new items"] = metrics.cold_start_metrics(
         metrics.ranked_in_batches(model.float_scorer(inputs), len(data.users), COLD_START_K), data)
-    report.cold_start[f"{SERVED}, with new items"] = metrics.cold_start_metrics(served, data)
-    report.among_new["int8 (LiteRT), side features as trained"] = metrics.among_new_items(
-        model.int8_ranked(inputs, ~trained_only), data)
+    report.cold_start[f"{served_row(model.variant)}, with new items"] = metrics.cold_start_metrics(served, data)
+    report.among_new[f"{model.variant} (LiteRT), side features as trained"] = metrics.among_new_items(
+        model.served_ranked(inputs, ~trained_only), data)
     known_items, new_items = items[: data.num_known], items[data.num_known :]
     trained = model.weights.first_items(data.num_known)
     for name, switches in FEATURE_ABLATIONS.items():

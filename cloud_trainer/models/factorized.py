@@ -10,14 +10,17 @@ It is an embedding dot-product model like :mod:`cloud_trainer.models.dot_product
   carry the item-to-item structure, the rest only the diagonal. So the model keeps the top
   ``r`` eigenpairs, found by randomized subspace iteration (Halko, Martinsson and Tropp 2011)
   with products by the sparse ``X`` only, and takes
-  ``B ~ V diag(w) V' diag(1/d)``, ``w = s / (lambda (s + lambda))``, ``d = 1/lambda - V^2 w``
-  (``diag(P)`` in the same eigenspace): history embeddings ``V`` and item vectors
-  ``diag(w) V' diag(1/d)``, so the agent scores with one ``[r] x [r, N]`` matmul. Nothing of
-  size items x items or shoppers x items is ever made: memory is ``X`` (events) plus a few
-  ``[N, r]`` blocks, and time grows with events x r. (``V``'s entries are even in size, which
-  int8 needs: the embedding table is quantized with one scale for all of it.) On Online Retail
-  it ranks as the dense solve followed by a rank-r SVD of ``B`` did, within one standard error
-  (docs/evaluation.md); unlike it, it fits a million items.
+  ``B ~ V diag(w) V' diag(1/d) - diag(own)``, ``w = s / (lambda (s + lambda))``,
+  ``d = 1/lambda - V^2 w`` (``diag(P)`` in the same eigenspace), ``own`` the diagonal that
+  EASE's constraint removes (else each history item scores itself, which stretches int8's
+  score range). A randomized SVD of that ``B``, from products with [N, r + 16] blocks, splits
+  it into history embeddings ``U`` and item vectors ``S V'``, so the agent scores with one
+  ``[r] x [r, N]`` matmul. Nothing of size items x items or shoppers x items is ever made:
+  memory is ``X`` (events) plus a few ``[N, r]`` blocks, and time grows with events x r.
+  (``U``'s entries are even in size, which int8 needs: the embedding table is quantized with
+  one scale for all of it.) On Online Retail it ranks as the dense solve followed by a rank-r
+  SVD of ``B`` did, within one standard error (docs/evaluation.md); unlike it, it fits a
+  million items.
 - **User vector.** The sum of the embeddings of the distinct items in the shopper's last
   ``history_length`` events: the graph pools each item once ("distinct" pooling).
 - **Trend.** The item bias is ``trend_weight * log1p(purchases in the last trend_days days of
@@ -149,13 +152,32 @@ def item_spectrum(table: EventTable, settings: FactorizedSettings) -> Spectrum:
     return gram_spectrum(x, rank + OVERSAMPLE, settings.seed)
 
 
-def factors_from_spectrum(spectrum: Spectrum, rank: int, l2: float) -> tuple[np.ndarray, np.ndarray]:
-    """(history embeddings V [N, r], item vectors diag(w) V' diag(1/d) [r, N]): EASE with ``lambda = l2``
-    in the top ``rank`` eigen-directions. ``d`` (the diagonal of P) uses every direction computed."""
-    weight = spectrum.values / (l2 * (spectrum.values + l2))
-    diagonal = 1.0 / l2 - (spectrum.vectors**2) @ weight  # >= diag(P) > 0: V's rows have norm <= 1
-    v = spectrum.vectors[:, :rank]
-    return v.astype(np.float32), (weight[:rank, None] * v.T / diagonal[None, :]).astype(np.float32)
+def factors_from_spectrum(spectrum: Spectrum, rank: int, l2: float, seed: int = 7,
+                          power_iterations: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(history embeddings U [N, r], item vectors S V' [r, N]): the rank-``rank`` SVD of EASE's
+    item-item matrix with ``lambda = l2``, in the spectrum's eigen-directions and with EASE's zero
+    diagonal: ``B = V diag(w) V' diag(1/d) - diag(own)``, ``own`` the low-rank part's diagonal.
+    Without the zero diagonal each history item would score itself, which stretches the int8
+    score range; ``B`` is only ever multiplied by [N, r + 16] blocks (randomized SVD)."""
+    values, v = spectrum.values, spectrum.vectors
+    weight = values / (l2 * (values + l2))
+    diagonal = 1.0 / l2 - (v**2) @ weight  # >= diag(P) > 0: V's rows have norm <= 1
+    right = weight[:, None] * v.T / diagonal[None, :]  # [w, N]: B's low-rank part is v @ right
+    own = np.einsum("ij,ji->i", v, right)
+
+    def times(q: np.ndarray) -> np.ndarray:  # B q
+        return v @ (right @ q) - own[:, None] * q
+
+    def transposed_times(q: np.ndarray) -> np.ndarray:  # B' q
+        return right.T @ (v.T @ q) - own[:, None] * q
+
+    width = min(rank + OVERSAMPLE, v.shape[0])
+    q = orthonormal_columns(times(np.random.default_rng(seed).standard_normal((v.shape[0], width))))
+    for _ in range(power_iterations):
+        q = orthonormal_columns(times(orthonormal_columns(transposed_times(q))))
+    u_small, s, vt = np.linalg.svd(transposed_times(q).T, full_matrices=False)
+    # U has orthonormal columns: even entries, kind to int8; S V' is quantized per output channel
+    return (q @ u_small[:, :rank]).astype(np.float32), (s[:rank, None] * vt[:rank]).astype(np.float32)
 
 
 def trend(table: EventTable, days: float) -> np.ndarray:
@@ -167,7 +189,7 @@ def trend(table: EventTable, days: float) -> np.ndarray:
 def item_factors(table: EventTable, settings: FactorizedSettings) -> tuple[np.ndarray, np.ndarray]:
     """(history embeddings [N, r], item vectors [r, N]) of the model of ``settings``."""
     rank = min(settings.rank, len(table.item_ids))
-    return factors_from_spectrum(item_spectrum(table, settings), rank, settings.l2)
+    return factors_from_spectrum(item_spectrum(table, settings), rank, settings.l2, settings.seed)
 
 
 def assemble(factors: tuple[np.ndarray, np.ndarray], table: EventTable, settings: FactorizedSettings) -> ModelWeights:

@@ -221,7 +221,7 @@ class _Scorer:
             if len(self._spectra) >= CACHED_FITS:
                 self._spectra.pop(next(iter(self._spectra)))
             self._spectra[key] = item_spectrum(self.v.train, settings)
-        factors = factors_from_spectrum(self._spectra[key], min(c.rank, len(self.v.train.item_ids)), c.l2)
+        factors = factors_from_spectrum(self._spectra[key], min(c.rank, len(self.v.train.item_ids)), c.l2, self.seed)
         weights = assemble(factors, self.v.train, settings)
         if self.v.new:
             weights = extend_with_cold_items(weights, self.v.known, self.v.new,
