@@ -31,9 +31,10 @@ KNN_BUDGET = 16_000_000
 #: Items per block when item-kNN computes the similarity (a sparse [items, block] slab each; 512
 #: keeps its peak on Online Retail below the dense similarity's).
 KNN_BLOCK = 512
-#: EASE solves a dense items x items system (8 N^2 bytes, several copies): above this many items
-#: the baseline is not computed (the default model, EASE in a low-rank eigenspace, has no such limit).
-EASE_MAX_ITEMS = 40_000
+#: EASE solves a dense items x items system (8 N^2 bytes, three copies: 10 GB at 20,000 items,
+#: measured): above this many items the baseline is not computed (5.4 GB at the limit; the default
+#: model, EASE in a low-rank eigenspace, has no such limit).
+EASE_MAX_ITEMS = 15_000
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ def ease(x: np.ndarray | sp.spmatrix | sp.sparray, lam: float) -> np.ndarray:
     """EASE's closed form (Steck 2019): B = -P / diag(P) with P = (X'X + lam I)^-1, zero diagonal.
 
     ``x`` is dense or scipy.sparse. Memory: several dense items x items float64 matrices, so the
-    baseline (:mod:`cloud_trainer.evaluation.baselines`) is computed only up to 40,000 items.
+    baseline (:mod:`cloud_trainer.evaluation.baselines`) is computed only up to 15,000 items.
     """
     g = gram(x)
     g[np.diag_indices_from(g)] += lam
