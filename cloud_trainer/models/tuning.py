@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from shared.catalog import CatalogItem
 from shared.events import EventKind
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: The values each setting may take, in the order they are searched (most telling first).
 SEARCH_SPACE: dict[str, tuple[float, ...]] = {
@@ -58,7 +60,8 @@ SEARCH_SPACE: dict[str, tuple[float, ...]] = {
 #: Settings whose change needs a new eigendecomposition (lambda only re-weights the eigenpairs).
 REFIT = ("rank", "view_weight", "cart_weight")
 K = 20
-#: Gram spectra kept (N x (r + 16) floats each; each costs a few passes over the events to make).
+#: Gram spectra kept (N x (r + 16) floats each; each costs a few passes over the events to make),
+#: and as many factorizations (a randomized SVD each; they differ by lambda).
 CACHED_FITS = 4
 #: Fewer validation shoppers than this say too little to choose by: the given settings are kept.
 MIN_SHOPPERS = 50
@@ -201,6 +204,7 @@ class _Scorer:
     def __init__(self, validation: Validation, seed: int) -> None:
         self.v, self.seed = validation, seed
         self._spectra: dict[tuple[float, ...], Spectrum] = {}
+        self._factors: dict[tuple[float, ...], tuple[np.ndarray, np.ndarray]] = {}
         data = validation.data
         bought_before = [set(data.train.item[rows[splits.is_target(data.train.kind[rows], validation.target)]]
                              .tolist()) for rows in data.history]
@@ -215,13 +219,9 @@ class _Scorer:
     def weights(self, c: Candidate) -> ModelWeights:
         key = tuple(getattr(c, name) for name in REFIT)
         settings = c.factorized(self.seed)
-        if key in self._spectra:
-            self._spectra[key] = self._spectra.pop(key)  # the most recently used last
-        else:
-            if len(self._spectra) >= CACHED_FITS:
-                self._spectra.pop(next(iter(self._spectra)))
-            self._spectra[key] = item_spectrum(self.v.train, settings)
-        factors = factors_from_spectrum(self._spectra[key], min(c.rank, len(self.v.train.item_ids)), c.l2, self.seed)
+        spectrum = _cached(self._spectra, key, lambda: item_spectrum(self.v.train, settings))
+        factors = _cached(self._factors, (*key, c.l2), lambda: factors_from_spectrum(
+            spectrum, min(c.rank, len(self.v.train.item_ids)), c.l2, self.seed))
         weights = assemble(factors, self.v.train, settings)
         if self.v.new:
             weights = extend_with_cold_items(weights, self.v.known, self.v.new,
@@ -235,6 +235,17 @@ class _Scorer:
                               {"all": None, "new": self.excluded})
         recall = {mode: metrics.recall_ndcg(ranked[mode], self.targets[mode])[f"recall@{K}"] for mode in ranked}
         return Trial(c, recall["all"], recall["new"], time.monotonic() - started)
+
+
+def _cached(cache: dict[tuple[float, ...], T], key: tuple[float, ...], make: Callable[[], T]) -> T:
+    """``cache[key]``, made if missing; at most :data:`CACHED_FITS` entries, the least recently used go."""
+    if key in cache:
+        cache[key] = cache.pop(key)  # the most recently used last
+    else:
+        if len(cache) >= CACHED_FITS:
+            cache.pop(next(iter(cache)))
+        cache[key] = make()
+    return cache[key]
 
 
 def searched_settings(validation: Validation, fixed: Sequence[str] = ()) -> list[str]:
