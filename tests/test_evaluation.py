@@ -91,8 +91,8 @@ def test_cold_start_metrics_by_hand() -> None:
     assert metrics["recall@2 all items"] == pytest.approx((2 / 2 + 1) / 2)  # ann: z and a of a, d, z
     assert metrics["new-item share of top 2"] == pytest.approx(3 / 4)
     new_only = np.arange(6) >= data.num_known
-    among = ev_metrics.among_new_items(ev_metrics.ranked_in_batches(lambda rows: scores[rows], 2, 2, new_only, batch=1),
-                                       data, ks=(1, 2))
+    ranked = ev_metrics.ranked_in_batches(lambda rows: scores[rows], 2, 6, 2, new_only, batch=1)
+    among = ev_metrics.among_new_items(ranked, data, ks=(1, 2))
     assert among == {"recall@1": 0.5, "recall@2": 1.0}  # ann ranks z first, cat ranks y first
     # random order of the 2 new items: each shopper's one target is first half the time
     assert ev_metrics.random_among_new_items(data, ks=(1, 2)) == {"recall@1": 0.5, "recall@2": 1.0}

@@ -188,7 +188,7 @@ def _evaluate_cold_start(model: _RunModel, table: EventTable, cut: float, report
         return
     served = served_rankings(model.served, stored_shoppers(data.train, data.history, now=cut), model.top_k)
     report.cold_start["model (float, Keras), with new items"] = metrics.cold_start_metrics(
-        metrics.ranked_in_batches(model.float_scorer(inputs), len(data.users), COLD_START_K), data)
+        metrics.ranked_in_batches(model.float_scorer(inputs), len(data.users), data.num_items, COLD_START_K), data)
     report.cold_start[f"{served_row(model.variant)}, with new items"] = metrics.cold_start_metrics(served, data)
     report.among_new[f"{model.variant} (LiteRT), side features as trained"] = metrics.among_new_items(
         model.served_ranked(inputs, ~trained_only), data)
@@ -198,5 +198,5 @@ def _evaluate_cold_start(model: _RunModel, table: EventTable, cut: float, report
         extended = extend_with_cold_items(trained, known_items, new_items, SideFeatureSettings(**switches))
         scorer = model.float_scorer(inputs, model_from_weights(extended, model.history_length))
         report.among_new[f"float, side features: {name}"] = metrics.among_new_items(
-            metrics.ranked_in_batches(scorer, len(data.users), COLD_START_K, ~trained_only), data)
+            metrics.ranked_in_batches(scorer, len(data.users), data.num_items, COLD_START_K, ~trained_only), data)
     report.among_new[NO_FEATURES] = metrics.random_among_new_items(data)

@@ -17,8 +17,16 @@ RECALL_AT = (10, 20, 50)
 NDCG_AT = (10, 20)
 #: Cut-offs of the recall@K curves in the report (the table shows RECALL_AT).
 CURVE_AT = (1, 2, 5, 10, 20, 50, 100)
-#: Test users scored and ranked at a time by :func:`evaluate` when given a :data:`BatchScorer`.
+#: Test users scored and ranked at a time by :func:`evaluate` when given a :data:`BatchScorer`,
+#: at most: fewer when that would be more than :data:`SCORED_CELLS` scores.
 BATCH_USERS = 1024
+#: Scores ranked at a time (float32 128 MB; ranking makes a few copies of that size).
+SCORED_CELLS = 32_000_000
+
+
+def users_per_batch(num_items: int, most: int = BATCH_USERS) -> int:
+    """Users scored at a time so that a batch holds at most :data:`SCORED_CELLS` scores."""
+    return max(1, min(most, SCORED_CELLS // max(num_items, 1)))
 
 #: Scores of some test users: positions in ``Split.users`` -> dense [len(positions), items].
 BatchScorer = Callable[[np.ndarray], np.ndarray]
@@ -99,6 +107,7 @@ def rank_in_batches(scorer: BatchScorer, data: Split, k: int,
     (memory: batch x items); mode ``new`` leaves out what each user bought before. The same lists
     as :func:`top_k` over the whole matrix."""
     ranked: dict[str, list[np.ndarray]] = {mode: [] for mode in MODES}
+    batch = users_per_batch(data.num_items, batch)
     for start in range(0, len(data.users), batch):
         rows = np.arange(start, min(start + batch, len(data.users)))
         scores = scorer(rows)
@@ -130,11 +139,12 @@ def evaluate_ranked(ranked: dict[str, np.ndarray], data: Split) -> dict[str, dic
     return results
 
 
-def ranked_in_batches(scorer: BatchScorer, users: int, k: int, allowed: np.ndarray | None = None,
+def ranked_in_batches(scorer: BatchScorer, users: int, num_items: int, k: int, allowed: np.ndarray | None = None,
                       batch: int = BATCH_USERS) -> np.ndarray:
     """[users, k] top items of ``scorer`` (only ``allowed`` items, a bool mask, when given), scored
     ``batch`` users at a time (memory: batch x items, never users x items)."""
     ranked = []
+    batch = users_per_batch(num_items, batch)
     for start in range(0, users, batch):
         scores = scorer(np.arange(start, min(start + batch, users)))
         ranked.append(top_k(scores if allowed is None else np.where(allowed, scores, -np.inf), k))

@@ -66,8 +66,6 @@ CACHED_FITS = 4
 #: Fewer validation shoppers than this say too little to choose by: the given settings are kept.
 MIN_SHOPPERS = 50
 DEFAULT_BUDGET_S = 180.0
-#: Scores computed at a time when ranking (float32: 128 MB).
-SCORED_CELLS = 32_000_000
 #: Beyond this many validation shoppers a seeded sample of them is scored (a big shop's trials
 #: would otherwise each take minutes; the standard error of a recall at 2,000 is about 0.008).
 MAX_VALIDATION_SHOPPERS = 2_000
@@ -133,9 +131,9 @@ def serve_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[np
 def served_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[np.ndarray], history_length: int,
                  exclusions: dict[str, Sequence[np.ndarray] | None], k: int = K) -> dict[str, np.ndarray]:
     """:func:`serve_top_k` under each of several ``exclusions`` (by name) from one scoring pass.
-    Shoppers are scored in batches of at most :data:`SCORED_CELLS` scores (memory: not shoppers x items)."""
+    Shoppers are scored in batches of :func:`metrics.users_per_batch` (memory: not shoppers x items)."""
     n = weights.num_items
-    batch = max(1, min(1024, SCORED_CELLS // n))
+    batch = metrics.users_per_batch(n)
     out = {name: np.empty((len(histories), min(k, n)), dtype=np.int64) for name in exclusions}
     for first in range(0, len(histories), batch):
         chunk = [rows[-history_length:] for rows in histories[first : first + batch]]
