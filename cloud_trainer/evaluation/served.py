@@ -9,6 +9,7 @@ gets from ``GET /v1/recommendations`` (a test compares the two over real HTTP).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -20,6 +21,10 @@ from cloud_trainer.delivery.litert import LiteRTModel
 from shared.catalog import Catalog
 from shared.events import REMEMBERED_PURCHASES_PER_USER, RETENTION_DAYS, STORED_EVENTS_PER_USER, EventKind
 from shared.recommendation import Exclude, Scores, recommend
+
+log = logging.getLogger(__name__)
+#: Shoppers between progress lines of :func:`served_rankings`.
+PROGRESS_EVERY = 10_000
 
 
 class HistoryEvent(NamedTuple):
@@ -87,6 +92,8 @@ def served_rankings(model: ServedModel, shoppers: Sequence[StoredShopper], k: in
     list is shorter than ``k``)."""
     ranked = np.full((len(shoppers), k), -1, dtype=np.int64)
     for row, shopper in enumerate(shoppers):
+        if row and row % PROGRESS_EVERY == 0:
+            log.info("served %d of %d shoppers", row, len(shoppers))
         answer = recommend(model, shopper.history, k, exclude, category, shopper.bought)
         served = [model.item_index[r.item.id] for r in answer.items]
         ranked[row, : len(served)] = served
