@@ -11,7 +11,8 @@ any process it waited for):
 - ``prepare``: :func:`cloud_trainer.data.events_io.read_events` and the sparse shopper-item matrix
   (:func:`cloud_trainer.models.factorized.shopper_item_matrix`);
 - ``train``: ``cloud-trainer train --test-from`` with the default model and settings search;
-- ``export``: ``cloud-trainer export`` (variant auto: int8, float16 where int8 fails its checks; signed with a key made for the run);
+- ``export``: ``cloud-trainer export`` (variant auto: int8, float16 where int8 fails its checks;
+  signed with a key made for the run);
 - ``evaluate``: ``cloud-trainer evaluate`` (the served model beside the baselines).
 
 A stage that fails or times out is recorded with its exit and the last lines of its output, and
