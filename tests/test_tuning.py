@@ -88,7 +88,7 @@ def test_the_validation_ranking_is_the_served_one(synthetic_shop: tuple[Path, Pa
     weights = scorer.weights(tuning.Candidate(rank=32, history_length=50, repeat_weight=0.3))
     assert weights.num_items == len(validation.known) + len(validation.new) > len(validation.known)
     n = 300
-    fast = tuning.serve_top_k(weights, validation.train, scorer.kept[:n], 50, scorer.excluded[:n])
+    fast = tuning.served_top_k(weights, validation.train, scorer.kept[:n], 50, {"new": scorer.excluded[:n]})["new"]
     model_bytes = to_tflite(weights, 50, 100, "float32", (np.zeros((1, 50), np.int32), np.zeros((1, 50), np.float32)))
     catalog = Catalog(items=(*validation.known, *validation.new), popular=tuple(range(20)))
     shoppers = stored_shoppers(validation.train, validation.data.history[:n], now=validation.start)

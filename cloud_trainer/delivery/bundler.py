@@ -174,23 +174,21 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
 
     exported = export_checked(model, weights, history_length, top_k, options.variant, calibration, histories,
                               assortment, options.explanations, options.force)
-    variant, model_bytes, parity, gate, refused = (exported.variant, exported.model_bytes, exported.parity,
-                                                   exported.gate, exported.refused)
     contract = ModelContract(
-        variant=variant,
-        signature=litert_runner(model_bytes)[0],
+        variant=exported.variant,
+        signature=litert_runner(exported.model_bytes)[0],
         history_length=history_length,
         top_k=top_k,
         num_items=weights.num_items,
         history_only_items=weights.num_history_items - weights.num_items,
     )
-    training: dict[str, object] = {"run": run_dir.name, "parity": parity.to_json(),
-                                   "quality_gate": gate.to_json() if gate else None}
-    if refused:
-        training["variants_refused"] = refused
+    training: dict[str, object] = {"run": run_dir.name, "parity": exported.parity.to_json(),
+                                   "quality_gate": exported.gate.to_json() if exported.gate else None}
+    if exported.refused:
+        training["variants_refused"] = exported.refused
     if assortment is not None and options.assortment is not None:
         training["assortment"] = {"file": options.assortment.name, **assortment.to_json()}
-    return write_bundle(out_dir, model_bytes, catalog_bytes, contract, key_path, options, training)
+    return write_bundle(out_dir, exported.model_bytes, catalog_bytes, contract, key_path, options, training)
 
 
 def write_bundle(

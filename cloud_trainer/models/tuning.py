@@ -120,17 +120,12 @@ def validation_window(table: EventTable, metadata: dict[str, CatalogItem], share
     return Validation(data, known, new, start, target)
 
 
-def serve_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[np.ndarray], history_length: int,
-                excluded: Sequence[np.ndarray] | None, k: int = K) -> np.ndarray:
-    """[shoppers, k] catalogue indices, as the agent ranks them (float): the distinct items of the
-    last ``history_length`` events (``histories``: rows as the agent holds them) pooled once each,
-    plus ``repeat_weight`` x their counts, without the ``excluded`` items."""
-    return served_top_k(weights, train, histories, history_length, {"": excluded}, k)[""]
-
-
 def served_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[np.ndarray], history_length: int,
                  exclusions: dict[str, Sequence[np.ndarray] | None], k: int = K) -> dict[str, np.ndarray]:
-    """:func:`serve_top_k` under each of several ``exclusions`` (by name) from one scoring pass.
+    """Per name in ``exclusions``, [shoppers, k] catalogue indices as the agent ranks them (float),
+    all from one scoring pass: the distinct items of the last ``history_length`` events
+    (``histories``: rows as the agent holds them) pooled once each, plus ``repeat_weight`` x their
+    counts, without that exclusion's items (None: nothing excluded).
     Shoppers are scored in batches of :func:`metrics.users_per_batch` (memory: not shoppers x items)."""
     n = weights.num_items
     batch = metrics.users_per_batch(n)
