@@ -21,6 +21,7 @@ from typing import Any
 from edge_agent.errors import ConfigError
 from shared.bundle import MODEL_VARIANTS
 from shared.events import REMEMBERED_PURCHASES_PER_USER, RETENTION_DAYS, STORED_EVENTS_PER_USER
+from shared.outcomes import DEFAULT_ATTRIBUTION_WINDOW_S, DEFAULT_MIN_SHOPPERS
 from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE, check_name, check_prefix, parse_broker_url
 
 
@@ -93,12 +94,31 @@ class ApiSection:
 
 
 @dataclass(frozen=True)
+class ExperimentSection:
+    holdout_share: float = _opt(0.0, "Share of shoppers (a stable hash of their id) served the popularity list "
+                                     "instead of the model: the control the model's lift is measured against.",
+                                lo=0.0, hi=0.5)
+    salt: str = _opt("holdout-1", "Salt of the holdout hash; change it to draw a new holdout (same on every device).")
+    attribution_window_s: int = _opt(DEFAULT_ATTRIBUTION_WINDOW_S, "A cart or purchase of a recommended item this "
+                                     "many seconds after the request counts as its conversion.", lo=1, hi=30 * 86_400)
+    impressions: str = _opt("auto", "auto: every served item counts as shown; app: only impression events the app "
+                                    "sends count.", choices=("auto", "app"))
+    min_shoppers: int = _opt(DEFAULT_MIN_SHOPPERS, "A cell (model version x arm) is reported in the status only once "
+                                                   "this many distinct shoppers were served in it.", lo=5, hi=100_000)
+    max_tracked_requests: int = _opt(20_000, "Requests remembered for attribution (memory and disk bound; the "
+                                             "oldest go first).", lo=100, hi=1_000_000)
+    save_interval_s: int = _opt(60, "How often the outcome ledger is sealed to disk (and at a clean stop).",
+                                lo=1, hi=3600)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     agent: AgentSection = field(default_factory=AgentSection)
     model: ModelSection = field(default_factory=ModelSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     history: HistorySection = field(default_factory=HistorySection)
     api: ApiSection = field(default_factory=ApiSection)
+    experiment: ExperimentSection = field(default_factory=ExperimentSection)
 
     @property
     def master_key_path(self) -> Path:

@@ -31,6 +31,8 @@ from edge_agent.master_key import resolve_path
 from edge_agent.metrics import AgentMetrics, ModelFacts
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import BrokerSettings, MqttLink
+from edge_agent.outcome_file import OutcomeFile
+from edge_agent.outcome_ledger import OutcomeLedger
 from edge_agent.update_report import Outcome, UpdateResult
 from edge_agent.updater import Updater
 from shared.errors import SignatureError
@@ -111,6 +113,13 @@ class Agent:
             on_report=self._on_update,
             trial_s=config.model.trial_s,
         )
+        experiment = config.experiment
+        self.outcomes = OutcomeLedger(window_s=experiment.attribution_window_s,
+                                      max_requests=experiment.max_tracked_requests,
+                                      min_shoppers=experiment.min_shoppers,
+                                      auto_impressions=experiment.impressions == "auto")
+        self.outcome_file = OutcomeFile(data_dir, self.history.keyring)
+        self.outcome_file.load_into(self.outcomes)
         self.link = MqttLink(broker_settings(config), self.updater, self.status)
         self.metrics = AgentMetrics(self._model_facts, self.history.size_bytes)
         self.token = load_token(config.token_path)
@@ -119,6 +128,9 @@ class Agent:
             history=self.history,
             token=self.token,
             metrics=self.metrics,
+            outcomes=self.outcomes,
+            holdout_share=experiment.holdout_share,
+            holdout_salt=experiment.salt,
             max_body_bytes=config.api.max_body_bytes,
             max_k=config.api.max_k,
             max_history=config.history.max_events_per_user,
@@ -162,6 +174,7 @@ class Agent:
             "last_update": last.to_json() if last else None,
             "discarded": self.active.discarded.to_json(),
             "health": self.metrics.health.snapshot(),
+            "outcomes": self.outcomes.status(),  # aggregates only: see shared.outcomes
             "at": round(time.time(), 3),
         }
 
@@ -188,6 +201,7 @@ class Agent:
         self._sweeper = threading.Thread(target=self._sweep_history, name="history-retention", daemon=True)
         self._sweeper.start()
         threading.Thread(target=self._commit_trials, name="model-trial", daemon=True).start()
+        threading.Thread(target=self._save_outcomes, name="outcome-ledger", daemon=True).start()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
@@ -201,6 +215,13 @@ class Agent:
                 self.updater.commit_if_due()
             except OSError:
                 log.exception("could not end the model's trial; will retry")
+
+    def _save_outcomes(self) -> None:
+        while not self._stopping.wait(self.config.experiment.save_interval_s):
+            try:
+                self.outcome_file.save(self.outcomes)
+            except Exception:
+                log.exception("could not save the outcome ledger; will retry")
 
     def _sweep_history(self) -> None:
         while not self._stopping.is_set():
@@ -231,5 +252,9 @@ class Agent:
             log.exception("could not record the clean stop of the model on trial")
         if self._sweeper is not None:
             self._sweeper.join(timeout=30)
+        try:
+            self.outcome_file.save(self.outcomes)
+        except Exception:
+            log.exception("could not save the outcome ledger at the stop")
         self.history.close()
         log.info("stopped")

@@ -5,7 +5,7 @@ route's CPU time; items recur across requests (popular items, a shopper's neighb
 item's encoded metadata is kept, up to :data:`CACHED_FRAGMENTS` of them. The output is the same
 document ``json.dumps`` would give for::
 
-    {"user_id": ..., "model_version": ..., "fallback": ...,
+    {"user_id": ..., "request_id": ..., "model_version": ..., "fallback": ...,
      "items": [{"id", "title", "category", "price", "score", "because": {"id", "title"} | null}]}
 """
 
@@ -49,13 +49,13 @@ class RecommendationJson:
             cache.clear()  # (a race with another thread only costs a re-encode)
         cache[item] = fragment
 
-    def render(self, user_id: str, result: RecommendationResult) -> str:
+    def render(self, user_id: str, result: RecommendationResult, request_id: str) -> str:
         items = ",".join(
             f'{self._item(r.item)},"score":{"null" if r.score is None else repr(float(r.score))},'
             f'"because":{self._reason(r.because)}}}'
             for r in result.items
         )
         return (
-            f'{{"user_id":{_string(user_id)},"model_version":{int(result.model_version)},'
+            f'{{"user_id":{_string(user_id)},"request_id":{_string(request_id)},"model_version":{int(result.model_version)},'
             f'"fallback":{"true" if result.fallback else "false"},"items":[{items}]}}\n'
         )

@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from shared import status_schema
 from shared.events import CONTROL_CHARACTERS, MAX_ID_LENGTH, EventKind
+from shared.outcomes import REQUEST_ID_PATTERN, OutcomeKind
 
 API_VERSION = "1.0.0"
 
@@ -39,13 +41,23 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Event": {
         "type": "object",
+        "description": "A shopping event (view, cart, purchase: stored in the shopper's history), or an outcome "
+                       "event (impression, click: counted for the request_id it quotes, never stored as taste).",
         "required": ["user_id", "item_id", "event"],
         "properties": {
             "user_id": _USER_ID,
             "item_id": _ID,
-            "event": {"type": "string", "enum": [k.value for k in EventKind]},
+            "event": {"type": "string", "enum": [k.value for k in EventKind] + [k.value for k in OutcomeKind]},
             "timestamp": _TIMESTAMP_IN,
+            "request_id": {"type": "string", "pattern": REQUEST_ID_PATTERN,
+                           "description": "The request_id of the recommendation response that showed the item; "
+                                          "required for impression and click."},
+            "price": {"type": "number", "minimum": 0, "maximum": 1e9,
+                      "description": "Optional, for cart and purchase: a purchase of a recommended item adds it "
+                                     "to the revenue the agent reports."},
         },
+        "if": {"properties": {"event": {"enum": [k.value for k in OutcomeKind]}}},
+        "then": {"required": ["request_id"]},
     },
     "EventBatch": {
         "description": "One event, a list of events, or {\"events\": [...]}; 1 to 1000 events.",
@@ -66,8 +78,13 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Accepted": {
         "type": "object",
-        "required": ["accepted"],
-        "properties": {"accepted": {"type": "integer", "minimum": 0}},
+        "required": ["accepted", "attributed"],
+        "properties": {
+            "accepted": {"type": "integer", "minimum": 0},
+            "attributed": {"type": "integer", "minimum": 0,
+                           "description": "Events credited to a recommendation: impressions and clicks of a known "
+                                          "request, carts and purchases that converted a recommended item."},
+        },
     },
     "Item": {
         "type": "object",
@@ -94,9 +111,11 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Recommendations": {
         "type": "object",
-        "required": ["user_id", "model_version", "fallback", "items"],
+        "required": ["user_id", "request_id", "model_version", "fallback", "items"],
         "properties": {
             "user_id": {"type": "string"},
+            "request_id": {"type": "string", "pattern": REQUEST_ID_PATTERN,
+                           "description": "Quote it in impression and click events for these items."},
             "model_version": {"type": "integer"},
             "fallback": {
                 "type": "boolean",
@@ -167,6 +186,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["status"],
         "properties": {"status": {"type": "string"}, "model_version": {"type": "integer"}},
     },
+    **status_schema.SCHEMAS,  # published over MQTT, not served here: one contract for both
 }
 
 
@@ -221,7 +241,8 @@ _PATHS: dict[str, Any] = {
     },
     "/v1/events": {
         "post": {
-            "summary": "Store shopper events; the next recommendation for that shopper uses them.",
+            "summary": "Store shopper events (the next recommendation for that shopper uses them) and outcome "
+                       "events (impressions and clicks of a recommendation response).",
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventBatch"}}},

@@ -146,6 +146,7 @@ def recommend(
     exclude: Exclude = Exclude.NONE,
     category: str | None = None,
     bought: Iterable[str] = (),
+    personalised: bool = True,
 ) -> RecommendationResult:
     """Top ``k`` items for a shopper; popular items when no history item is known to the model.
 
@@ -157,7 +158,8 @@ def recommend(
     reads in histories but does not rank (a store's bundle: items sold elsewhere) are input only.
     With a ``category``, only items of that category (compared case-insensitively) are returned. The
     model ranks the whole catalogue under these filters; popular items that pass them fill the
-    rest of a list the model could not fill (see the module's docstring).
+    rest of a list the model could not fill (see the module's docstring). ``personalised=False``
+    serves the popular items under the same filters without asking the model (a holdout's control).
     """
     index_of = scorer.item_index
     known = [(index_of[e.item_id], e.kind) for e in history if e.item_id in index_of]
@@ -166,6 +168,8 @@ def recommend(
     chosen: list[Recommendation] = []
     taken: set[int] = set()
     failed = False
+    if not personalised:
+        known = []
     if known:
         items, weights = history_inputs(known, scorer.history_length)
         try:

@@ -24,6 +24,7 @@ from edge_agent.active_model import ActiveModel
 from edge_agent.api import Services, create_app
 from edge_agent.history_store import HistoryStore
 from edge_agent.metrics import AgentMetrics
+from edge_agent.outcome_ledger import OutcomeLedger
 from harness import post_events, serving_agent
 from shared.openapi import document
 
@@ -38,7 +39,8 @@ def test_the_document_is_valid_openapi_3_1() -> None:
 def test_every_route_of_the_app_is_in_the_document_and_back(tmp_path: Path) -> None:
     history = HistoryStore(tmp_path, lambda: [b"k" * 32])
     try:
-        app = create_app(Services(ActiveModel(), history, "t" * 32, AgentMetrics(lambda: None, lambda: 0)))
+        ledger = OutcomeLedger(window_s=60, max_requests=100, min_shoppers=5, auto_impressions=True)
+        app = create_app(Services(ActiveModel(), history, "t" * 32, AgentMetrics(lambda: None, lambda: 0), ledger))
     finally:
         history.close()
     served = {

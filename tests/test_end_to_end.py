@@ -20,7 +20,7 @@ def test_late_joiner_gets_the_model_and_serves_personalised_recommendations(agen
     # a purchase posted a moment ago changes the very next recommendation
     liked = cold["items"][-1]["id"]
     status, body = post_events(agent, [{"user_id": "new-shopper", "item_id": liked, "event": "purchase"}])
-    assert status == 200 and body == {"accepted": 1}
+    assert status == 200 and body == {"accepted": 1, "attributed": 1}  # it was recommended
     status, warm = get_json(agent, "/v1/recommendations?user_id=new-shopper&k=5")
     assert status == 200 and warm["fallback"] is False
     assert [i["id"] for i in warm["items"]] != [i["id"] for i in cold["items"]]

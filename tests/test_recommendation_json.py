@@ -16,9 +16,10 @@ ITEMS = [
 ]
 
 
-def plain(user_id: str, result: RecommendationResult) -> dict[str, object]:
+def plain(user_id: str, result: RecommendationResult, request_id: str = "r-0000001") -> dict[str, object]:
     return {
-        "user_id": user_id, "model_version": result.model_version, "fallback": result.fallback,
+        "user_id": user_id, "request_id": request_id, "model_version": result.model_version,
+        "fallback": result.fallback,
         "items": [{**r.item.to_json(), "score": r.score,
                    "because": None if r.because is None else {"id": r.because.id, "title": r.because.title}}
                   for r in result.items],
@@ -33,7 +34,7 @@ def test_same_document_as_json_dumps_and_key_order() -> None:
     )
     body = RecommendationJson()
     for _ in range(2):  # encoded, then from the cache
-        text = body.render("shopper \"7\"", result)
+        text = body.render("shopper \"7\"", result, "r-0000001")
         assert json.loads(text) == plain("shopper \"7\"", result)
         assert text == json.dumps(plain("shopper \"7\"", result), separators=(",", ":")) + "\n"
 
@@ -44,5 +45,5 @@ def test_cache_is_bounded(monkeypatch) -> None:
     for n in range(10):
         item = CatalogItem(f"i{n}", f"t{n}")
         result = RecommendationResult([Recommendation(item, float(n), item)], True, 1, 0)
-        assert json.loads(body.render("u", result)) == plain("u", result)
+        assert json.loads(body.render("u", result, "r-0000001")) == plain("u", result)
     assert len(body._items) <= 2 and len(body._reasons) <= 2

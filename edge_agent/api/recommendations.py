@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from typing import Any
 
 from flask import Blueprint, Response
@@ -10,6 +12,7 @@ from flask import Blueprint, Response
 from edge_agent.api.params import arg, identifier, int_arg, text_arg
 from edge_agent.api.services import services
 from edge_agent.errors import ApiError
+from shared.outcomes import Arm
 from shared.recommendation import Exclude, recommend
 
 log = logging.getLogger("edge_agent.api")
@@ -40,10 +43,14 @@ def recommendations() -> Any:
     excluding = exclude is not Exclude.NONE
     history = found.history.recent(user_id, found.max_history if excluding else model.history_length)
     bought = found.history.purchased(user_id) if excluding else ()
-    result = recommend(model, history, k, exclude, category, bought)
+    arm = found.arm(user_id)
+    result = recommend(model, history, k, exclude, category, bought, personalised=arm is Arm.MODEL)
+    request_id = secrets.token_urlsafe(12)
+    found.outcomes.served(request_id, found.user_ref(user_id), model.version, arm,
+                          [r.item.id for r in result.items], time.time())
     found.metrics.count_recommendation(result.fallback)
     if result.model_failed:
         found.metrics.model_errors.inc()
         found.metrics.health.model_failed()
         log.error("model version %s answered a query with garbage; served popular items", model.version)
-    return Response(found.bodies.render(user_id, result), mimetype="application/json")
+    return Response(found.bodies.render(user_id, result, request_id), mimetype="application/json")

@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from flask import current_app
 
 from edge_agent.active_model import ActiveModel
+from edge_agent.crypto_envelope import user_ref
 from edge_agent.history_store import HistoryStore
 from edge_agent.metrics import AgentMetrics
+from edge_agent.outcome_ledger import OutcomeLedger
 from edge_agent.recommendation_json import RecommendationJson
+from shared.outcomes import Arm, arm_of
 
 EXTENSION = "edge_agent"
 
@@ -20,10 +23,20 @@ class Services:
     history: HistoryStore
     token: str
     metrics: AgentMetrics
+    outcomes: OutcomeLedger
     max_body_bytes: int = 1024 * 1024
     max_k: int = 100
     max_history: int = 200
     bodies: RecommendationJson = field(default_factory=RecommendationJson)  # cached JSON fragments
+    holdout_share: float = 0.0
+    holdout_salt: str = "holdout-1"
+
+    def user_ref(self, user_id: str) -> bytes:
+        """The keyed reference of a user (what the history and the outcome ledger know them by)."""
+        return user_ref(self.history.keyring.lookup_secret, user_id)
+
+    def arm(self, user_id: str) -> Arm:
+        return arm_of(user_id, self.holdout_share, self.holdout_salt)
 
 
 def services() -> Services:

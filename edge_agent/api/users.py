@@ -31,4 +31,6 @@ def user_history(user_id: str) -> Any:
 @blueprint.delete("/v1/users/<user_id>")
 def delete_user(user_id: str) -> Any:
     user_id = identifier(user_id, "user_id")
-    return jsonify({"user_id": user_id, "deleted": services().history.delete_user(user_id)})
+    found = services()
+    found.outcomes.forget_user(found.user_ref(user_id))  # their pending attributions go too
+    return jsonify({"user_id": user_id, "deleted": found.history.delete_user(user_id)})

@@ -1,0 +1,75 @@
+"""JSON Schemas of what an agent publishes over MQTT (pure data): its retained status, with the
+outcome aggregates of :mod:`shared.outcomes`. The OpenAPI document carries them as components
+(``AgentStatus``, ``Outcomes``, ``OutcomeCell``) so apps and dashboards have one contract, and
+the tests validate real agents' statuses against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.outcomes import OUTCOMES_SCHEMA, Arm
+
+_COUNT = {"type": "integer", "minimum": 0}
+
+OUTCOME_CELL: dict[str, Any] = {
+    "type": "object",
+    "description": "What one model version earned in one arm on this device, since its first request there.",
+    "required": ["model_version", "arm", "requests", "impressions", "clicks", "conversions", "converted_requests",
+                 "revenue"],
+    "additionalProperties": False,
+    "properties": {
+        "model_version": {"type": "integer"},
+        "arm": {"type": "string", "enum": [a.value for a in Arm],
+                "description": "model: served by the model; holdout: the popularity list (the control)."},
+        "requests": {**_COUNT, "description": "Recommendation responses served."},
+        "impressions": {**_COUNT, "description": "Items shown (every served item with experiment.impressions=auto)."},
+        "clicks": {**_COUNT, "description": "Click events quoting a request of the cell."},
+        "conversions": {**_COUNT, "description": "Recommended items carted or bought within the attribution window."},
+        "converted_requests": {**_COUNT, "description": "Requests with at least one conversion."},
+        "revenue": {"type": "number", "minimum": 0,
+                    "description": "Sum of the price sent with purchases of recommended items (0 without prices)."},
+    },
+}
+
+OUTCOMES: dict[str, Any] = {
+    "type": "object",
+    "description": "Aggregates only: no user or item id. A cell is reported once min_shoppers distinct shoppers "
+                   "were served in it; the others are only counted in suppressed_cells.",
+    "required": ["schema", "min_shoppers", "suppressed_cells", "cells"],
+    "additionalProperties": False,
+    "properties": {
+        "schema": {"const": OUTCOMES_SCHEMA},
+        "min_shoppers": {"type": "integer", "minimum": 1},
+        "suppressed_cells": _COUNT,
+        "cells": {"type": "array", "items": {"$ref": "#/components/schemas/OutcomeCell"}},
+    },
+}
+
+_ONLINE: dict[str, Any] = {
+    "type": "object",
+    "required": ["device_id", "fleet", "channel", "model_version", "state", "health", "outcomes", "at"],
+    "properties": {
+        "device_id": {"type": "string"},
+        "fleet": {"type": "string"},
+        "channel": {"type": "string"},
+        "state": {"const": "online"},
+        "model_version": {"type": ["integer", "null"]},
+        "model_expires": {"type": ["string", "null"]},
+        "model_stale": {"type": ["boolean", "null"]},
+        "runtime": {"type": ["string", "null"]},
+        "last_update": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/UpdateResult"}]},
+        "discarded": {"type": "object"},
+        "health": {"type": "object", "description": "Requests, latency percentiles, 5xx and model errors."},
+        "outcomes": {"$ref": "#/components/schemas/Outcomes"},
+        "at": {"type": "number", "description": "Epoch seconds."},
+    },
+}
+
+AGENT_STATUS: dict[str, Any] = {
+    "description": "Retained on <prefix>/<fleet>/status/<device_id> (MQTT), republished every "
+                   "mqtt.status_interval_s and on each update; {\"state\": \"offline\"} is the last will.",
+    "oneOf": [_ONLINE, {"type": "object", "required": ["state"], "properties": {"state": {"const": "offline"}}}],
+}
+
+SCHEMAS: dict[str, Any] = {"AgentStatus": AGENT_STATUS, "Outcomes": OUTCOMES, "OutcomeCell": OUTCOME_CELL}
