@@ -80,6 +80,6 @@ def activate(ctx: UpdateContext) -> None:
     except OSError as e:
         _give_up_for_space(ctx, session, e)
         return
-    ctx.active.current = model
+    ctx.active.replace(model, ctx.store.revoked())
     ctx.reporter.report(version, Outcome.ACTIVATED, f"verified, loaded and self-tested; {session.received} "
                                                     f"chunks received, {session.reused} reused from disk")

@@ -98,6 +98,10 @@ class ExperimentSection:
     holdout_share: float = _opt(0.0, "Share of shoppers (a stable hash of their id) served the popularity list "
                                      "instead of the model: the control the model's lift is measured against.",
                                 lo=0.0, hi=0.5)
+    control: str = _opt("popular", "What the holdout gets: popular = the model's popularity list under the same "
+                                   "filters; previous = the version the model replaced, kept loaded (twice the model "
+                                   "memory; a canary then measures new against old on the same shoppers).",
+                        choices=("popular", "previous"))
     salt: str = _opt("holdout-1", "Salt of the holdout hash; change it to draw a new holdout (same on every device).")
     attribution_window_s: int = _opt(DEFAULT_ATTRIBUTION_WINDOW_S, "A cart or purchase of a recommended item this "
                                      "many seconds after the request counts as its conversion.", lo=1, hi=30 * 86_400)

@@ -100,7 +100,7 @@ class Agent:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         trusted = trusted_key(config)
         self.history = open_history(config)
-        self.active = ActiveModel()
+        self.active = ActiveModel(keep_control=config.experiment.control == "previous")
         self.updater = Updater(
             ModelStore(data_dir),
             self.active,

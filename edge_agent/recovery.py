@@ -40,8 +40,21 @@ def recover(ctx: UpdateContext) -> None:
             continue
         ctx.lifecycle.booted(candidate, plan.trial, time.monotonic())
         log.info("serving installed model version %s", candidate)
+        _load_control(ctx, candidate)
         return
     log.info("no installed model yet; waiting for the first bundle")
+
+
+def _load_control(ctx: UpdateContext, serving: int) -> None:
+    """The previous version as the holdout's control, when the agent keeps one and can load it."""
+    previous = ctx.lifecycle.journal.previous
+    if not ctx.active.keep_control or previous is None or previous == serving or previous in ctx.store.revoked():
+        return
+    try:
+        ctx.active.control = load_installed(ctx.store, previous, ctx.policy.trusted_key, ctx.policy.num_threads)
+    except (OSError, BundleError, ModelLoadError) as e:
+        log.warning("previous model version %s cannot be the holdout's control (%s); it gets popular items",
+                    previous, e)
 
 
 def commit_if_due(ctx: UpdateContext) -> bool:

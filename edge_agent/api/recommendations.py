@@ -41,10 +41,14 @@ def recommendations() -> Any:
     # the model reads the last history_length events; exclusions see all that is kept, and the
     # purchase memory (bought items, also those whose events the event cap has dropped)
     excluding = exclude is not Exclude.NONE
-    history = found.history.recent(user_id, found.max_history if excluding else model.history_length)
-    bought = found.history.purchased(user_id) if excluding else ()
     arm = found.arm(user_id)
-    result = recommend(model, history, k, exclude, category, bought, personalised=arm is Arm.MODEL)
+    control = found.active.control if arm is Arm.HOLDOUT else None
+    scorer = model if control is None else control
+    history = found.history.recent(user_id, found.max_history if excluding else scorer.history_length)
+    bought = found.history.purchased(user_id) if excluding else ()
+    # holdout shoppers: the previous version (experiment.control = "previous"), else popular items
+    result = recommend(scorer, history, k, exclude, category, bought,
+                       personalised=arm is Arm.MODEL or control is not None)
     request_id = secrets.token_urlsafe(12)
     found.outcomes.served(request_id, found.user_ref(user_id), model.version, arm,
                           [r.item.id for r in result.items], time.time())
@@ -52,5 +56,5 @@ def recommendations() -> Any:
     if result.model_failed:
         found.metrics.model_errors.inc()
         found.metrics.health.model_failed()
-        log.error("model version %s answered a query with garbage; served popular items", model.version)
+        log.error("model version %s answered a query with garbage; served popular items", result.model_version)
     return Response(found.bodies.render(user_id, result, request_id), mimetype="application/json")
