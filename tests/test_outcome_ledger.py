@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
+from edge_agent.active_model import ActiveModel
 from edge_agent.keyring import Keyring
+from edge_agent.loaded_model import LoadedModel
 from edge_agent.outcome_file import OutcomeFile
 from edge_agent.outcome_ledger import KEPT_VERSIONS, OutcomeLedger
 from shared.outcomes import Arm, OutcomeCell, OutcomeKind, arm_of, cells_of_status, fleet_cells
@@ -150,3 +154,24 @@ def test_the_trainer_reads_cells_back_and_skips_junk() -> None:
     assert cells_of_status(junk) == [] and cells_of_status({"outcomes": "x"}) == [] and cells_of_status({}) == []
     total = fleet_cells({"a": status, "b": status, "c": junk})
     assert total[(7, Arm.MODEL)].requests == 2
+
+
+def test_the_control_is_the_replaced_version_and_never_a_revoked_one() -> None:
+    def model(version: int) -> LoadedModel:
+        return cast(LoadedModel, SimpleNamespace(version=version))  # replace() reads the version only
+
+    active = ActiveModel(keep_control=True)
+    active.replace(model(1), set())
+    assert active.control is None  # nothing before the first model: popular items
+    active.replace(model(2), set())
+    assert active.control is not None and active.control.version == 1
+    active.replace(model(3), {2})  # a rollback that revokes 2: the control stays the last good one
+    assert active.control.version == 1
+    active.replace(model(4), set())
+    assert active.control.version == 3
+    active.replace(model(5), {3, 4})  # the serving version and the control revoked
+    assert active.control is None
+    plain = ActiveModel()
+    plain.replace(model(1), set())
+    plain.replace(model(2), set())
+    assert plain.control is None  # experiment.control = "popular": nothing extra kept loaded
