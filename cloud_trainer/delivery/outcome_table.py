@@ -25,7 +25,7 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
     shrink = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / shrink
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / shrink
-    return max(centre - half, 0.0), min(centre + half, 1.0)
+    return (0.0 if successes == 0 else centre - half), (1.0 if successes == trials else centre + half)
 
 
 def outcome_rows(statuses: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
