@@ -334,3 +334,15 @@ def test_rollout_judged_by_holdout_aborts_a_version_that_converts_clearly_worse(
     assert "rollout of version 1001 aborted: holdout: model converts 2.00%" in err
     assert "less than 90% of holdout's rate" in err and "wrong with probability at most 5%" in err
     assert "canary channel rolled back to version 1000's files as version 1002, which revokes version 1001" in out
+
+    fleet = subprocess.run([*cli, "fleet", "status", "--json", "--wait", "0.5", "--broker", broker.url],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert fleet.returncode == 0, fleet.stderr
+    shown = json.loads(fleet.stdout)
+    assert sorted(shown["agents"]) == ["c-1", "s-1"]
+    assert [(r["model_version"], r["arm"], r["requests"], r["converted_requests"]) for r in shown["outcomes"]] == [
+        (1001, "holdout", 1000, 60), (1001, "model", 3000, 60), (1000, "model", 9000, 450)]
+    table = subprocess.run([*cli, "fleet", "status", "--wait", "0.5", "--broker", broker.url],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60).stdout
+    # Wilson, 60 of 3000: centre 0.020640/1.00128 = 0.020614, half 1.96 * 0.0025768/1.00128 = 0.005044
+    assert "outcomes over the fleet" in table and "2.00% (1.56%-2.57%)" in table, table

@@ -204,7 +204,7 @@ class OutcomeJudge:
         outcome = self.judge(statuses)
         if canaries.decision is Decision.ABORT:
             return canaries
-        rate = f"(always-valid test: wrong with probability at most {self.policy.alpha:.0%})"
+        rate = f"(always-valid test: wrong with probability at most {self.policy.alpha * 100:g}%)"
         if outcome.decision is Decision.ABORT:
             return Verdict(Decision.ABORT, canaries.healthy, canaries.failed, canaries.waiting,
                            f"{outcome.evidence} {rate}")
