@@ -144,6 +144,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each phase")
     p.add_argument("--max-failure-rate", type=float, default=0.0, help="share of canaries allowed to fail")
     p.add_argument("--max-error-rate", type=float, default=0.01, help="5xx answers per request allowed")
+    judged = p.add_argument_group(
+        "judged by outcome", "also require the version to convert shoppers (requests with a carted or bought "
+        "recommended item, from the agents' outcome counts) at least (1 - margin) times as often as a reference, "
+        "by an always-valid sequential test checked at every look; abort when it converts less. How long a "
+        "decision takes depends on traffic: allow for it in --timeout (docs/operations.md)")
+    judged.add_argument("--judge-outcome", choices=("holdout", "stable"),
+                        help="holdout: the new version's model arm against its holdout arm (popular items) on the "
+                             "canaries; stable: its model arm on the canaries against the stable version's on the "
+                             "stable devices, counted from the rollout's start. Default: health only")
+    judged.add_argument("--alpha", type=float, default=0.05,
+                        help="chance that the outcome decision is wrong, over the whole rollout (default 0.05)")
+    judged.add_argument("--margin", type=float, default=0.1,
+                        help="share of the reference's conversion rate the version may lose and still be promoted "
+                             "(default 0.1)")
+    judged.add_argument("--min-requests", type=int, default=1000,
+                        help="requests each side needs before any outcome decision (default 1000)")
     _add_broker_args(p)
     p.set_defaults(handler=commands.run_rollout)
 
@@ -155,7 +171,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fleet", help="fleet operations")
     fleet = p.add_subparsers(dest="fleet_command", required=True)
-    p = fleet.add_parser("status", help="every agent: state, channel, version, last update, health")
+    p = fleet.add_parser("status", help="every agent: state, channel, version, last update, health; and the "
+                                        "outcomes per model version and arm, summed over the fleet")
     p.add_argument("--fleet", default="default")
     p.add_argument("--wait", type=float, default=1.0, help="seconds to collect statuses")
     p.add_argument("--json", action="store_true")

@@ -136,14 +136,17 @@ def run_publish(args: argparse.Namespace) -> int:
 
 def run_rollout(args: argparse.Namespace) -> int:
     from cloud_trainer.delivery.broker import BrokerConnection
+    from cloud_trainer.delivery.outcome_judge import Comparison, OutcomePolicy
     from cloud_trainer.delivery.rollout import Decision, RolloutPolicy, roll_out
 
     policy = RolloutPolicy(max_failure_rate=args.max_failure_rate, max_server_error_rate=args.max_error_rate,
                            soak_s=args.soak, timeout_s=args.timeout)
+    outcome = None if args.judge_outcome is None else OutcomePolicy(
+        Comparison(args.judge_outcome), alpha=args.alpha, margin=args.margin, min_requests=args.min_requests)
     canaries = [c.strip() for c in args.canary.split(",") if c.strip()]
     with BrokerConnection(_broker_options(args)) as connection:
         result = roll_out(connection, args.bundle, canaries, policy, args.key,
-                          progress=lambda line: print(line, flush=True))
+                          progress=lambda line: print(line, flush=True), outcome=outcome)
     if result.decision is Decision.ABORT:
         print(f"rollout of version {result.version} aborted: {result.why}", file=sys.stderr)
         return 1
@@ -166,16 +169,21 @@ def run_rollback(args: argparse.Namespace) -> int:
 def run_fleet_status(args: argparse.Namespace) -> int:
     from cloud_trainer.delivery.broker import BrokerConnection
     from cloud_trainer.delivery.fleet_status import FleetWatcher, status_table
+    from cloud_trainer.delivery.outcome_table import outcome_rows, outcome_table
 
     with BrokerConnection(_broker_options(args)) as connection:
         watcher = FleetWatcher(connection, args.fleet)
         time.sleep(args.wait)  # retained statuses arrive at once; live ones as agents publish
         statuses = watcher.statuses()
+    rows = outcome_rows(statuses)
     if args.json:
-        print(json.dumps(statuses, indent=1, sort_keys=True))
+        print(json.dumps({"agents": statuses, "outcomes": rows}, indent=1, sort_keys=True))
     elif not statuses:
         print(f"no agent of fleet {args.fleet} has reported a status")
     else:
         print(status_table(statuses, time.time()))
+        print("\noutcomes over the fleet, by model version and arm (conversion: requests with a carted or bought "
+              "recommended item, 95% Wilson interval):")
+        print(outcome_table(rows) if rows else "none reported yet")
     return 0
 

@@ -88,7 +88,7 @@ class SmallFleet:
     def statuses(self) -> dict[str, dict]:  # type: ignore[type-arg]
         result = self.cli("fleet", "status", "--json", "--wait", "0.5")
         assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)  # type: ignore[no-any-return]
+        return json.loads(result.stdout)["agents"]  # type: ignore[no-any-return]
 
     def serving(self, device: str) -> int | None:
         code, body = get_json(self.agents[device], "/readyz")

@@ -10,14 +10,17 @@ rate since, and it has stayed so for the soak time. It has failed when it refuse
 version, went offline after the rollout began, or answers with too many server errors. The
 rollout aborts as soon as the share of failed canaries passes ``max_failure_rate``, or when the
 deadline passes before a verdict.
+
+With an outcome test (:mod:`cloud_trainer.delivery.outcome_judge`), healthy canaries are not
+enough: the version is promoted only when the test also says so, and aborted when it says the
+version converts worse.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_trainer.delivery.broker import BrokerConnection
 from cloud_trainer.delivery.fleet_status import FleetWatcher
+from cloud_trainer.delivery.outcome_judge import OutcomeJudge, OutcomePolicy
 from cloud_trainer.delivery.publisher import (
     channel_manifest,
     fetch_files,
@@ -34,16 +38,11 @@ from cloud_trainer.delivery.publisher import (
     release,
     rollback_instruction,
 )
+from cloud_trainer.delivery.verdict import Decision, Verdict
 from cloud_trainer.errors import ReleaseError
 from shared import topics
 from shared.bundle import Manifest
 from shared.signing import load_private_key
-
-
-class Decision(StrEnum):
-    WAIT = "wait"
-    PROMOTE = "promote"
-    ABORT = "abort"
 
 
 @dataclass(frozen=True)
@@ -52,15 +51,6 @@ class RolloutPolicy:
     max_server_error_rate: float = 0.01  # 5xx answers per request on the new version
     soak_s: float = 30.0  # how long every canary must stay healthy
     timeout_s: float = 600.0
-
-
-@dataclass
-class Verdict:
-    decision: Decision
-    healthy: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # device -> why
-    waiting: list[str] = field(default_factory=list)
-    why: str = ""
 
 
 @dataclass
@@ -176,8 +166,10 @@ def roll_out(
     key_path: Path,
     progress: Callable[[str], None] = print,
     poll_s: float = 0.5,
+    outcome: OutcomePolicy | None = None,
 ) -> RolloutResult:
-    """Canary first; stable only when every canary is healthy; otherwise abort and roll back.
+    """Canary first; stable only when every canary is healthy (and, with ``outcome``, the outcome
+    test says promote); otherwise abort and roll back.
 
     The version is signed as released to the canary channel only, and signed again for both
     channels when it is promoted: until then no stable agent accepts it, wherever it is published.
@@ -197,15 +189,21 @@ def roll_out(
     watcher = FleetWatcher(connection, fleet)
     stable = channel_manifest(connection, fleet, topics.STABLE, key.public_key())
     judge = CanaryJudge(version, canaries, policy, started=time.time())
+    outcomes = None if outcome is None else OutcomeJudge(version, canaries, outcome,
+                                                         None if stable is None else stable.version)
     canary = release(connection, envelope, topics.CANARY, files, key, channels=(topics.CANARY,))
     progress(f"version {version} published to the canary channel; watching {', '.join(canaries)}")
-    lines = _Progress(progress)
+    lines, evidence = _Progress(progress), _Progress(progress)
     verdict = Verdict(Decision.WAIT)
     while verdict.decision is Decision.WAIT:
         time.sleep(poll_s)
-        verdict = judge.judge(watcher.statuses(), time.time())
+        statuses, now = watcher.statuses(), time.time()
+        verdict = judge.judge(statuses, now)
         lines.line(f"canaries: {len(verdict.healthy)} healthy, {len(verdict.waiting)} waiting, "
                    f"{len(verdict.failed)} failed")
+        if outcomes is not None:
+            verdict = outcomes.gate(verdict, statuses, timed_out=now - judge.started > policy.timeout_s)
+            evidence.line(outcomes.evidence)
     if verdict.decision is Decision.ABORT:
         progress(f"ABORT: {verdict.why}")
         return _abort(connection, version, verdict.why, stable, key, progress)
