@@ -20,6 +20,7 @@ per store, :data:`REQUESTS_PER_VISIT` recommendation requests each).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -39,6 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "firmware_configs" / "dev.toml"
 REQUESTS_PER_VISIT = 3
 STABLE_VERSION, BAD_VERSION, GOOD_VERSION = 100, 200, 300
+#: The counts in the rollout's evidence line (cloud_trainer.delivery.outcome_judge).
+_EVIDENCE = re.compile(r"model converts [\d.]+% of (?P<model>\d+) requests, "
+                       r"holdout [\d.]+% of (?P<holdout>\d+) requests")
 
 
 @dataclass
@@ -61,7 +65,7 @@ class RolloutRun:
     version: int
     decision: str
     seconds: float
-    requests: dict[str, int]  # arm -> requests the canaries served on the version until the decision
+    requests: dict[str, int]  # arm -> requests the canaries served on the version when it was decided
     conversion: dict[str, float]  # arm -> converted requests / requests on the canaries
     output: list[str]
 
@@ -107,12 +111,15 @@ def _roll_out(url: str, bundle: Path, key: Path, canaries: list[str], scenario: 
                 "--min-requests", str(scenario.min_requests), "--soak", str(scenario.soak_s),
                 "--timeout", str(scenario.timeout_s))
     seconds = time.monotonic() - started
+    output = (done.stdout + done.stderr).strip().splitlines()
     cells = fleet_cells(watcher.statuses(), canaries)
     requests = {arm.value: cells[(version, arm)].requests if (version, arm) in cells else 0 for arm in Arm}
+    decided = [m for line in output if line.startswith(("ABORT", "promoting")) and (m := _EVIDENCE.search(line))]
+    if decided:  # the counts the decision was taken on (the statuses above are from after it)
+        requests = {Arm.MODEL.value: int(decided[-1]["model"]), Arm.HOLDOUT.value: int(decided[-1]["holdout"])}
     conversion = {arm.value: (cells[(version, arm)].converted_requests / max(cells[(version, arm)].requests, 1)
                               if (version, arm) in cells else 0.0) for arm in Arm}
     decision = {0: "promote", 1: "abort"}.get(done.returncode, f"exit {done.returncode}")
-    output = (done.stdout + done.stderr).strip().splitlines()
     say(f"{model} model (version {version}): {decision.upper()} after {seconds:.0f} s, canary requests {requests}, "
         f"conversion {conversion}")
     return RolloutRun(model, version, decision, round(seconds, 1), requests, conversion, output)

@@ -18,3 +18,5 @@ def test_outcomes_abort_the_bad_model_and_promote_the_good_one(tmp_path: Path) -
     assert good["conversion"]["model"] > bad["conversion"]["model"]  # the good one earns more
     assert bad["conversion"]["model"] < bad["conversion"]["holdout"]  # and the bad one less than its control
     assert any("abort" in line.lower() for line in bad["output"])  # the evidence is printed
+    for rollout in (bad, good):  # decided on the counts of the evidence line, after the minimum each side
+        assert min(rollout["requests"].values()) >= 200, rollout["requests"]
