@@ -7,7 +7,8 @@ or bought within the attribution window (``converted_requests / requests`` of
 :class:`shared.outcomes.OutcomeCell`). Two comparisons (:class:`Comparison`):
 
 - ``holdout``: the new version's model arm against the new version's holdout arm (the popularity
-  list), summed over the canaries. Shoppers are assigned to arms by a hash, so this one is a
+  list, or the version it replaced with the agents' ``experiment.control = "previous"``), summed
+  over the canaries. Shoppers are assigned to arms by a hash, so this one is a
   randomised experiment: the test's error rate is the whole story.
 - ``stable``: the new version's model arm on the canaries against the stable version's model arm
   on the stable-channel devices, counted from the rollout's start (each device's cell at the first
