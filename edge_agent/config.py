@@ -21,6 +21,7 @@ from typing import Any
 from edge_agent.errors import ConfigError
 from shared.bundle import MODEL_VARIANTS
 from shared.events import REMEMBERED_PURCHASES_PER_USER, RETENTION_DAYS, STORED_EVENTS_PER_USER
+from shared.fleet_aggregates import DEFAULT_MAX_PAIRS, DEFAULT_MIN_SHOPPERS, MAX_PAIRS
 from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE, check_name, check_prefix, parse_broker_url
 
 
@@ -93,12 +94,26 @@ class ApiSection:
 
 
 @dataclass(frozen=True)
+class AggregatesSection:
+    """The fleet aggregate (shared.fleet_aggregates): thresholded item and item-pair counts of this
+    device's shoppers, published for the trainer. Off unless enabled."""
+
+    enabled: bool = _opt(False, "Publish the fleet aggregate of this device's shoppers (no shopper ids).")
+    interval_s: int = _opt(21_600, "Seconds between publications (the first after one interval).", lo=1, hi=30 * 86_400)
+    min_shoppers: int = _opt(DEFAULT_MIN_SHOPPERS, "An item or pair is published only if at least this many "
+                             "distinct shoppers of this device make it.", lo=2, hi=1_000_000)
+    max_pairs: int = _opt(DEFAULT_MAX_PAIRS, "Item pairs published at most (those with the most shoppers).",
+                          lo=0, hi=MAX_PAIRS)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     agent: AgentSection = field(default_factory=AgentSection)
     model: ModelSection = field(default_factory=ModelSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     history: HistorySection = field(default_factory=HistorySection)
     api: ApiSection = field(default_factory=ApiSection)
+    aggregates: AggregatesSection = field(default_factory=AggregatesSection)
 
     @property
     def master_key_path(self) -> Path:

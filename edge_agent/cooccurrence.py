@@ -62,7 +62,7 @@ class _Sums:
         unique, inverse = np.unique(all_keys, return_inverse=True)
         ones = np.concatenate([self.shoppers, np.ones(len(keys), dtype=np.int64)])
         self.shoppers = np.bincount(inverse, weights=ones, minlength=len(unique)).astype(np.int64)
-        self.gram = np.bincount(inverse, weights=np.concatenate([self.gram, gram]), minlength=len(unique))
+        self.gram = np.bincount(inverse, weights=np.concatenate([self.gram, gram]), minlength=len(unique)).astype(float)
         self.keys = unique
 
 
