@@ -70,6 +70,7 @@ bench: $(STAMP) mosquitto wrk
 	$(PY) bench/serving.py
 	$(PY) bench/fleet.py
 	$(PY) bench/cold_start.py
+	$(PY) bench/fleet_aggregates.py
 
 # Long (the 10M point trains for many minutes): not part of `make bench`.
 bench-scale: $(STAMP)

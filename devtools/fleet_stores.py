@@ -39,8 +39,8 @@ def store_aggregates(table: EventTable, now: float, stores: int, min_shoppers: i
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         rows = order[max(lo, hi - STORED_EVENTS_PER_USER) : hi]  # what the agent keeps
         user = table.user_ids[table.user[rows[0]]]
-        by_store[store_of(user, stores)].append(
-            [Event(table.item_ids[table.item[r]], KINDS_BY_CODE[table.kind[r]], float(table.timestamp[r])) for r in rows])
+        by_store[store_of(user, stores)].append([Event(table.item_ids[table.item[r]], KINDS_BY_CODE[table.kind[r]],
+                                                       float(table.timestamp[r])) for r in rows])
     return [aggregate(histories, f"store-{n}", now - 1.0, min_shoppers=min_shoppers, max_pairs=max_pairs)
             for n, histories in enumerate(by_store)]
 
