@@ -219,3 +219,23 @@ def test_an_agent_publishes_its_aggregate_only_when_enabled(broker: Broker, keys
         assert not any(u.encode() in payload for u in shoppers) and b"loyalty" not in payload
         aggregate_ = parse_aggregate(payload, name)
         assert sorted(aggregate_.items) == ["mug", "tin"] and aggregate_.pair_shoppers == [6]  # only-mine: 1 shopper
+
+
+def test_summed_aggregates_without_threshold_are_the_trainers_gram_matrix(synthetic_shop: tuple[Path, Path]) -> None:
+    """k = 1 and no pair cap: the stores' aggregates sum to exactly X'X of the trainer's own matrix."""
+    import numpy as np
+
+    from cloud_trainer.data.events_io import read_events
+    from cloud_trainer.evaluation.splits import cut_time, train_period
+    from cloud_trainer.models.factorized import FactorizedSettings, shopper_item_matrix
+    from cloud_trainer.models.fleet_gram import summed
+    from devtools.fleet_stores import store_aggregates
+
+    table = read_events(synthetic_shop[0])
+    cut = cut_time("2024-03-01")  # two months: every shopper's events fit the agent's 200
+    train = train_period(table, cut)
+    fleet = summed(store_aggregates(table, cut, stores=4, min_shoppers=1, max_pairs=10**7), train.item_ids)
+    x = shopper_item_matrix(train, FactorizedSettings().event_weights()).astype(np.float64)
+    assert len(fleet.item_ids) == len(train.item_ids)
+    assert abs(fleet.gram - (x.T @ x)).max() < 1e-9
+    assert fleet.shoppers_total == len(train.user_ids)
