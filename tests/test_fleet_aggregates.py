@@ -219,6 +219,10 @@ def test_an_agent_publishes_its_aggregate_only_when_enabled(broker: Broker, keys
         assert not any(u.encode() in payload for u in shoppers) and b"loyalty" not in payload
         aggregate_ = parse_aggregate(payload, name)
         assert sorted(aggregate_.items) == ["mug", "tin"] and aggregate_.pair_shoppers == [6]  # only-mine: 1 shopper
+    # the trainer collects the retained aggregate into a folder train --fleet-aggregates reads
+    collected = _cli("fleet", "aggregates", "--broker", broker.url, "--out", str(tmp_path / "collected"), "--wait", "1")
+    assert collected.returncode == 0, collected.stderr
+    assert sorted(p.name for p in (tmp_path / "collected").iterdir()) == ["dev-on.json"]
 
 
 def test_summed_aggregates_without_threshold_are_the_trainers_gram_matrix(synthetic_shop: tuple[Path, Path]) -> None:
