@@ -40,8 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for events.csv.gz and items.csv")
     p.set_defaults(handler=commands.run_prepare)
 
-    p = sub.add_parser("train", help="train the model on an events table")
-    p.add_argument("--events", type=Path, required=True)
+    p = sub.add_parser("train", help="train the model on an events table, the fleet's aggregates, or both")
+    p.add_argument("--events", type=Path, help="events table (required unless --fleet-aggregates)")
+    p.add_argument("--fleet-aggregates", type=Path, metavar="DIR",
+                   help="folder of fleet aggregates ('fleet aggregates' collects them): train on their summed item "
+                        "Gram matrix, alone (settings as given or --settings-from) or with --events (tuned on the "
+                        "events, trained on both); see cloud_trainer/fleet_training.py")
+    p.add_argument("--settings-from", type=Path, metavar="RUN",
+                   help="start from (without events: use) the factorized settings of this earlier run")
     p.add_argument("--items", type=Path, help="items table (item_id,title,category,price): titles in the catalogue; "
                    "items without events join the model through their side features")
     p.add_argument("--out", type=Path, required=True, help="run directory")
@@ -178,6 +184,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_broker_args(p, client_id="cloud-trainer-status")
     p.set_defaults(handler=commands.run_fleet_status)
+    p = fleet.add_parser("aggregates", help="collect the agents' fleet aggregates (thresholded item and item-pair "
+                                            "counts, no shopper ids) into a folder for train --fleet-aggregates")
+    p.add_argument("--fleet", default="default")
+    p.add_argument("--out", type=Path, required=True, help="folder: one <device>.json per agent")
+    p.add_argument("--wait", type=float, default=2.0, help="seconds to collect the retained aggregates")
+    _add_broker_args(p, client_id="cloud-trainer-aggregates")
+    p.set_defaults(handler=commands.run_fleet_aggregates)
     return parser
 
 

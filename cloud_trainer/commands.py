@@ -64,12 +64,22 @@ def run_prepare(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from cloud_trainer.train import TrainConfig, train
 
+    if args.settings_from:  # a previous run's settings, where none is given on the command line
+        from cloud_trainer.fleet_training import settings_from
+
+        for name, value in settings_from(args.settings_from).items():
+            if getattr(args, name, None) is None or name == "rank":
+                setattr(args, name, value)
+        args.tune = args.tune and bool(args.events)
     config = TrainConfig(
-        events=str(args.events), items=str(args.items) if args.items else None, model=args.model, dim=args.dim,
+        events=str(args.events) if args.events else "", items=str(args.items) if args.items else None,
+        model=args.model, dim=args.dim,
         rank=args.rank, history_length=args.history_length, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed, test_from=args.test_from, softmax=args.softmax,
         distribute=args.distribute, cpu_devices=args.cpu_devices, cold_start=args.cold_start,
         tune=args.tune, target=args.target,
+        fleet_aggregates=str(args.fleet_aggregates) if args.fleet_aggregates else None,
+        settings_from=str(args.settings_from) if args.settings_from else None,
         **{name: getattr(args, name) for name in (*TUNED_SETTINGS, "tune_budget", "validation_share")
            if getattr(args, name) is not None},
     )
@@ -187,3 +197,22 @@ def run_fleet_status(args: argparse.Namespace) -> int:
         print(outcome_table(rows) if rows else "none reported yet")
     return 0
 
+
+
+def run_fleet_aggregates(args: argparse.Namespace) -> int:
+    from cloud_trainer.delivery.broker import BrokerConnection
+    from cloud_trainer.delivery.fleet_aggregates import AggregateCollector, describe, write_aggregates
+    from shared.fleet_aggregates import parse_aggregate
+
+    with BrokerConnection(_broker_options(args)) as connection:
+        collector = AggregateCollector(connection, args.fleet)
+        time.sleep(args.wait)  # retained aggregates arrive at once
+        payloads, rejected = collector.snapshot()
+    for device, reason in sorted(rejected.items()):
+        print(f"rejected the aggregate of {device}: {reason}", file=sys.stderr)
+    if not payloads:
+        print(f"no valid aggregate from fleet {args.fleet}", file=sys.stderr)
+        return 1
+    for path in write_aggregates(payloads, args.out):
+        print(f"{describe(parse_aggregate(path.read_bytes()))} -> {path}")
+    return 0

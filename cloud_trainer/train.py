@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from cloud_trainer.data.events_io import EventTable
     from cloud_trainer.models.dot_product import ModelWeights
+    from cloud_trainer.models.fleet_gram import FleetGram
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class TrainConfig:
     softmax: str = "in-batch"  # two-tower: "in-batch" (log-Q corrected) or "full" (cloud_trainer.models.retrieval)
     distribute: str = "none"  # two-tower: "mirrored" or "multi-worker" (TF_CONFIG); cloud_trainer.distribute
     cpu_devices: int = 1  # split the CPU into this many logical devices (to use or test a strategy without GPUs)
+    fleet_aggregates: str | None = None  # folder of fleet aggregates (cloud_trainer.fleet_training); events optional
+    settings_from: str | None = None  # the run whose settings were taken (recorded only)
 
 
 def _seed(seed: int) -> None:
@@ -100,22 +103,33 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
     distribution, place = strategy(config.distribute, config.cpu_devices, os.environ.get("TF_CONFIG"))
     _seed(config.seed)
     with output_directory(run_dir, place) as out:
+        if config.fleet_aggregates and not config.events:
+            from cloud_trainer.fleet_training import train_alone
+
+            return train_alone(config, out, started)
         return _train(config, out, distribution, place, started)
 
 
 def _train(config: TrainConfig, run_dir: Path, distribution: tf.distribute.Strategy, place: Placement,
            started: float) -> dict[str, object]:
     table, metadata = _read(config)
-    num_items = len(table.item_ids)
+    fleet = None
+    if config.fleet_aggregates:  # the events' Gram plus the fleet's (cloud_trainer.fleet_training)
+        from cloud_trainer import fleet_training
+
+        fleet = fleet_training.read(config, table.item_ids)
     if config.model == "factorized" and config.tune:
-        _choose_settings(config, table, metadata, run_dir)
+        _choose_settings(config, table, metadata, run_dir, ("view_weight", "cart_weight") if fleet else ())
+    if fleet is not None:
+        table = fleet_training.with_fleet_items(table, fleet)
+    num_items = len(table.item_ids)
     assert config.history_length is not None
     # the closed-form model needs histories only to calibrate int8 and check the export
     data = build_training_set(table, config.history_length, seed=config.seed,
                               sample=config.calibration_histories if config.model == "factorized" else None)
     log.info("training set: %d examples from %d histories (%s), %d users, %d items", len(data), len(data.hist_items),
              "a sample, to calibrate" if config.model == "factorized" else "all", len(table.user_ids), num_items)
-    weights, model, loss = _fit(config, table, data, num_items, distribution)
+    weights, model, loss = _fit(config, table, data, num_items, distribution, fleet)
     known, new = catalogue_items(metadata, table.item_ids)
     if not config.cold_start:
         new = []
@@ -148,6 +162,7 @@ def _train(config: TrainConfig, run_dir: Path, distribution: tf.distribute.Strat
         "workers": place.workers,
         "chief": place.chief,
         "train_seconds": round(time.monotonic() - started, 1),
+        **(fleet_training.fleet_metrics(fleet) if fleet is not None else {}),
     }
     (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -169,6 +184,10 @@ def _check(config: TrainConfig) -> None:
         raise ValueError(f"validation_share must be between 0 and 1, not {config.validation_share}")
     if config.cpu_devices < 1:
         raise ValueError(f"cpu_devices must be at least 1, not {config.cpu_devices}")
+    if config.fleet_aggregates and config.model != "factorized":
+        raise ValueError("--fleet-aggregates trains the factorized model (the Gram matrix is what it needs)")
+    if not config.events and not config.fleet_aggregates:
+        raise ValueError("give --events, --fleet-aggregates or both")
     if config.distribute != "none" and config.model != "two-tower":
         raise ValueError(f"--distribute applies to the model trained by epochs (--model two-tower); the "
                          f"{config.model} model is fitted in closed form")
@@ -188,21 +207,27 @@ def _read(config: TrainConfig) -> tuple[EventTable, dict[str, CatalogItem]]:
     return table, metadata
 
 
-def _choose_settings(config: TrainConfig, table: EventTable, metadata: dict[str, CatalogItem], run_dir: Path) -> None:
+def _choose_settings(config: TrainConfig, table: EventTable, metadata: dict[str, CatalogItem], run_dir: Path,
+                     fixed: tuple[str, ...] = ()) -> None:
     """The factorized model's settings chosen on a validation window (:mod:`cloud_trainer.models.tuning`),
-    set in ``config`` and recorded in ``tuning.json``."""
+    set in ``config`` and recorded in ``tuning.json``; ``fixed`` ones keep their values."""
     tuning = tune(table, metadata if config.cold_start else {}, _candidate(config), config.tune_budget,
-                  config.validation_share, config.seed, config.target)
+                  config.validation_share, config.seed, config.target, fixed)
     (run_dir / "tuning.json").write_text(json.dumps(tuning.to_json(), indent=1))
     for name, value in asdict(tuning.chosen).items():
         setattr(config, "ease_l2" if name == "l2" else name, value)
 
 
 def _fit(config: TrainConfig, table: EventTable, data: TrainingSet, num_items: int,
-         strategy: tf.distribute.Strategy) -> tuple[ModelWeights, keras.Model | None, list[float]]:
+         strategy: tf.distribute.Strategy,
+         fleet: FleetGram | None = None) -> tuple[ModelWeights, keras.Model | None, list[float]]:
     """(weights, the Keras model when one was trained by epochs, loss per epoch)."""
     from cloud_trainer.models.dot_product import extract_weights
 
+    if fleet is not None:
+        from cloud_trainer.fleet_training import fit_with_events
+
+        return fit_with_events(table, _candidate(config).factorized(config.seed), fleet), None, []
     if config.model == "factorized":
         from cloud_trainer.models.factorized import fit
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import ConfigError
+from shared import fleet_aggregates
 from shared.bundle import MODEL_VARIANTS
 from shared.events import REMEMBERED_PURCHASES_PER_USER, RETENTION_DAYS, STORED_EVENTS_PER_USER
 from shared.outcomes import DEFAULT_ATTRIBUTION_WINDOW_S, DEFAULT_MIN_SHOPPERS
@@ -113,6 +114,16 @@ class ExperimentSection:
                                              "oldest go first).", lo=100, hi=1_000_000)
     save_interval_s: int = _opt(60, "How often the outcome ledger is sealed to disk (and at a clean stop).",
                                 lo=1, hi=3600)
+class AggregatesSection:
+    """The fleet aggregate (shared.fleet_aggregates): thresholded item and item-pair counts of this
+    device's shoppers, published for the trainer. Off unless enabled."""
+
+    enabled: bool = _opt(False, "Publish the fleet aggregate of this device's shoppers (no shopper ids).")
+    interval_s: int = _opt(21_600, "Seconds between publications (the first after one interval).", lo=1, hi=30 * 86_400)
+    min_shoppers: int = _opt(fleet_aggregates.DEFAULT_MIN_SHOPPERS, "An item or pair is published only if at "
+                             "least this many distinct shoppers of this device make it.", lo=2, hi=1_000_000)
+    max_pairs: int = _opt(fleet_aggregates.DEFAULT_MAX_PAIRS, "Item pairs published at most (those with the most "
+                          "shoppers).", lo=0, hi=fleet_aggregates.MAX_PAIRS)
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class AgentConfig:
     history: HistorySection = field(default_factory=HistorySection)
     api: ApiSection = field(default_factory=ApiSection)
     experiment: ExperimentSection = field(default_factory=ExperimentSection)
+    aggregates: AggregatesSection = field(default_factory=AggregatesSection)
 
     @property
     def master_key_path(self) -> Path:

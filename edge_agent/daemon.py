@@ -202,6 +202,8 @@ class Agent:
         self._sweeper.start()
         threading.Thread(target=self._commit_trials, name="model-trial", daemon=True).start()
         threading.Thread(target=self._save_outcomes, name="outcome-ledger", daemon=True).start()
+        if self.config.aggregates.enabled:
+            threading.Thread(target=self._publish_aggregates, name="fleet-aggregates", daemon=True).start()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
@@ -222,6 +224,20 @@ class Agent:
                 self.outcome_file.save(self.outcomes)
             except Exception:
                 log.exception("could not save the outcome ledger; will retry")
+    def _publish_aggregates(self) -> None:
+        """Every ``aggregates.interval_s``: the thresholded aggregate of the shoppers' kept events
+        (:mod:`edge_agent.cooccurrence`; no shopper id leaves the device) to the aggregates topic."""
+        from edge_agent.cooccurrence import aggregate
+
+        settings = self.config.aggregates
+        while not self._stopping.wait(settings.interval_s):
+            try:
+                payload = aggregate(self.history.histories(), self.config.agent.device_id, time.time(),
+                                    min_shoppers=settings.min_shoppers, max_pairs=settings.max_pairs).to_bytes()
+                if self.link.publish_aggregate(payload):
+                    log.info("published the fleet aggregate (%d bytes)", len(payload))
+            except Exception:
+                log.exception("could not publish the fleet aggregate; will retry")
 
     def _sweep_history(self) -> None:
         while not self._stopping.is_set():

@@ -19,7 +19,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -211,6 +211,32 @@ class HistoryStore:
                 if changes == self._changes:  # no write since the read: the events are current
                     self._cache.put(ref, (limit, events))
         return [e for e in events if e.timestamp >= oldest]
+
+    def histories(self) -> Iterator[list[StoredEvent]]:
+        """Read-only: every shopper's kept events within the retention age, oldest first, one list
+        per shopper and in no meaningful order, without who they are (for the fleet aggregate,
+        :mod:`edge_agent.cooccurrence`). Shoppers erased meanwhile or whose records fail
+        authentication are left out. Nothing is cached or written."""
+        oldest = self._clock() - self._max_age
+        with self._lock:
+            refs = [bytes(r[0]) for r in self._db.execute("SELECT DISTINCT ref FROM events")]
+        for ref in refs:
+            try:
+                key = self.keyring.data_key(ref, create=False)
+                if key is None:
+                    continue
+                with self._lock:
+                    rows = self._db.execute("SELECT seq, sealed FROM events WHERE ref=? ORDER BY seq",
+                                            (ref,)).fetchall()
+                events = list(map(decode_event, open_records(AESGCM(key), ref, rows)))
+            except TamperedRecord:
+                log.error("a history failed authentication; it is left out of the aggregate")
+                continue
+            except KeyringError as e:
+                raise StoreError(f"cannot read the histories: {e}") from e
+            except sqlite3.Error as e:
+                raise sqlite_storage_error(e, "read the histories") from e
+            yield [e for e in events if e.timestamp >= oldest]
 
     def delete_user(self, user_id: str) -> bool:
         """Destroy the user's data key first (crypto-shredding), then their records.

@@ -129,6 +129,14 @@ class MqttLink:
         payload = {"state": "online", **self.status()}
         self.client.publish(self._status_topic, json.dumps(payload), qos=1, retain=True)
 
+    def publish_aggregate(self, payload: bytes) -> bool:
+        """Publish this device's fleet aggregate (retained, replacing the last); False when offline."""
+        if not self.connected.is_set():
+            return False
+        topic = topics.aggregates_topic(self.settings.topic_prefix, self.settings.fleet, self.settings.device_id)
+        self.client.publish(topic, payload, qos=1, retain=True)
+        return True
+
     def request_status(self) -> None:
         """Publish the status now, or (if a throttled one went out less than THROTTLED_STATUS_S ago)
         once that time has passed: the worker flushes it."""

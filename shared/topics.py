@@ -7,6 +7,8 @@ Layout under a prefix (default ``edge-rec/v1``)::
                                                        at that device (a store's own bundle)
     <prefix>/<fleet>/bundle/<version>/<file>/<index>   retained chunk <index> of a bundle file
     <prefix>/<fleet>/status/<device_id>                retained agent status (last will: offline)
+    <prefix>/<fleet>/aggregates/<device_id>            retained fleet aggregate of the device's shoppers
+                                                       (shared.fleet_aggregates; off unless enabled)
 
 Channels are rollout rings: a version goes to ``canary`` first and is promoted to ``stable``.
 Stable agents follow the stable manifest; canary agents follow both and run the newer.
@@ -85,6 +87,16 @@ def status_topic(prefix: str, fleet: str, device_id: str) -> str:
 def all_statuses_topic(prefix: str, fleet: str) -> str:
     """Subscription to every agent's status in a fleet."""
     return f"{prefix}/{check_name(fleet, 'fleet')}/status/+"
+
+
+def aggregates_topic(prefix: str, fleet: str, device_id: str) -> str:
+    """Where a device publishes its shoppers' aggregate (:mod:`shared.fleet_aggregates`); only it may write."""
+    return f"{prefix}/{check_name(fleet, 'fleet')}/aggregates/{check_name(device_id, 'device id')}"
+
+
+def all_aggregates_topic(prefix: str, fleet: str) -> str:
+    """Subscription to every device's aggregate in a fleet (the trainer's)."""
+    return f"{prefix}/{check_name(fleet, 'fleet')}/aggregates/+"
 
 
 def check_prefix(prefix: str) -> str:

@@ -1,6 +1,6 @@
 """The secure broker setup: Mosquitto with TLS client certificates and the ACL that
 firmware_configs/mosquitto/fleet_pki.py renders. The trainer alone can publish models; an agent's
-credentials read its fleet's models and write only its own status."""
+credentials read its fleet's models and write only its own status and its own fleet aggregate."""
 
 from __future__ import annotations
 
@@ -116,6 +116,10 @@ def test_an_agents_credentials_cannot_publish_a_model_or_anothers_status(
             == NOT_AUTHORIZED
         own_status = stolen.publish(topics.status_topic(PREFIX, "default", "dev-1"), b'{"state": "online"}')
         assert own_status in (ACCEPTED, ACCEPTED_NO_SUBSCRIBERS)
+        # fleet aggregates: its own topic only (a forged aggregate would poison the fleet's Gram matrix)
+        assert stolen.publish(topics.aggregates_topic(PREFIX, "default", "dev-2"), b"{}") == NOT_AUTHORIZED
+        assert stolen.publish(topics.aggregates_topic(PREFIX, "default", "dev-1"), b"{}") in (
+            ACCEPTED, ACCEPTED_NO_SUBSCRIBERS)
         # reading: Mosquitto grants subscriptions but delivers only what the ACL lets the identity read
         assert trainer.publish(manifest_topic, (int8_bundle / ENVELOPE_FILE).read_bytes()) in (
             ACCEPTED, ACCEPTED_NO_SUBSCRIBERS)

@@ -48,12 +48,16 @@ NO_FEATURES = "no side features (all new items alike: a random order)"
 log = logging.getLogger(__name__)
 
 
-def model_histories(train: EventTable, history: list[np.ndarray],
-                    history_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """The model's inputs for every test user: their training events, as the agent would build them."""
+def model_histories(train: EventTable, history: list[np.ndarray], history_length: int,
+                    index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The model's inputs for every test user: their training events, as the agent would build them
+    (with ``index``, training item -> model item, -1 for items the model does not know: left out,
+    as the agent leaves them out)."""
     items, weights = [], []
     for rows in history:
         events = [(int(train.item[r]), KINDS_BY_CODE[int(train.kind[r])]) for r in rows[-history_length:]]
+        if index is not None:
+            events = [(int(index[item]), kind) for item, kind in events if index[item] >= 0]
         i, w = history_inputs(events, history_length)
         items.append(i)
         weights.append(w)
@@ -79,9 +83,19 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
     table = read_events(events)
     model = _RunModel(run_dir, config, variant) if run_dir is not None else None
     # the targets: what test users bought of the items the model can recommend (the trained items,
-    # and new items listed in the run's catalogue); the baselines know the trained items only
-    data = splits.split(table, splits.cut_time(day), [item.id for item in model.items] if model else None,
-                            target or str(config.get("target", "purchase")))
+    # and new items listed in the run's catalogue); the baselines know the trained items only.
+    # A run whose catalogue is not these events' training items (one trained on fleet aggregates)
+    # is scored on the baselines' targets: its lists are mapped onto the training items.
+    catalogue = [item.id for item in model.items] if model else None
+    trained = splits.train_period(table, splits.cut_time(day)).item_ids if model else []
+    foreign = catalogue is not None and catalogue[: len(trained)] != trained
+    data = splits.split(table, splits.cut_time(day), None if foreign else catalogue,
+                        target or str(config.get("target", "purchase")))
+    if model is not None and foreign:
+        log.info("the run's catalogue is not these events' training items (%d of its %d items are among them): "
+                 "its lists are scored against the training items; no cold-start figures", len(
+                     set(catalogue or []) & set(trained)), len(model.items))
+        model.align(data.train.item_ids)
     log.info("test period from %s: %d test users (%d with new items), %d items",
              day, len(data.users), sum(1 for t in data.targets["new"] if t), data.num_items)
     test_users = {"total": len(data.users)}
@@ -93,7 +107,8 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
     report = Report()
     if model is not None:
         _evaluate_model(model, data, splits.cut_time(day), report)
-        _evaluate_cold_start(model, table, splits.cut_time(day), report)
+        if not foreign:
+            _evaluate_cold_start(model, table, splits.cut_time(day), report)
     _evaluate_baselines(data, report)
     if run_dir is not None:
         (run_dir / "evaluation.json").write_text(json.dumps(
@@ -138,15 +153,42 @@ class _RunModel:
                                   (calibration["items"], calibration["weights"]), calibration)
         self.variant = exported.variant
         self.served = ServedModel(exported.model_bytes, catalog, self.history_length)
+        self.to_train: np.ndarray | None = None  # model item -> training item (-1: none), see align
+        self.from_train: np.ndarray | None = None
+
+    def align(self, trained: list[str]) -> None:
+        """Score against ``trained`` (the events' training items), not the run's catalogue order."""
+        at = {item_id: n for n, item_id in enumerate(trained)}
+        self.to_train = np.asarray([at.get(item.id, -1) for item in self.items], dtype=np.int64)
+        self.from_train = np.full(len(trained), -1, dtype=np.int64)
+        known = self.to_train >= 0
+        self.from_train[self.to_train[known]] = np.flatnonzero(known)
 
     def inputs(self, train: EventTable, history: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        return model_histories(train, history, self.history_length)
+        return model_histories(train, history, self.history_length, self.from_train)
 
     def float_scorer(self, inputs: tuple[np.ndarray, np.ndarray], keras_model: object = None) -> metrics.BatchScorer:
-        """Scores of the float Keras model (or ``keras_model``) for some of ``inputs``' rows."""
+        """Scores of the float Keras model (or ``keras_model``) for some of ``inputs``' rows (aligned:
+        over the training items, those the model lacks below every other)."""
         model = keras_model or self.keras
-        return lambda rows: np.asarray(model.predict([inputs[0][rows], inputs[1][rows]],  # type: ignore[attr-defined]
-                                                     batch_size=512, verbose=0))
+
+        def scores(rows: np.ndarray) -> np.ndarray:
+            out = np.asarray(model.predict([inputs[0][rows], inputs[1][rows]],  # type: ignore[attr-defined]
+                                           batch_size=512, verbose=0))
+            if self.to_train is None:
+                return out
+            aligned = np.full((len(out), len(self.from_train)), out.min() - 1.0, dtype=out.dtype)  # type: ignore[arg-type]
+            known = self.to_train >= 0
+            aligned[:, self.to_train[known]] = out[:, known]
+            return aligned
+
+        return scores
+
+    def to_training_items(self, ranked: np.ndarray) -> np.ndarray:
+        """Ranked model items as training items (-1 for those the events' training period lacks)."""
+        if self.to_train is None:
+            return ranked
+        return np.where(ranked >= 0, self.to_train[np.maximum(ranked, 0)], -1)
 
     def served_ranked(self, inputs: tuple[np.ndarray, np.ndarray], allowed: np.ndarray | None = None) -> np.ndarray:
         """[users, top K] of the served graph itself (no popularity fill) under a filter mask, -1 where
@@ -157,15 +199,16 @@ class _RunModel:
 
 
 def _evaluate_model(model: _RunModel, data: splits.Split, cut: float, report: Report) -> None:
-    if [item.id for item in model.items[: data.num_items]] != data.train.item_ids:
+    if model.to_train is None and [item.id for item in model.items[: data.num_items]] != data.train.item_ids:
         raise EvaluationError("the run's items are not the training period's items of these events")
     report.rows["model (float, Keras)"] = metrics.evaluate(model.float_scorer(model.inputs(data.train, data.history)),
                                                             data)
     # what the agent serves: its catalogue (new items too), the REST route's history, exclusions
     shoppers = stored_shoppers(data.train, data.history, now=cut)
     report.rows[served_row(model.variant)] = metrics.evaluate_ranked(
-        {"all": served_rankings(model.served, shoppers, model.top_k),
-         "new": served_rankings(model.served, shoppers, model.top_k, EXCLUDE_FOR[data.target])}, data)
+        {"all": model.to_training_items(served_rankings(model.served, shoppers, model.top_k)),
+         "new": model.to_training_items(served_rankings(model.served, shoppers, model.top_k,
+                                                        EXCLUDE_FOR[data.target]))}, data)
 
 
 def _evaluate_cold_start(model: _RunModel, table: EventTable, cut: float, report: Report) -> None:

@@ -130,26 +130,38 @@ class Spectrum:
     vectors: np.ndarray
 
 
-def gram_spectrum(x: sp.csr_matrix, width: int, seed: int, power_iterations: int = POWER_ITERATIONS) -> Spectrum:
-    """The top ``width`` eigenpairs of X'X by randomized subspace iteration and a Rayleigh-Ritz step."""
-    x = sp.csr_matrix(x, dtype=np.float32)
-    width = min(width, x.shape[1])
-    q = orthonormal_columns(np.random.default_rng(seed).standard_normal((x.shape[1], width)))
+def gram_spectrum(x: sp.csr_matrix | None, width: int, seed: int, power_iterations: int = POWER_ITERATIONS,
+                  extra: sp.csr_matrix | None = None) -> Spectrum:
+    """The top ``width`` eigenpairs of X'X (+ ``extra``, a sparse symmetric [N, N] Gram matrix
+    summed from fleet aggregates, :mod:`cloud_trainer.models.fleet_gram`; ``x`` None: that alone)
+    by randomized subspace iteration and a Rayleigh-Ritz step."""
+    x = None if x is None else sp.csr_matrix(x, dtype=np.float32)
+    n = x.shape[1] if x is not None else extra.shape[0] if extra is not None else 0
+    if extra is not None and extra.shape != (n, n):
+        raise ValueError(f"the extra Gram matrix is {extra.shape}, not [{n}, {n}]")
+
+    def times(q: np.ndarray) -> np.ndarray:
+        out = gram_times(x, q) if x is not None else np.zeros((n, q.shape[1]))
+        return out if extra is None else out + extra @ q
+
+    width = min(width, n)
+    q = orthonormal_columns(np.random.default_rng(seed).standard_normal((n, width)))
     for _ in range(power_iterations):
-        q = orthonormal_columns(gram_times(x, q))
-    small = q.T @ gram_times(x, q)
+        q = orthonormal_columns(times(q))
+    small = q.T @ times(q)
     values, rotation = np.linalg.eigh((small + small.T) / 2)
     order = np.argsort(values)[::-1]
     return Spectrum(np.maximum(values[order], 0.0), q @ rotation[:, order])
 
 
-def item_spectrum(table: EventTable, settings: FactorizedSettings) -> Spectrum:
-    """The Gram spectrum the model of ``settings`` needs (its rank, its event weights)."""
+def item_spectrum(table: EventTable, settings: FactorizedSettings, extra: sp.csr_matrix | None = None) -> Spectrum:
+    """The Gram spectrum the model of ``settings`` needs (its rank, its event weights), of the
+    events' X'X plus ``extra`` (fleet aggregates over the same item index) when given."""
     num_items = len(table.item_ids)
     rank = min(settings.rank, num_items)
     x = shopper_item_matrix(table, settings.event_weights())
     log.info("top %d eigenpairs of the item Gram matrix: %d items, %d shopper-item cells ...", rank, num_items, x.nnz)
-    return gram_spectrum(x, rank + OVERSAMPLE, settings.seed)
+    return gram_spectrum(x, rank + OVERSAMPLE, settings.seed, extra=extra)
 
 
 def factors_from_spectrum(spectrum: Spectrum, rank: int, l2: float, seed: int = 7,
@@ -186,10 +198,11 @@ def trend(table: EventTable, days: float) -> np.ndarray:
     return np.log1p(np.bincount(table.item[recent], minlength=len(table.item_ids)).astype(np.float64))
 
 
-def item_factors(table: EventTable, settings: FactorizedSettings) -> tuple[np.ndarray, np.ndarray]:
+def item_factors(table: EventTable, settings: FactorizedSettings,
+                 extra: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(history embeddings [N, r], item vectors [r, N]) of the model of ``settings``."""
     rank = min(settings.rank, len(table.item_ids))
-    return factors_from_spectrum(item_spectrum(table, settings), rank, settings.l2, settings.seed)
+    return factors_from_spectrum(item_spectrum(table, settings, extra), rank, settings.l2, settings.seed)
 
 
 def assemble(factors: tuple[np.ndarray, np.ndarray], table: EventTable, settings: FactorizedSettings) -> ModelWeights:
@@ -207,5 +220,5 @@ def assemble(factors: tuple[np.ndarray, np.ndarray], table: EventTable, settings
     )
 
 
-def fit(table: EventTable, settings: FactorizedSettings) -> ModelWeights:
-    return assemble(item_factors(table, settings), table, settings)
+def fit(table: EventTable, settings: FactorizedSettings, extra: sp.csr_matrix | None = None) -> ModelWeights:
+    return assemble(item_factors(table, settings, extra), table, settings)

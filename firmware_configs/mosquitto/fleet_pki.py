@@ -118,7 +118,8 @@ def _agent_acl(prefix: str, fleet: str, device: str) -> str:
     own_topics = model_topics + "/" + topics.check_name(device, "device id")  # versions targeted at it
     bundles = topics.bundle_topic(prefix, fleet, 0).rsplit("/", 1)[0] + "/#"
     return (f"user {device}\ntopic read {model_topics}\ntopic read {own_topics}\ntopic read {bundles}\n"
-            f"topic write {topics.status_topic(prefix, fleet, device)}\n")
+            f"topic write {topics.status_topic(prefix, fleet, device)}\n"
+            f"topic write {topics.aggregates_topic(prefix, fleet, device)}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
