@@ -114,6 +114,9 @@ class ExperimentSection:
                                              "oldest go first).", lo=100, hi=1_000_000)
     save_interval_s: int = _opt(60, "How often the outcome ledger is sealed to disk (and at a clean stop).",
                                 lo=1, hi=3600)
+
+
+@dataclass(frozen=True)
 class AggregatesSection:
     """The fleet aggregate (shared.fleet_aggregates): thresholded item and item-pair counts of this
     device's shoppers, published for the trainer. Off unless enabled."""
