@@ -224,6 +224,7 @@ class Agent:
                 self.outcome_file.save(self.outcomes)
             except Exception:
                 log.exception("could not save the outcome ledger; will retry")
+
     def _publish_aggregates(self) -> None:
         """Every ``aggregates.interval_s``: the thresholded aggregate of the shoppers' kept events
         (:mod:`edge_agent.cooccurrence`; no shopper id leaves the device) to the aggregates topic."""
