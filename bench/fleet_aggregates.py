@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,16 +34,9 @@ sys.path.insert(0, str(ROOT))
 from cloud_trainer.data.events_io import read_events  # noqa: E402
 from cloud_trainer.evaluation.splits import cut_time  # noqa: E402
 from devtools.fleet_stores import store_aggregates, write_store_aggregates  # noqa: E402
+from devtools.trainer_cli import output as cli  # noqa: E402
 
 SERVED = "model (int8, LiteRT, as served)"
-
-
-def _cli(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "cloud_trainer.cli", *args], capture_output=True, text=True,
-                            cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    if result.returncode != 0:
-        raise SystemExit(f"cloud-trainer {args[0]} failed:\n{result.stderr[-3000:]}")
-    return result.stdout
 
 
 def _served(run: Path) -> dict[str, dict[str, float]]:
@@ -66,14 +58,14 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        _cli("prepare", "online-retail", "--input", str(args.datasets / "online_retail" / "online_retail.csv.gz"),
-             "--out", str(work / "data"))
+        cli("prepare", "online-retail", "--input", str(args.datasets / "online_retail" / "online_retail.csv.gz"),
+            "--out", str(work / "data"))
         events = work / "data" / "events.csv.gz"
         started = time.monotonic()
         print(f"== raw events: training (tuning budget {args.tune_budget:g} s) and evaluating ...", flush=True)
-        _cli("train", "--events", str(events), "--out", str(work / "raw"), "--test-from", args.test_from,
-             "--tune-budget", str(args.tune_budget))
-        _cli("evaluate", "--events", str(events), "--run", str(work / "raw"))
+        cli("train", "--events", str(events), "--out", str(work / "raw"), "--test-from", args.test_from,
+            "--tune-budget", str(args.tune_budget))
+        cli("evaluate", "--events", str(events), "--run", str(work / "raw"))
         raw = {"served": _served(work / "raw"), "seconds": round(time.monotonic() - started, 1),
                "settings": json.loads((work / "raw" / "tuning.json").read_text())["chosen"]}
         table = read_events(events)
@@ -87,9 +79,9 @@ def main() -> int:
             print(f"== k = {k}: {size / 1e6:.1f} MB of aggregates from {args.stores} stores in {made:.0f} s; "
                   "training and evaluating ...", flush=True)
             run = work / f"fleet-k{k}"
-            _cli("train", "--fleet-aggregates", str(folder), "--settings-from", str(work / "raw"), "--out", str(run),
-                 "--test-from", args.test_from)
-            _cli("evaluate", "--events", str(events), "--run", str(run))
+            cli("train", "--fleet-aggregates", str(folder), "--settings-from", str(work / "raw"), "--out", str(run),
+                "--test-from", args.test_from)
+            cli("evaluate", "--events", str(events), "--run", str(run))
             served = _served(run)
             metrics = json.loads((run / "metrics.json").read_text())
             rows.append({"k": k, "served": served, "payload_bytes": size, "aggregate_seconds": round(made, 1),

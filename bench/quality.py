@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,24 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devtools.synthetic_shop import ShopSpec, write  # noqa: E402
+from devtools.trainer_cli import output as cli  # noqa: E402
 
 SERVED = "model (int8, LiteRT, as served)"
 BASELINES = ("popularity", "repeat-purchase", "item-kNN (cosine)", "EASE (lambda 200)")
 
 
-def _cli(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "cloud_trainer.cli", *args], capture_output=True, text=True,
-                            cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    if result.returncode != 0:
-        raise SystemExit(f"cloud-trainer {args[0]} failed:\n{result.stderr[-3000:]}")
-    return result.stdout
-
-
 def _shops(datasets: Path, work: Path) -> list[dict[str, str]]:
-    _cli("prepare", "online-retail", "--input", str(datasets / "online_retail" / "online_retail.csv.gz"),
-         "--out", str(work / "online_retail"))
-    _cli("prepare", "retailrocket", "--input", str(datasets / "retailrocket_sample" / "sample_events.csv"),
-         "--out", str(work / "retailrocket"))
+    cli("prepare", "online-retail", "--input", str(datasets / "online_retail" / "online_retail.csv.gz"),
+        "--out", str(work / "online_retail"))
+    cli("prepare", "retailrocket", "--input", str(datasets / "retailrocket_sample" / "sample_events.csv"),
+        "--out", str(work / "retailrocket"))
     events, items = write(ShopSpec(), work / "generated")
     return [
         {"shop": "Online Retail", "kind": "gift wholesaler, customers re-buy (purchases)",
@@ -75,12 +67,12 @@ def main() -> int:
             run = work / "runs" / shop["shop"].replace(" ", "_")
             started = time.monotonic()
             print(f"== {shop['shop']}: training (tuning budget {args.tune_budget:g} s) ...", flush=True)
-            _cli("train", "--events", shop["events"], *(["--items", shop["items"]] if shop["items"] else []),
-                 "--out", str(run), "--test-from", shop["test_from"], "--target", shop["target"],
-                 "--tune-budget", str(args.tune_budget))
+            cli("train", "--events", shop["events"], *(["--items", shop["items"]] if shop["items"] else []),
+                "--out", str(run), "--test-from", shop["test_from"], "--target", shop["target"],
+                "--tune-budget", str(args.tune_budget))
             train_s = time.monotonic() - started
             print(f"== {shop['shop']}: evaluating ...", flush=True)
-            _cli("evaluate", "--events", shop["events"], "--run", str(run))
+            cli("evaluate", "--events", shop["events"], "--run", str(run))
             evaluation = json.loads((run / "evaluation.json").read_text())
             tuning = json.loads((run / "tuning.json").read_text())
             row: dict[str, object] = {**shop, "train_seconds": round(train_s, 1),

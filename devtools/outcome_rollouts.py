@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,6 +32,8 @@ from cloud_trainer.delivery.fleet_status import FleetWatcher
 from devtools.outcome_simulation import Shoppers, histories, taste_of, write_relabelled
 from devtools.processes import AgentProcess, broker
 from devtools.synthetic_shop import ShopSpec, generate, user_id, write
+from devtools.trainer_cli import output as cli
+from devtools.trainer_cli import run as run_cli
 from shared.outcomes import Arm, fleet_cells
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,22 +73,10 @@ class RolloutRun:
         return sum(self.requests.values()) / (canaries * shoppers_per_hour * REQUESTS_PER_VISIT)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cloud_trainer.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, check=False)
-
-
-def _checked(*args: str) -> str:
-    done = _cli(*args)
-    if done.returncode != 0:
-        raise RuntimeError(f"cloud-trainer {args[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return done.stdout
-
-
 def _model(events: Path, items: Path, work: Path, name: str, key: Path, version: int) -> Path:
     run, bundle = work / name, work / f"bundle-{version}"
-    _checked("train", "--events", str(events), "--items", str(items), "--out", str(run), "--no-tune")
-    _checked("export", "--run", str(run), "--key", str(key), "--out", str(bundle), "--version", str(version))
+    cli("train", "--events", str(events), "--items", str(items), "--out", str(run), "--no-tune")
+    cli("export", "--run", str(run), "--key", str(key), "--out", str(bundle), "--version", str(version))
     return bundle
 
 
@@ -105,11 +93,11 @@ def _agent(url: str, work: Path, keys: Path, store: int, channel: str, scenario:
 def _roll_out(url: str, bundle: Path, key: Path, canaries: list[str], scenario: Scenario, watcher: FleetWatcher,
               model: str, version: int, say: Callable[[str], None]) -> RolloutRun:
     started = time.monotonic()
-    done = _cli("rollout", "--broker", url, "--client-id", f"rollout-{version}", "--bundle", str(bundle),
-                "--key", str(key), "--canary", ",".join(canaries), "--judge-outcome", "holdout",
-                "--alpha", str(scenario.alpha), "--margin", str(scenario.margin),
-                "--min-requests", str(scenario.min_requests), "--soak", str(scenario.soak_s),
-                "--timeout", str(scenario.timeout_s))
+    done = run_cli("rollout", "--broker", url, "--client-id", f"rollout-{version}", "--bundle", str(bundle),
+                   "--key", str(key), "--canary", ",".join(canaries), "--judge-outcome", "holdout",
+                   "--alpha", str(scenario.alpha), "--margin", str(scenario.margin),
+                   "--min-requests", str(scenario.min_requests), "--soak", str(scenario.soak_s),
+                   "--timeout", str(scenario.timeout_s))
     seconds = time.monotonic() - started
     output = (done.stdout + done.stderr).strip().splitlines()
     cells = fleet_cells(watcher.statuses(), canaries)
@@ -129,7 +117,7 @@ def run(scenario: Scenario, work: Path, say: Callable[[str], None] = print) -> d
     """The scenario of the module's docstring; returns its figures."""
     spec = scenario.spec
     keys = work / "keys"
-    _checked("keygen", "--out", str(keys))
+    cli("keygen", "--out", str(keys))
     events, items = write(spec, work / "shop")
     bad_events = work / "shop" / "relabelled.csv.gz"
     write_relabelled(events, bad_events, spec.items, seed=spec.seed + 1)
@@ -138,13 +126,13 @@ def run(scenario: Scenario, work: Path, say: Callable[[str], None] = print) -> d
     good = _model(events, items, work, "good", key, STABLE_VERSION)
     bad = _model(bad_events, items, work, "bad", key, BAD_VERSION)
     good_again = work / f"bundle-{GOOD_VERSION}"
-    _checked("export", "--run", str(work / "good"), "--key", str(key), "--out", str(good_again),
+    cli("export", "--run", str(work / "good"), "--key", str(key), "--out", str(good_again),
              "--version", str(GOOD_VERSION))
     shop = generate(spec)
     stores = [list(range(s, spec.users, scenario.stores)) for s in range(scenario.stores)]
     canaries = [f"store-{s}" for s in range(scenario.canaries)]
     with broker() as mosquitto:
-        _checked("publish", "--broker", mosquitto.url, "--bundle", str(good), "--channel", "stable", "--key", str(key))
+        cli("publish", "--broker", mosquitto.url, "--bundle", str(good), "--channel", "stable", "--key", str(key))
         agents = [_agent(mosquitto.url, work, keys / "signing.pub", s, "canary" if s < scenario.canaries else "stable",
                          scenario) for s in range(scenario.stores)]
         traffic: list[Shoppers] = []
