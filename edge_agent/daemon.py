@@ -24,6 +24,7 @@ from edge_agent.active_model import ActiveModel
 from edge_agent.api import Services, create_app
 from edge_agent.config import AgentConfig
 from edge_agent.durable_files import write_atomic
+from edge_agent.erasure import fleet_erasure
 from edge_agent.errors import StartupError
 from edge_agent.history_store import HistoryStore
 from edge_agent.key_rotation import finish_pending, key_loader
@@ -35,6 +36,7 @@ from edge_agent.outcome_file import OutcomeFile
 from edge_agent.outcome_ledger import OutcomeLedger
 from edge_agent.update_report import Outcome, UpdateResult
 from edge_agent.updater import Updater
+from shared import topics
 from shared.errors import SignatureError
 from shared.signing import load_public_key
 
@@ -120,7 +122,10 @@ class Agent:
                                       auto_impressions=experiment.impressions == "auto")
         self.outcome_file = OutcomeFile(data_dir, self.history.keyring)
         self.outcome_file.load_into(self.outcomes)
-        self.link = MqttLink(broker_settings(config), self.updater, self.status)
+        self.erasure = fleet_erasure(config, trusted, self.history, self.outcomes)
+        handlers = {} if self.erasure is None else {
+            topics.erasure_topic(config.mqtt.topic_prefix, config.agent.fleet): self._on_erasure}
+        self.link = MqttLink(broker_settings(config), self.updater, self.status, handlers)
         self.metrics = AgentMetrics(self._model_facts, self.history.size_bytes)
         self.token = load_token(config.token_path)
         services = Services(
@@ -146,6 +151,16 @@ class Agent:
             self.link.request_status()  # throttled: a flood of junk is not a flood of statuses
         else:
             self.link.publish_status()
+
+    def _on_erasure(self, payload: bytes) -> None:
+        """A fleet erasure list (MQTT worker thread): apply it, then acknowledge in the status."""
+        assert self.erasure is not None
+        if self.erasure.on_message(payload):
+            try:
+                self.outcome_file.save(self.outcomes)  # the sealed ledger forgets them now, not at the next save
+            except Exception:
+                log.exception("could not save the outcome ledger after an erasure; will retry")
+        self.link.request_status()
 
     def _model_facts(self) -> ModelFacts | None:
         model = self.active.current
@@ -175,6 +190,7 @@ class Agent:
             "discarded": self.active.discarded.to_json(),
             "health": self.metrics.health.snapshot(),
             "outcomes": self.outcomes.status(),  # aggregates only: see shared.outcomes
+            "erasure": self.erasure.status() if self.erasure else None,  # counts only: see edge_agent.erasure
             "at": round(time.time(), 3),
         }
 
