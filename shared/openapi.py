@@ -179,6 +179,7 @@ _SCHEMAS: dict[str, Any] = {
             "explanations": {"type": "boolean"},
             "manifest": {"type": "object", "description": "The verified manifest (see shared/bundle.py)."},
             "last_update": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/UpdateResult"}]},
+            "rules": {"$ref": "#/components/schemas/RulesStatus"},
         },
     },
     "Health": {
