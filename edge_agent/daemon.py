@@ -13,6 +13,8 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -34,6 +36,7 @@ from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import BrokerSettings, MqttLink
 from edge_agent.outcome_file import OutcomeFile
 from edge_agent.outcome_ledger import OutcomeLedger
+from edge_agent.rules_store import RulesStore
 from edge_agent.update_report import Outcome, UpdateResult
 from edge_agent.updater import Updater
 from shared import topics
@@ -123,8 +126,13 @@ class Agent:
         self.outcome_file = OutcomeFile(data_dir, self.history.keyring)
         self.outcome_file.load_into(self.outcomes)
         self.erasure = fleet_erasure(config, trusted, self.history, self.outcomes)
-        handlers = {} if self.erasure is None else {
-            topics.erasure_topic(config.mqtt.topic_prefix, config.agent.fleet): self._on_erasure}
+        prefix, fleet, device = config.mqtt.topic_prefix, config.agent.fleet, config.agent.device_id
+        self.rules = RulesStore(data_dir, trusted, fleet=fleet, device_id=device)
+        handlers: dict[str, Callable[[bytes], None]] = {
+            topics.rules_topic(prefix, fleet): partial(self._on_rules, device_topic=False),
+            topics.rules_topic(prefix, fleet, device): partial(self._on_rules, device_topic=True)}
+        if self.erasure is not None:
+            handlers[topics.erasure_topic(prefix, fleet)] = self._on_erasure
         self.link = MqttLink(broker_settings(config), self.updater, self.status, handlers)
         self.metrics = AgentMetrics(self._model_facts, self.history.size_bytes)
         self.token = load_token(config.token_path)
@@ -139,6 +147,7 @@ class Agent:
             max_body_bytes=config.api.max_body_bytes,
             max_k=config.api.max_k,
             max_history=config.history.max_events_per_user,
+            rules=self.rules,
         )
         self.app = create_app(services)
         self._server: BaseWSGIServer | MultiSocketServer | None = None
@@ -151,6 +160,10 @@ class Agent:
             self.link.request_status()  # throttled: a flood of junk is not a flood of statuses
         else:
             self.link.publish_status()
+
+    def _on_rules(self, payload: bytes, device_topic: bool) -> None:
+        self.rules.on_message(payload, device_topic)
+        self.link.request_status()
 
     def _on_erasure(self, payload: bytes) -> None:
         """A fleet erasure list (MQTT worker thread): apply it, then acknowledge in the status."""
@@ -190,6 +203,7 @@ class Agent:
             "discarded": self.active.discarded.to_json(),
             "health": self.metrics.health.snapshot(),
             "outcomes": self.outcomes.status(),  # aggregates only: see shared.outcomes
+            "rules": self.rules.status(),
             "erasure": self.erasure.status() if self.erasure else None,  # counts only: see edge_agent.erasure
             "at": round(time.time(), 3),
         }
