@@ -77,7 +77,7 @@ class FleetErasure:
             erasures = parse_erasure_list(signed_text(envelope, self._trusted, MAX_ENVELOPE_BYTES))
             check_header(erasures.header, fleet=self._fleet, device_id=self._device, now=now, newest=self.version)
         except UpdateRejected as e:
-            log.warning("erasure list refused: %s", e.reason)
+            log.debug("erasure list refused: %s", e.reason)  # junk floods cost no log lines; the status says why
             self._report("rejected", None, f"{e.reason}: {e}")
             return 0
         pending = erasures.pending(self.version, now)
