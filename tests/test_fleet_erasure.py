@@ -198,3 +198,19 @@ def test_erase_reaches_every_agent_including_one_offline_and_the_broker_never_se
 def recorder_payload(recorder: Recorder, last_level: str) -> bytes:
     assert wait_for(lambda: any(t.endswith("/" + last_level) and p for t, p in recorder.seen), 10)
     return next(p for t, p in reversed(recorder.seen) if t.endswith("/" + last_level) and p)
+
+
+def test_the_agent_refuses_an_erasure_secret_others_can_read(tmp_path: Path) -> None:
+    from edge_agent.erasure import load_secret
+    from edge_agent.errors import StartupError
+
+    path = tmp_path / "erasure.key"
+    path.write_text(SECRET.hex() + "\n")
+    path.chmod(0o644)
+    with pytest.raises(StartupError, match="readable by others"):
+        load_secret(path)
+    path.chmod(0o600)
+    assert load_secret(path) == SECRET
+    path.write_text("not hex")
+    with pytest.raises(StartupError, match="64 hex digits"):
+        load_secret(path)
