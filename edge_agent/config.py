@@ -130,6 +130,14 @@ class AggregatesSection:
 
 
 @dataclass(frozen=True)
+class ErasureSection:
+    """Fleet-wide erasure (shared.erasure): requests name shoppers by a digest keyed with this secret."""
+
+    secret_file: str = _opt("", "The fleet's erasure secret (64 hex digits, a 0600 file; the same on every device "
+                                "and for the trainer); empty: fleet erasure requests are not applied.")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     agent: AgentSection = field(default_factory=AgentSection)
     model: ModelSection = field(default_factory=ModelSection)
@@ -138,6 +146,7 @@ class AgentConfig:
     api: ApiSection = field(default_factory=ApiSection)
     experiment: ExperimentSection = field(default_factory=ExperimentSection)
     aggregates: AggregatesSection = field(default_factory=AggregatesSection)
+    erasure: ErasureSection = field(default_factory=ErasureSection)
 
     @property
     def master_key_path(self) -> Path:

@@ -13,6 +13,8 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -24,6 +26,7 @@ from edge_agent.active_model import ActiveModel
 from edge_agent.api import Services, create_app
 from edge_agent.config import AgentConfig
 from edge_agent.durable_files import write_atomic
+from edge_agent.erasure import fleet_erasure
 from edge_agent.errors import StartupError
 from edge_agent.history_store import HistoryStore
 from edge_agent.key_rotation import finish_pending, key_loader
@@ -33,8 +36,10 @@ from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import BrokerSettings, MqttLink
 from edge_agent.outcome_file import OutcomeFile
 from edge_agent.outcome_ledger import OutcomeLedger
+from edge_agent.rules_store import RulesStore
 from edge_agent.update_report import Outcome, UpdateResult
 from edge_agent.updater import Updater
+from shared import topics
 from shared.errors import SignatureError
 from shared.signing import load_public_key
 
@@ -120,7 +125,15 @@ class Agent:
                                       auto_impressions=experiment.impressions == "auto")
         self.outcome_file = OutcomeFile(data_dir, self.history.keyring)
         self.outcome_file.load_into(self.outcomes)
-        self.link = MqttLink(broker_settings(config), self.updater, self.status)
+        self.erasure = fleet_erasure(config, trusted, self.history, self.outcomes)
+        prefix, fleet, device = config.mqtt.topic_prefix, config.agent.fleet, config.agent.device_id
+        self.rules = RulesStore(data_dir, trusted, fleet=fleet, device_id=device)
+        handlers: dict[str, Callable[[bytes], None]] = {
+            topics.rules_topic(prefix, fleet): partial(self._on_rules, device_topic=False),
+            topics.rules_topic(prefix, fleet, device): partial(self._on_rules, device_topic=True)}
+        if self.erasure is not None:
+            handlers[topics.erasure_topic(prefix, fleet)] = self._on_erasure
+        self.link = MqttLink(broker_settings(config), self.updater, self.status, handlers)
         self.metrics = AgentMetrics(self._model_facts, self.history.size_bytes)
         self.token = load_token(config.token_path)
         services = Services(
@@ -134,6 +147,7 @@ class Agent:
             max_body_bytes=config.api.max_body_bytes,
             max_k=config.api.max_k,
             max_history=config.history.max_events_per_user,
+            rules=self.rules,
         )
         self.app = create_app(services)
         self._server: BaseWSGIServer | MultiSocketServer | None = None
@@ -146,6 +160,20 @@ class Agent:
             self.link.request_status()  # throttled: a flood of junk is not a flood of statuses
         else:
             self.link.publish_status()
+
+    def _on_rules(self, payload: bytes, device_topic: bool) -> None:
+        self.rules.on_message(payload, device_topic)
+        self.link.request_status()
+
+    def _on_erasure(self, payload: bytes) -> None:
+        """A fleet erasure list (MQTT worker thread): apply it, then acknowledge in the status."""
+        assert self.erasure is not None
+        if self.erasure.on_message(payload):
+            try:
+                self.outcome_file.save(self.outcomes)  # the sealed ledger forgets them now, not at the next save
+            except Exception:
+                log.exception("could not save the outcome ledger after an erasure; will retry")
+        self.link.request_status()
 
     def _model_facts(self) -> ModelFacts | None:
         model = self.active.current
@@ -175,6 +203,8 @@ class Agent:
             "discarded": self.active.discarded.to_json(),
             "health": self.metrics.health.snapshot(),
             "outcomes": self.outcomes.status(),  # aggregates only: see shared.outcomes
+            "rules": self.rules.status(),
+            "erasure": self.erasure.status() if self.erasure else None,  # counts only: see edge_agent.erasure
             "at": round(time.time(), 3),
         }
 

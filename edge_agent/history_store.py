@@ -73,6 +73,9 @@ class HistoryStore:
         self._clock = clock
         self._lock = threading.Lock()
         self.folder = folder
+        #: Called with the user ids of each write before it is stored (the fleet erasure index,
+        #: :mod:`edge_agent.erasure_index`); an exception refuses the write.
+        self.on_users: Callable[[list[str]], None] | None = None
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             self.keyring = Keyring(folder / KEYRING_FILE, load_keys)
@@ -95,6 +98,8 @@ class HistoryStore:
         by_user: dict[str, list[Event]] = {}
         for event in events:
             by_user.setdefault(event.user_id, []).append(event)
+        if self.on_users is not None and by_user:
+            self.on_users(list(by_user))
         try:
             ciphers = {}
             for user_id in by_user:
@@ -245,7 +250,10 @@ class HistoryStore:
         If deleting them fails then (a damaged database page), that is logged and the answer is
         still that the user was erased; the retention sweep removes records without a key.
         """
-        ref = self._ref(user_id)
+        return self.delete_ref(self._ref(user_id))
+
+    def delete_ref(self, ref: bytes) -> bool:
+        """:meth:`delete_user` for a user known by reference only (a fleet erasure request)."""
         try:
             existed = self.keyring.destroy(ref)
         except sqlite3.Error as e:

@@ -14,7 +14,7 @@ import queue
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,9 +61,13 @@ class BrokerSettings:
 
 class MqttLink:
     def __init__(
-        self, settings: BrokerSettings, updater: Updater, status: Callable[[], dict[str, Any]]
+        self, settings: BrokerSettings, updater: Updater, status: Callable[[], dict[str, Any]],
+        handlers: Mapping[str, Callable[[bytes], None]] | None = None,
     ) -> None:
+        """``handlers``: other topics to follow (the business rules, the erasure list), each with
+        the function the worker thread calls with a message's payload."""
         self.settings = settings
+        self._handlers = dict(handlers or {})
         self.updater = updater
         self.status = status
         self.connected = threading.Event()
@@ -169,7 +173,7 @@ class MqttLink:
             return
         log.info("connected to broker %s:%s", self._host, self._port)
         self.connected.set()
-        client.subscribe([(topic, 1) for topic in self._manifest_topics])
+        client.subscribe([(topic, 1) for topic in [*self._manifest_topics, *self._handlers]])
         self._chunk_subs, self._chunk_version = [], None  # a new connection has no subscriptions
         self._follow_bundle()  # after a reconnect: what is still missing
         self.publish_status()
@@ -213,6 +217,9 @@ class MqttLink:
             if self.updater.retry_when_room():
                 self._follow_bundle()
                 self.publish_status()
+            return
+        if topic in self._handlers:
+            self._handlers[topic](payload)
             return
         if topic in self._manifest_topics:
             if not payload:

@@ -130,3 +130,10 @@ class JsonRejected(BadInput):
 
 class EventError(BadInput):
     """A field of an event is missing or invalid; the message names the field."""
+
+
+# -- signed fleet documents other than manifests (shared.fleet_documents) ------------------------
+class MalformedDocument(UpdateRejected):
+    """The signed text is not an acceptable rules or erasure document; the message names the field."""
+
+    reason = "malformed"

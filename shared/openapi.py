@@ -179,6 +179,8 @@ _SCHEMAS: dict[str, Any] = {
             "explanations": {"type": "boolean"},
             "manifest": {"type": "object", "description": "The verified manifest (see shared/bundle.py)."},
             "last_update": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/UpdateResult"}]},
+            "rules": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/RulesStatus"}],
+                      "description": "The signed business rules applied (block, boost, pin)."},
         },
     },
     "Health": {

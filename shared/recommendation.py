@@ -16,13 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
 from shared.catalog import Catalog, CatalogItem
 from shared.errors import ScoringFailed
 from shared.events import EventKind, history_inputs
+
+if TYPE_CHECKING:
+    from shared.business_rules import AppliedRules
 
 #: The graph input (bool [1, items]) that says which items a query may return; models of
 #: contract version 1 have none, and are filtered after their top K.
@@ -147,6 +150,7 @@ def recommend(
     category: str | None = None,
     bought: Iterable[str] = (),
     personalised: bool = True,
+    rules: AppliedRules | None = None,
 ) -> RecommendationResult:
     """Top ``k`` items for a shopper; popular items when no history item is known to the model.
 
@@ -160,11 +164,14 @@ def recommend(
     model ranks the whole catalogue under these filters; popular items that pass them fill the
     rest of a list the model could not fill (see the module's docstring). ``personalised=False``
     serves the popular items under the same filters without asking the model (a holdout's control).
+    ``rules``: business rules (:mod:`shared.business_rules`): blocked items join the exclusions in
+    the mask, boosts re-rank the model's candidates, pins put items at fixed slots.
     """
     index_of = scorer.item_index
     known = [(index_of[e.item_id], e.kind) for e in history if e.item_id in index_of]
     catalog = scorer.catalog
-    allowed = allowed_items(catalog, _excluded(known, exclude, bought, index_of), category)
+    banned = _excluded(known, exclude, bought, index_of)
+    allowed = allowed_items(catalog, banned if rules is None else rules.banned(banned), category)
     chosen: list[Recommendation] = []
     taken: set[int] = set()
     failed = False
@@ -174,6 +181,7 @@ def recommend(
         items, weights = history_inputs(known, scorer.history_length)
         try:
             answer = scorer.score(items, weights, allowed)
+            answer = answer if rules is None else rules.rerank(answer)
         except ScoringFailed:
             failed, known = True, []
     if known:
@@ -200,6 +208,8 @@ def recommend(
             continue
         chosen.append(Recommendation(catalog.items[index], None))
         taken.add(index)
+    if rules is not None:
+        chosen = rules.pin(chosen, k, allowed)
     return RecommendationResult(
         items=chosen, fallback=not known, model_version=scorer.version,
         history_used=min(len(known), scorer.history_length), model_failed=failed

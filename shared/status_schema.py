@@ -46,6 +46,40 @@ OUTCOMES: dict[str, Any] = {
     },
 }
 
+_LAST_RESULT: dict[str, Any] = {
+    "oneOf": [{"type": "null"}, {"type": "object", "required": ["result", "version", "reason", "at"], "properties": {
+        "result": {"type": "string", "enum": ["applied", "accepted", "rejected", "failed"]},
+        "version": {"type": ["integer", "null"]}, "reason": {"type": "string"}, "at": {"type": "number"}}}],
+    "description": "The last signed document handled: applied or accepted, or why it was refused.",
+}
+
+ERASURE_STATUS: dict[str, Any] = {
+    "description": "Fleet erasure (shared.erasure): the acknowledgement of the fleet's erasure list; null when "
+                   "erasure.secret_file is not configured. Counts only, never a digest or an id.",
+    "oneOf": [{"type": "null"}, {"type": "object", "required": ["version", "requests", "erased", "last"],
+                                 "additionalProperties": False, "properties": {
+        "version": {"type": ["integer", "null"], "description": "The newest erasure list applied (its last "
+                                                                   "request's sequence); null before the first."},
+        "requests": {**_COUNT, "description": "Erasure requests applied, in total."},
+        "erased": {**_COUNT, "description": "Of those, how many named a shopper of this device (erased)."},
+        "last": _LAST_RESULT}}],
+}
+
+RULES_STATUS: dict[str, Any] = {
+    "type": "object",
+    "description": "Business rules (shared.business_rules): the signed rules document applied, if any.",
+    "required": ["version", "expires", "stale", "counts", "last"],
+    "properties": {
+        "version": {"type": ["integer", "null"]},
+        "expires": {"type": ["string", "null"]},
+        "stale": {"type": ["boolean", "null"], "description": "The document has expired (still applied)."},
+        "targeted": {"type": "boolean", "description": "The document targets this device (its own topic)."},
+        "counts": {"type": "object", "description": "Rules by action (block, boost, pin), and active now.",
+                   "additionalProperties": {"type": "integer", "minimum": 0}},
+        "last": _LAST_RESULT,
+    },
+}
+
 _ONLINE: dict[str, Any] = {
     "type": "object",
     "required": ["device_id", "fleet", "channel", "model_version", "state", "health", "outcomes", "at"],
@@ -62,6 +96,8 @@ _ONLINE: dict[str, Any] = {
         "discarded": {"type": "object"},
         "health": {"type": "object", "description": "Requests, latency percentiles, 5xx and model errors."},
         "outcomes": {"$ref": "#/components/schemas/Outcomes"},
+        "erasure": ERASURE_STATUS,
+        "rules": {"$ref": "#/components/schemas/RulesStatus"},
         "at": {"type": "number", "description": "Epoch seconds."},
     },
 }
@@ -72,4 +108,5 @@ AGENT_STATUS: dict[str, Any] = {
     "oneOf": [_ONLINE, {"type": "object", "required": ["state"], "properties": {"state": {"const": "offline"}}}],
 }
 
-SCHEMAS: dict[str, Any] = {"AgentStatus": AGENT_STATUS, "Outcomes": OUTCOMES, "OutcomeCell": OUTCOME_CELL}
+SCHEMAS: dict[str, Any] = {"AgentStatus": AGENT_STATUS, "Outcomes": OUTCOMES, "OutcomeCell": OUTCOME_CELL,
+                           "RulesStatus": RULES_STATUS}

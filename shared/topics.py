@@ -9,6 +9,9 @@ Layout under a prefix (default ``edge-rec/v1``)::
     <prefix>/<fleet>/status/<device_id>                retained agent status (last will: offline)
     <prefix>/<fleet>/aggregates/<device_id>            retained fleet aggregate of the device's shoppers
                                                        (shared.fleet_aggregates; off unless enabled)
+    <prefix>/<fleet>/rules                             retained signed business rules (shared.business_rules)
+    <prefix>/<fleet>/rules/<device_id>                 retained signed rules targeted at that device
+    <prefix>/<fleet>/erasure                           retained signed erasure list (shared.erasure)
 
 Channels are rollout rings: a version goes to ``canary`` first and is promoted to ``stable``.
 Stable agents follow the stable manifest; canary agents follow both and run the newer.
@@ -129,3 +132,15 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
         raise ValueError(f"{problem}: no user, path or query")
     tls = parsed.scheme == "mqtts"
     return parsed.hostname, port or (8883 if tls else 1883), tls
+
+
+def erasure_topic(prefix: str, fleet: str) -> str:
+    """The fleet's retained, signed erasure list (:mod:`shared.erasure`); only the trainer writes it."""
+    return f"{prefix}/{check_name(fleet, 'fleet')}/erasure"
+
+
+def rules_topic(prefix: str, fleet: str, device_id: str | None = None) -> str:
+    """The fleet's retained, signed business rules (:mod:`shared.business_rules`); with ``device_id``,
+    that device's own rules (a document whose ``targets`` name it)."""
+    topic = f"{prefix}/{check_name(fleet, 'fleet')}/rules"
+    return topic if device_id is None else f"{topic}/{check_name(device_id, 'device id')}"

@@ -202,3 +202,24 @@ def test_another_devices_client_id_cannot_knock_an_agent_offline(
     finally:
         trainer.close()
         agent.stop()
+
+
+def test_an_agent_reads_the_fleets_rules_its_own_and_the_erasure_list_but_writes_none(secure: SecureBroker) -> None:
+    """The signed business rules and erasure list: only the trainer writes them; a device reads the
+    fleet's, its own device's rules, and not another device's."""
+    stolen, trainer = Client(secure, "dev-1"), Client(secure, "cloud-trainer")
+    try:
+        fleet_rules, own, neighbours = (topics.rules_topic(PREFIX, "default", d) for d in (None, "dev-1", "dev-2"))
+        erasure = topics.erasure_topic(PREFIX, "default")
+        for topic in (fleet_rules, own, neighbours, erasure):
+            assert stolen.publish(topic, b"{}") == NOT_AUTHORIZED
+            assert trainer.publish(topic, b"signed document") in (ACCEPTED, ACCEPTED_NO_SUBSCRIBERS)
+            stolen.subscribe(topic)
+        assert wait_for(lambda: len(stolen.messages) == 3, 10)
+        time.sleep(0.5)
+        assert sorted(stolen.messages) == sorted([fleet_rules, own, erasure]), stolen.messages
+        for topic in (fleet_rules, own, neighbours, erasure):
+            trainer.publish(topic, b"")  # clear the retained test documents
+    finally:
+        stolen.close()
+        trainer.close()

@@ -16,7 +16,8 @@ blueprint = Blueprint("model", __name__)
 
 @blueprint.get("/v1/model")
 def model_info() -> Any:
-    active = services().active
+    found = services()
+    active = found.active
     model, last = active.current, active.last_update
     if model is None:
         raise ApiError(404, "no_model", "no model installed yet")
@@ -32,5 +33,6 @@ def model_info() -> Any:
             "explanations": model.explains,
             "manifest": manifest.as_dict(),
             "last_update": last.to_json() if last else None,
+            "rules": found.rules.status() if found.rules else None,  # the business rules applied
         }
     )

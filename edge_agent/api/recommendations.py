@@ -48,7 +48,8 @@ def recommendations() -> Any:
     bought = found.history.purchased(user_id) if excluding else ()
     # holdout shoppers: the previous version (experiment.control = "previous"), else popular items
     result = recommend(scorer, history, k, exclude, category, bought,
-                       personalised=arm is Arm.MODEL or control is not None)
+                       personalised=arm is Arm.MODEL or control is not None,
+                       rules=found.rules.applied(scorer.catalog) if found.rules else None)
     request_id = secrets.token_urlsafe(12)
     found.outcomes.served(request_id, found.user_ref(user_id), model.version, arm,
                           [r.item.id for r in result.items], time.time())
