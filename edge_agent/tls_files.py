@@ -1,6 +1,7 @@
 """The REST API's TLS certificate and key: checked at start-up, weak setups refused with the fix named.
 
-Refused: a key file others may read (it must be 0600/0400), an encrypted key (the agent would need
+Refused: a key file others may read or its group may write (0600, or 0640 with the agent's group,
+as for the MQTT key), an encrypted key (the agent would need
 the passphrase in a file next to it, which protects nothing), RSA keys under 2048 bits, EC keys
 under 256 bits, DSA keys, a certificate signed with SHA-1 or MD5, one that is expired or not yet
 valid, and a certificate that does not belong to the key. The protocol floor is TLS 1.2 (the
@@ -44,9 +45,9 @@ def check(cert_file: Path, key_file: Path, now: datetime.datetime | None = None)
     now = now or datetime.datetime.now(datetime.UTC)
     key_bytes = _read(key_file, "api.tls_key_file")
     mode = key_file.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise StartupError(f"api.tls_key_file {key_file}: readable by others (mode {stat.filemode(mode)}): "
-                           f"chmod 600 {key_file}")
+    if mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO):
+        raise StartupError(f"api.tls_key_file {key_file}: open to others (mode {stat.filemode(mode)}): "
+                           f"chmod 600 {key_file} (or 640 with the agent's group)")
     try:
         key = serialization.load_pem_private_key(key_bytes, password=None)
     except TypeError:

@@ -211,3 +211,18 @@ def test_weak_tls_setups_are_refused_naming_the_fix(tmp_path: Path) -> None:
                                             serialization.BestAvailableEncryption(b"secret")))
     with pytest.raises(StartupError, match="the key is encrypted"):
         tls_files.check(cert_file, key_file)
+
+
+@pytest.mark.parametrize("profile", ["rpi4.toml", "rpi5.toml"])
+def test_the_pi_profiles_lan_block_is_a_valid_setup(profile: str) -> None:
+    """The commented LAN block of each Pi profile, uncommented (host replaced), validates."""
+    import tomllib
+
+    text = (Path(__file__).resolve().parent.parent / "firmware_configs" / profile).read_text()
+    lines = text.splitlines()
+    block = lines.index(next(line for line in lines if line.startswith("# LAN API")))
+    settings = [line[2:] for line in lines[block + 3:] if line.startswith("# ") and "=" in line]
+    raw = tomllib.loads(text.replace('host = "127.0.0.1"', "") + "\n" + "\n".join(settings))
+    api = from_mapping(raw).api
+    assert (api.host, api.server, api.default_token) == ("0.0.0.0", "granian", False)
+    assert api.tls_cert_file and api.tls_key_file and api.tokens_file and api.rate_limit_per_s > 0
