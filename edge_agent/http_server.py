@@ -37,8 +37,9 @@ from waitress.server import MultiSocketServer, TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 from waitress.utilities import Error
 
+from edge_agent.api.guard import RefusalLog
 from edge_agent.api_tokens import TokenSet
-from shared.api_scopes import OPEN_PATHS
+from shared.api_scopes import OPEN_PATHS, rule_for
 
 #: Largest request line plus headers (the token and a query string fit many times over).
 MAX_HEADER_BYTES = 16 * 1024
@@ -98,6 +99,7 @@ class GuardedParser(HTTPRequestParser):
     """Refuses a request on its headers (no token, declared body too large); see the module doc."""
 
     tokens: TokenSet
+    refusals: RefusalLog
     max_body_bytes = 0
 
     def __init__(self, adj: Adjustments) -> None:
@@ -108,6 +110,8 @@ class GuardedParser(HTTPRequestParser):
         super().parse_header(header_plus)
         path = "/" + str(getattr(self, "path", "/")).lstrip("/")  # as waitress gives it to the app
         if path not in OPEN_PATHS and self.tokens.match(self.headers.get("AUTHORIZATION", "")) is None:
+            method = str(self.command)  # waitress decodes it (its stubs say bytes)
+            self.refusals.refused(401, method, rule_for(method, path)[0], "-", "no valid bearer token")
             self._refuse(unauthorized())
         elif self.content_length > self.max_body_bytes:
             self._refuse(too_large(self.max_body_bytes))
@@ -199,7 +203,8 @@ def create(app: Callable[..., Any], host: str, port: int, tokens: TokenSet,
         cleanup_interval=SWEEP_S, asyncore_use_poll=True, max_request_header_size=MAX_HEADER_BYTES,
         max_request_body_size=limits.max_body_bytes + 1,  # waitress refuses from this size up
     )
-    parser = type("Parser", (GuardedParser,), {"tokens": tokens, "max_body_bytes": limits.max_body_bytes})
+    parser = type("Parser", (GuardedParser,), {"tokens": tokens, "refusals": RefusalLog(),
+                                               "max_body_bytes": limits.max_body_bytes})
     channel = type("Channel", (GuardedChannel,), {"parser_class": parser})
     server_class = type("Server", (GuardedServer,), {"channel_class": channel,
                                                       "request_timeout_s": limits.request_timeout_s})
