@@ -19,7 +19,8 @@ Limits, as :mod:`edge_agent.http_server` enforces them under waitress:
   deadline in granian: a client **with a valid token** that trickles a body keeps one request
   thread busy until it finishes or disconnects (docs/security.md).
 - **Connections.** At most ``api.max_connections`` are served at once; more wait in the backlog.
-- **Small headers.** hyper's read buffer is ``MAX_HEADER_BYTES``: larger heads get 431.
+- **Small headers.** hyper's read buffer is ``MAX_HEADER_BYTES``: larger heads get 431. hyper's
+  own refusals (431, 400 for broken framing) have an empty body, not the API's JSON error.
 
 ``stop()`` stops accepting (from the signal handler); ``drain()`` waits until in-flight requests
 have been answered and the worker has released the socket.
