@@ -57,10 +57,10 @@ demo: $(STAMP) mosquitto
 	$(PY) scripts/demo.py --datasets "$(EDGE_REC_DATASETS)"
 
 wrk:
-	@if command -v wrk >/dev/null 2>&1; then :; \
+	@if command -v wrk >/dev/null 2>&1 && command -v hey >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "==> installing wrk (apt-get)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk hey >/dev/null; \
 	else \
 		echo "wrk is missing: 'sudo apt-get install -y wrk' (the HTTP benchmark needs it)" >&2; exit 1; \
 	fi

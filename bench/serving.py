@@ -14,6 +14,8 @@ Stages (all by default; ``--only`` picks some):
   for Online Retail (rank 256, history 200, repeat term; 60 events per shopper); and 100k items
   with the history cache off. Baseline in each run: the same paced load on ``GET /healthz`` for 20 s.
   Also agent RSS with the model, and cold start to ready (process start -> /readyz 200).
+- ``stack``: granian (the default server) and waitress (the fallback) side by side at a fixed 500
+  requests/s (hey) and unpaced (wrk), the default trained model's shape: ``bench/serving_stack.py``.
 - ``footprint``: size of a fresh virtualenv with only ``edge-recommender[edge]`` (no TensorFlow).
 
 The model has random weights: the cost of scoring does not depend on what the vectors hold.
@@ -348,11 +350,12 @@ def bench_footprint(work: Path) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", action="append", choices=["scoring", "http", "footprint"])
+    parser.add_argument("--only", action="append", choices=["scoring", "http", "stack", "footprint"])
     parser.add_argument("--seconds", type=int, default=60, help="length of the fixed-rate HTTP run")
     parser.add_argument("--queries", type=int, default=3000)
+    parser.add_argument("--stack-seconds", type=int, default=20, help="length of each fixed-rate run of the stack part")
     args = parser.parse_args()
-    stages = args.only or ["scoring", "http", "footprint"]
+    stages = args.only or ["scoring", "http", "stack", "footprint"]
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     with tempfile.TemporaryDirectory(prefix="edge-rec-bench-") as tmp:
@@ -374,6 +377,13 @@ def main() -> None:
                 f"{N_ITEMS}_items_no_history_cache": bench_http(big, args.seconds, N_ITEMS, ("history.cache_users=0",)),
             }
             print(json.dumps(results["http"], indent=1), flush=True)
+        if "stack" in stages:
+            from serving_stack import bench_stack  # bench/ is this script's folder
+
+            stack = work / "stack"
+            build_bundle(stack, ONLINE_RETAIL_ITEMS, dim=256, history=200, factorized=True)
+            results["stack"] = bench_stack(stack, args.stack_seconds, sys.modules[__name__])
+            print(json.dumps(results["stack"]["summary_over_rounds"], indent=1), flush=True)
         if "footprint" in stages:
             results["edge_install"] = bench_footprint(work)
             print(json.dumps(results["edge_install"], indent=1), flush=True)

@@ -92,6 +92,19 @@ class ApiSection:
                                       "(slow clients are cut off); idle connections close after as long.",
                                   lo=1, hi=300)
     max_k: int = _opt(100, "Largest k a client may ask for.", lo=1, hi=1000)
+    server: str = _opt("granian", "HTTP server: granian (Rust, in this process; TLS) or waitress (the fallback; "
+                                  "no TLS).", choices=("granian", "waitress"))
+    tls_cert_file: str = _opt("", "TLS certificate chain (PEM) of the API; with tls_key_file the API speaks only "
+                                  "HTTPS. Weak setups are refused at start (docs/security.md).")
+    tls_key_file: str = _opt("", "TLS private key (PEM, unencrypted, 0600; EC P-256+ or RSA 2048+).")
+    tokens_file: str = _opt("", "Named, scoped API tokens (0600), one a line: name scope[,scope] token "
+                                "[rate_per_s=N] [burst=N]; scopes recommend, events, admin.")
+    default_token: bool = _opt(True, "Also accept the single token of token_file / EDGE_AGENT_API_TOKEN, with every "
+                                     "scope (named default); false once tokens_file names every client.")
+    rate_limit_per_s: float = _opt(0.0, "Requests a second each token may make on average (0: no limit); "
+                                        "a tokens_file line may set its own.", lo=0.0, hi=100_000.0)
+    rate_limit_burst: int = _opt(20, "Requests a token may make at once before rate_limit_per_s applies.",
+                                 lo=1, hi=100_000)
 
 
 @dataclass(frozen=True)
@@ -212,11 +225,22 @@ def from_mapping(raw: dict[str, Any]) -> AgentConfig:
             check()
         except ValueError as e:
             raise ConfigError(f"{key}: {e}") from None
+    _check_api(config.api)
     tls_files = [k for k in ("ca_file", "cert_file", "key_file") if getattr(config.mqtt, k)]
     if tls_files and not config.mqtt.url.startswith("mqtts://"):
         raise ConfigError(f"mqtt.{tls_files[0]}: is set, but mqtt.url {config.mqtt.url!r} is not mqtts:// "
                           "(the connection would not use TLS)")
     return config
+
+
+def _check_api(api: ApiSection) -> None:
+    if bool(api.tls_cert_file) != bool(api.tls_key_file):
+        given, missing = ("tls_cert_file", "tls_key_file") if api.tls_cert_file else ("tls_key_file", "tls_cert_file")
+        raise ConfigError(f"api.{missing}: must be set with api.{given} (TLS needs a certificate and its key)")
+    if api.tls_cert_file and api.server != "granian":
+        raise ConfigError("api.tls_cert_file: TLS needs api.server = \"granian\" (waitress has no TLS)")
+    if not api.default_token and not api.tokens_file:
+        raise ConfigError("api.default_token: false needs api.tokens_file (no token would be accepted)")
 
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")

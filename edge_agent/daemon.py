@@ -7,6 +7,7 @@ Shutdown: stop accepting requests, let in-flight ones finish, publish offline, c
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -19,15 +20,16 @@ from pathlib import Path
 from types import FrameType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from waitress.server import BaseWSGIServer, MultiSocketServer
 
-from edge_agent import http_server
+from edge_agent import http_server, tls_files
 from edge_agent.active_model import ActiveModel
 from edge_agent.api import Services, create_app
+from edge_agent.api_tokens import TokenSet, token_set
 from edge_agent.config import AgentConfig
 from edge_agent.durable_files import write_atomic
 from edge_agent.erasure import fleet_erasure
 from edge_agent.errors import StartupError
+from edge_agent.granian_server import GranianServer
 from edge_agent.history_store import HistoryStore
 from edge_agent.key_rotation import finish_pending, key_loader
 from edge_agent.master_key import resolve_path
@@ -44,6 +46,9 @@ from shared.errors import SignatureError
 from shared.signing import load_public_key
 
 log = logging.getLogger(__name__)
+
+#: How long a stop waits for requests in flight.
+DRAIN_S = 10.0
 
 
 def load_token(path: Path) -> str:
@@ -135,11 +140,15 @@ class Agent:
             handlers[topics.erasure_topic(prefix, fleet)] = self._on_erasure
         self.link = MqttLink(broker_settings(config), self.updater, self.status, handlers)
         self.metrics = AgentMetrics(self._model_facts, self.history.size_bytes)
-        self.token = load_token(config.token_path)
+        self.token = load_token(config.token_path) if config.api.default_token else ""
+        api = config.api
+        self.tokens: TokenSet = token_set(self.token, Path(api.tokens_file) if api.tokens_file else None,
+                                          api.rate_limit_per_s, api.rate_limit_burst)
         services = Services(
             active=self.active,
             history=self.history,
             token=self.token,
+            tokens=self.tokens,
             metrics=self.metrics,
             outcomes=self.outcomes,
             holdout_share=experiment.holdout_share,
@@ -150,7 +159,7 @@ class Agent:
             rules=self.rules,
         )
         self.app = create_app(services)
-        self._server: BaseWSGIServer | MultiSocketServer | None = None
+        self._server: GranianServer | http_server.WaitressServer | None = None
         self._stopping = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -213,20 +222,25 @@ class Agent:
         api = self.config.api
         limits = http_server.ServerLimits(max_body_bytes=api.max_body_bytes, max_connections=api.max_connections,
                                           request_timeout_s=api.request_timeout_s, threads=api.threads)
+        tls = tls_files.check(Path(api.tls_cert_file), Path(api.tls_key_file)) if api.tls_cert_file else None
         try:
-            self._server = http_server.create(self.app, api.host, api.port, self.token, limits)
+            if api.server == "granian":
+                self._server = GranianServer(self.app, api.host, api.port, limits, tls)
+            else:
+                self._server = http_server.WaitressServer(self.app, api.host, api.port, self.tokens, limits)
         except (OSError, ValueError) as e:  # in use, not an address of this host, a name that does not resolve
             raise StartupError(f"api: cannot listen on {api.host}:{api.port}: {e}") from e
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT (call :meth:`listen` first)."""
         self.updater.boot()
-        api = self.config.api
         assert self._server is not None, "listen() first"
-        listening = (self._server.effective_listen if isinstance(self._server, MultiSocketServer)
-                     else [(api.host, int(self._server.getsockname()[1]))])
-        for host, port in listening:
-            log.info("REST API listening on http://%s:%s", host, port)
+        for host, port in self._server.listening():
+            log.info("REST API (%s) listening on %s://%s:%s", self.config.api.server, self._server.scheme, host, port)
+        if self._server.scheme == "http" and not all(ipaddress.ip_address(h).is_loopback
+                                                     for h, _ in self._server.listening()):
+            log.warning("the REST API is reachable from the network without TLS: tokens and shoppers' data cross "
+                        "the LAN in clear; set api.tls_cert_file and api.tls_key_file (docs/security.md)")
         self.link.start()
         self._sweeper = threading.Thread(target=self._sweep_history, name="history-retention", daemon=True)
         self._sweeper.start()
@@ -237,7 +251,7 @@ class Agent:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
-            self._server.run()
+            self._server.serve()
         finally:
             self.shutdown()
 
@@ -283,7 +297,7 @@ class Agent:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("received %s; shutting down", signal.Signals(signum).name)
         if self._server is not None:
-            self._server.close()
+            self._server.stop()
         raise SystemExit(0)
 
     def shutdown(self) -> None:
@@ -291,7 +305,7 @@ class Agent:
             return
         self._stopping.set()
         if self._server is not None:
-            self._server.task_dispatcher.shutdown()  # in-flight requests finish first
+            self._server.drain(DRAIN_S)  # in-flight requests finish first
         self.link.stop()
         try:
             self.updater.stopped_cleanly()

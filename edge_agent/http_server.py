@@ -1,13 +1,15 @@
-"""The REST API's HTTP server: waitress, with limits that keep it available to honest clients.
+"""The REST API's fallback HTTP server (``api.server = "waitress"``): waitress, with limits that keep
+it available to honest clients. The default is :mod:`edge_agent.granian_server`; waitress has no TLS.
 
 Waitress buffers a whole request (headers, then body) before the application sees it, so the
 limits that matter are enforced here, in the server, as bytes arrive:
 
-- **Refused on headers.** A request without the API token (except ``/healthz``) is answered 401 as
-  soon as its headers are in, and one whose Content-Length exceeds ``api.max_body_bytes`` 413: their
-  bodies are never read. A chunked body is cut (413) once it passes the limit while it streams.
-  Afterwards the connection is drained for at most ``DRAIN_S`` seconds and ``DRAIN_BYTES`` bytes
-  and closed, so the client reads the answer rather than a reset.
+- **Refused on headers.** A request without a valid API token (except ``/healthz``) is answered 401 as
+  soon as its headers are in (scopes and rate limits are :mod:`edge_agent.api.guard`'s, after), and
+  one whose Content-Length exceeds ``api.max_body_bytes`` 413: their bodies are never read. A
+  chunked body is cut (413) once it passes the limit while it streams. Afterwards the connection
+  is drained for at most ``DRAIN_S`` seconds and ``DRAIN_BYTES`` bytes and closed, so the client
+  reads the answer rather than a reset.
 - **Slow clients.** A request must arrive whole within ``api.request_timeout_s`` of its first byte
   (a client sending one header line every few seconds is cut off), and an idle connection is
   closed after the same time. ``api.max_connections`` connections are served at once (poll, not
@@ -20,7 +22,6 @@ name no request path (paths carry user ids).
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import socket
@@ -36,8 +37,10 @@ from waitress.server import MultiSocketServer, TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 from waitress.utilities import Error
 
-#: Paths served without the token (liveness probes).
-OPEN_PATHS = frozenset({"/healthz"})
+from edge_agent.api.guard import RefusalLog
+from edge_agent.api_tokens import TokenSet
+from shared.api_scopes import OPEN_PATHS, rule_for
+
 #: Largest request line plus headers (the token and a query string fit many times over).
 MAX_HEADER_BYTES = 16 * 1024
 #: After refusing a request on its headers: how long, and how much, of its body is read and
@@ -54,12 +57,6 @@ class ServerLimits:
     max_connections: int = 512
     request_timeout_s: float = 10.0
     threads: int = 4
-
-
-def bearer_ok(header: str, token: str) -> bool:
-    """``Authorization: Bearer <token>`` with the right token (constant-time comparison)."""
-    scheme, _, supplied = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), token.encode())
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -101,7 +98,8 @@ def too_large(limit: int) -> JsonError:
 class GuardedParser(HTTPRequestParser):
     """Refuses a request on its headers (no token, declared body too large); see the module doc."""
 
-    token = ""
+    tokens: TokenSet
+    refusals: RefusalLog
     max_body_bytes = 0
 
     def __init__(self, adj: Adjustments) -> None:
@@ -111,7 +109,9 @@ class GuardedParser(HTTPRequestParser):
     def parse_header(self, header_plus: bytes) -> None:
         super().parse_header(header_plus)
         path = "/" + str(getattr(self, "path", "/")).lstrip("/")  # as waitress gives it to the app
-        if path not in OPEN_PATHS and not bearer_ok(self.headers.get("AUTHORIZATION", ""), self.token):
+        if path not in OPEN_PATHS and self.tokens.match(self.headers.get("AUTHORIZATION", "")) is None:
+            method = str(self.command)  # waitress decodes it (its stubs say bytes)
+            self.refusals.refused(401, method, rule_for(method, path)[0], "-", "no valid bearer token")
             self._refuse(unauthorized())
         elif self.content_length > self.max_body_bytes:
             self._refuse(too_large(self.max_body_bytes))
@@ -194,7 +194,7 @@ class GuardedServer(TcpWSGIServer):
                 channel.will_close = True  # headers or body trickling in: a slow-loris client
 
 
-def create(app: Callable[..., Any], host: str, port: int, token: str,
+def create(app: Callable[..., Any], host: str, port: int, tokens: TokenSet,
            limits: ServerLimits) -> TcpWSGIServer | MultiSocketServer:
     """A listening server (one socket per address ``host`` resolves to); ``run()`` serves."""
     adj = Adjustments(
@@ -203,7 +203,8 @@ def create(app: Callable[..., Any], host: str, port: int, token: str,
         cleanup_interval=SWEEP_S, asyncore_use_poll=True, max_request_header_size=MAX_HEADER_BYTES,
         max_request_body_size=limits.max_body_bytes + 1,  # waitress refuses from this size up
     )
-    parser = type("Parser", (GuardedParser,), {"token": token, "max_body_bytes": limits.max_body_bytes})
+    parser = type("Parser", (GuardedParser,), {"tokens": tokens, "refusals": RefusalLog(),
+                                               "max_body_bytes": limits.max_body_bytes})
     channel = type("Channel", (GuardedChannel,), {"parser_class": parser})
     server_class = type("Server", (GuardedServer,), {"channel_class": channel,
                                                       "request_timeout_s": limits.request_timeout_s})
@@ -215,6 +216,31 @@ def create(app: Callable[..., Any], host: str, port: int, token: str,
         return cast(TcpWSGIServer, servers[0])
     listening = [(s.effective_host, s.effective_port) for s in servers]
     return MultiSocketServer(sockets, adj, listening, dispatcher, servers[-1].log_info)
+
+
+class WaitressServer:
+    """:func:`create`'s server behind the interface the daemon uses for either server."""
+
+    scheme = "http"
+
+    def __init__(self, app: Callable[..., Any], host: str, port: int, tokens: TokenSet, limits: ServerLimits) -> None:
+        self.server = create(app, host, port, tokens, limits)
+        self.host = host
+
+    def listening(self) -> list[tuple[str, int]]:
+        if isinstance(self.server, MultiSocketServer):
+            return [(str(h), int(p)) for h, p in self.server.effective_listen]
+        return [(self.host, int(self.server.getsockname()[1]))]
+
+    def serve(self) -> None:
+        self.server.run()
+
+    def stop(self) -> None:
+        self.server.close()
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        self.server.task_dispatcher.shutdown(timeout=int(timeout))  # in-flight requests finish first
+        return True
 
 
 class RedactPaths(logging.Filter):

@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 from shared import status_schema
+from shared.api_scopes import ANY, OPEN_PATHS, required_scope
 from shared.events import CONTROL_CHARACTERS, MAX_ID_LENGTH, EventKind
 from shared.outcomes import REQUEST_ID_PATTERN, OutcomeKind
 
@@ -299,6 +300,32 @@ _PATHS: dict[str, Any] = {
 }
 
 
+_FORBIDDEN = _error("The token is valid but lacks the scope this operation needs (x-required-scope).")
+_RATE_LIMITED = {
+    **_error("The token's rate limit (api.rate_limit_per_s, or its line in api.tokens_file) is used up."),
+    "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer", "minimum": 1}}},
+}
+
+
+def _with_access(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation that needs a token: its scope (shared.api_scopes) and the 401/403/429 it may get.
+
+    Done here, for every path, so routes added later are documented the same way."""
+    paths = copy.deepcopy(paths)
+    for path, operations in paths.items():
+        if path in OPEN_PATHS:
+            continue
+        for method, operation in operations.items():
+            scope = required_scope(method.upper(), path)
+            operation["x-required-scope"] = "any valid token" if scope == ANY else scope
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("401", _UNAUTHORIZED)
+            if scope != ANY:
+                responses.setdefault("403", _FORBIDDEN)
+            responses.setdefault("429", _RATE_LIMITED)
+    return paths
+
+
 def document() -> dict[str, Any]:
     """The OpenAPI document (a fresh copy; callers may modify it)."""
     return copy.deepcopy(
@@ -311,9 +338,13 @@ def document() -> dict[str, Any]:
             },
             "servers": [{"url": "http://127.0.0.1:8080"}],
             "security": [{"bearer": []}],
-            "paths": _PATHS,
+            "paths": _with_access(_PATHS),
             "components": {
-                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                "securitySchemes": {"bearer": {
+                    "type": "http", "scheme": "bearer",
+                    "description": "A token of api.tokens_file with scopes recommend, events, admin (each operation's "
+                                   "x-required-scope), or the single all-scopes token of api.token_file.",
+                }},
                 "schemas": _SCHEMAS,
             },
         }

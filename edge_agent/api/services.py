@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from flask import current_app
 
 from edge_agent.active_model import ActiveModel
+from edge_agent.api_tokens import TokenSet
 from edge_agent.crypto_envelope import user_ref
 from edge_agent.history_store import HistoryStore
 from edge_agent.metrics import AgentMetrics
@@ -32,6 +33,7 @@ class Services:
     holdout_share: float = 0.0
     holdout_salt: str = "holdout-1"
     rules: RulesStore | None = None  # the signed business rules (shared.business_rules)
+    tokens: TokenSet | None = None  # None: ``token`` alone, with every scope
 
     def user_ref(self, user_id: str) -> bytes:
         """The keyed reference of a user (what the history and the outcome ledger know them by)."""

@@ -11,6 +11,8 @@ Layout of ``--out``::
     server.pem  server.key         the broker's certificate (SAN: every --server-name)
     clients/<name>.pem  .key       one per device and one for the trainer; CN = MQTT username
     acl  mosquitto.conf            rendered from the templates beside this script
+    api-ca.pem  api-ca.key         with --api-cert: the CA store apps trust for agents' REST APIs
+    api/<name>.pem  .key           one per --api-cert: an agent's LAN API (api.tls_cert_file, tls_key_file)
     data/                          Mosquitto persistence and log
 
 Run it again with more ``--device`` options to add devices: an existing CA and existing
@@ -137,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bind", default="0.0.0.0", help="listener address")
     parser.add_argument("--prefix", default=topics.DEFAULT_PREFIX)
     parser.add_argument("--days", type=int, default=825)
+    parser.add_argument("--api-cert", action="append", default=[], metavar="NAME[,NAME...]",
+                        help="a REST API server certificate for an agent's LAN listener (repeat): api/NAME.pem and "
+                             ".key for the names and addresses apps use, issued by api-ca.pem, a CA of its own "
+                             "(apps that trust it trust no broker or device certificate)")
     parser.add_argument("--renew", action="store_true", help="reissue the named clients' certificates")
     parser.add_argument("--no-persistence", action="store_true", help="test brokers: keep nothing on disk")
     parser.add_argument("--run-as", default="", help="user Mosquitto drops privileges to (default: mosquitto)")
@@ -159,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
            server_names=args.server_name or ["localhost", "127.0.0.1"])
     for name in [args.trainer, *args.device]:
         _issue(out / "clients" / name, name, ca, args.days, args.renew)
+    if args.api_cert:
+        (out / "api").mkdir(exist_ok=True, mode=0o700)
+        api_ca = _issue(out / "api-ca", f"Edge Recommender fleet {args.fleet} store API CA", None, args.days * 4,
+                        False, ca=True)
+        for names in args.api_cert:
+            listed = [n.strip() for n in names.split(",") if n.strip()]
+            _issue(out / "api" / listed[0], listed[0], api_ca, args.days, args.renew, server_names=listed)
     devices = sorted(p.name[: -len(".pem")] for p in (out / "clients").glob("*.pem")
                      if p.name != f"{args.trainer}.pem")
     acl = (HERE / "acl.template").read_text().format(

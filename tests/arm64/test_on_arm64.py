@@ -184,7 +184,7 @@ def test_the_readme_installs_the_edge_extra_without_tensorflow(installed: Pi) ->
     packages = installed.run("/opt/edge-agent/bin/pip list --format=freeze", timeout=300)
     assert packages.returncode == 0, packages.stderr
     names = {line.split("==")[0].lower() for line in packages.stdout.split()}
-    assert {"ai-edge-litert", "numpy", "cryptography", "paho-mqtt", "flask", "waitress"} <= names
+    assert {"ai-edge-litert", "numpy", "cryptography", "paho-mqtt", "flask", "waitress", "granian"} <= names
     assert not {n for n in names if n.startswith(("tensorflow", "keras", "tf-"))}
     machine = installed.run("/opt/edge-agent/bin/python -c 'import platform; print(platform.machine())'", 300)
     assert machine.stdout.strip() == "aarch64"
