@@ -33,6 +33,7 @@ from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_link import BrokerSettings, MqttLink
 from edge_agent.outcome_file import OutcomeFile
 from edge_agent.outcome_ledger import OutcomeLedger
+from edge_agent.stock_store import StockStore
 from edge_agent.update_report import Outcome, UpdateResult
 from edge_agent.updater import Updater
 from shared.errors import SignatureError
@@ -100,6 +101,7 @@ class Agent:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         trusted = trusted_key(config)
         self.history = open_history(config)
+        self.stock = StockStore(data_dir)  # the store's stock and local prices (PUT /v1/stock)
         self.active = ActiveModel(keep_control=config.experiment.control == "previous")
         self.updater = Updater(
             ModelStore(data_dir),
@@ -134,6 +136,7 @@ class Agent:
             max_body_bytes=config.api.max_body_bytes,
             max_k=config.api.max_k,
             max_history=config.history.max_events_per_user,
+            stock=self.stock,
         )
         self.app = create_app(services)
         self._server: BaseWSGIServer | MultiSocketServer | None = None
@@ -274,4 +277,5 @@ class Agent:
         except Exception:
             log.exception("could not save the outcome ledger at the stop")
         self.history.close()
+        self.stock.close()
         log.info("stopped")

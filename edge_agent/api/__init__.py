@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from edge_agent.api import errors, events, model, recommendations, service, users
+from edge_agent.api import errors, events, model, recommendations, scenes, service, stock, users
 from edge_agent.api.services import EXTENSION, Services
 from edge_agent.http_server import bearer_ok
 
@@ -53,6 +53,6 @@ def create_app(services: Services) -> Flask:
 
     errors.register(app)
     for blueprint in (service.blueprint, model.blueprint, events.blueprint, users.blueprint,
-                      recommendations.blueprint):
+                      recommendations.blueprint, scenes.blueprint, stock.blueprint):
         app.register_blueprint(blueprint)
     return app

@@ -12,6 +12,7 @@ from edge_agent.history_store import HistoryStore
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outcome_ledger import OutcomeLedger
 from edge_agent.recommendation_json import RecommendationJson
+from edge_agent.stock_store import StockStore
 from shared.outcomes import Arm, arm_of
 
 EXTENSION = "edge_agent"
@@ -30,6 +31,7 @@ class Services:
     bodies: RecommendationJson = field(default_factory=RecommendationJson)  # cached JSON fragments
     holdout_share: float = 0.0
     holdout_salt: str = "holdout-1"
+    stock: StockStore | None = None  # the store's stock and local prices; None: everything in stock
 
     def user_ref(self, user_id: str) -> bytes:
         """The keyed reference of a user (what the history and the outcome ledger know them by)."""
