@@ -24,6 +24,7 @@ from edge_agent.api.services import services
 from edge_agent.errors import ApiError
 from shared import bounded_json, scenes
 from shared.errors import JsonRejected
+from shared.openapi_scenes import MAX_BASKET
 from shared.outcomes import Arm
 from shared.recommendation import Exclude, HistoryEvent, RecommendationResult, Scorer
 
@@ -31,8 +32,6 @@ log = logging.getLogger("edge_agent.api")
 
 blueprint = Blueprint("scenes", __name__)
 
-#: Items in a basket at most.
-MAX_BASKET = 100
 
 #: A scene: (scorer, the shopper's history, bought, in stock, personalised) -> the list.
 Scene = Callable[[Scorer, Sequence[HistoryEvent], Sequence[str], "np.ndarray | None", bool], RecommendationResult]
@@ -128,6 +127,12 @@ def _cart_body() -> dict[str, Any]:
     return body
 
 
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid_body", f"{name} must be a string")
+    return value
+
+
 @blueprint.post("/v1/recommendations/cart")
 def cart() -> Any:
     found = services()
@@ -135,14 +140,16 @@ def cart() -> Any:
     basket = body.get("items")
     if not isinstance(basket, list) or not 1 <= len(basket) <= MAX_BASKET:
         raise ApiError(400, "invalid_body", f"items must list 1 to {MAX_BASKET} item ids")
+    if not all(isinstance(item, str) for item in basket):
+        raise ApiError(400, "invalid_body", "items must list item ids (strings)")
     basket = [identifier(item, "items[]") for item in basket]
     k = body.get("k", 10)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= found.max_k:
         raise ApiError(400, "invalid_parameter", f"k must be an integer from 1 to {found.max_k}")
     user_id = body.get("user_id")
-    user_id = None if user_id is None else identifier(user_id, "user_id")
+    user_id = None if user_id is None else identifier(_text(user_id, "user_id"), "user_id")
     category = body.get("category")
-    category = None if category is None else identifier(category, "category")
+    category = None if category is None else identifier(_text(category, "category"), "category")
     exclude = _exclude(body.get("exclude"))
 
     def scene(scorer: Scorer, history: Sequence[HistoryEvent], bought: Sequence[str], available: np.ndarray | None,

@@ -18,12 +18,11 @@ from edge_agent.errors import ApiError
 from edge_agent.stock_store import StockEntry, StockStore
 from shared import bounded_json
 from shared.errors import JsonRejected
+from shared.openapi_scenes import MAX_STOCK_ENTRIES as MAX_ENTRIES  # a batch is one transaction
+from shared.openapi_scenes import STOCK_PAGE_LIMIT as PAGE_LIMIT
 
-#: Entries per request at most (a batch is one transaction; send a large store in several).
-MAX_ENTRIES = 10_000
 #: The largest local price accepted (a sanity bound, as for event prices).
 MAX_PRICE = 1e9
-PAGE_LIMIT = 1000
 
 blueprint = Blueprint("stock", __name__)
 
@@ -38,6 +37,8 @@ def stock_store() -> StockStore:
 def _entry(n: int, raw: object) -> StockEntry:
     if not isinstance(raw, dict) or set(raw) - {"id", "available", "price"}:
         raise ApiError(400, "invalid_body", f"items[{n}] must be an object with id, available and optional price")
+    if not isinstance(raw.get("id"), str):
+        raise ApiError(400, "invalid_body", f"items[{n}]: id must be a string")
     try:
         item_id = identifier(raw.get("id"), "id")
     except ApiError as e:
