@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from test_recommender import Ev, MaskingScorer
 
 from devtools.processes import broker as local_broker
 from edge_agent.stock_store import StockEntry, StockStore
@@ -18,7 +19,6 @@ from harness import get_json, post_events, publish, start_agent
 from shared.catalog import Catalog, CatalogItem
 from shared.events import EventKind
 from shared.recommendation import recommend
-from test_recommender import Ev, MaskingScorer
 
 
 class Model:
