@@ -124,6 +124,9 @@ def _cart_body() -> dict[str, Any]:
         raise ApiError(400, "invalid_body", f"the body is not acceptable JSON: {e}") from None
     if not isinstance(body, dict) or set(body) - {"user_id", "items", "k", "exclude", "category"}:
         raise ApiError(400, "invalid_body", "send an object with items and optional user_id, k, exclude, category")
+    for name, value in body.items():
+        if value is None:
+            raise ApiError(400, "invalid_body", f"{name} is null: give a value or leave it out")
     return body
 
 
