@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, request
 
-from edge_agent.api.params import arg, identifier, int_arg, text_arg
+from edge_agent.api.params import arg, identifier, int_arg, only_args, text_arg
 from edge_agent.api.services import services
 from edge_agent.errors import ApiError
 from shared import bounded_json, scenes
@@ -85,6 +85,7 @@ def _optional_user() -> str | None:
 @blueprint.get("/v1/items/<path:item_id>/related")
 def related(item_id: str) -> Any:
     item_id = identifier(item_id, "item_id")
+    only_args("user_id", "k", "exclude", "category")
     found = services()
     k = int_arg("k", 10, 1, found.max_k)
     user_id, exclude, category = _optional_user(), _exclude(arg("exclude")), text_arg("category")
@@ -101,6 +102,7 @@ def related(item_id: str) -> Any:
 
 @blueprint.get("/v1/recommendations/new")
 def new_for_you() -> Any:
+    only_args("user_id", "k", "exclude", "category")
     found = services()
     k = int_arg("k", 10, 1, found.max_k)
     user_id, exclude, category = _optional_user(), _exclude(arg("exclude")), text_arg("category")
@@ -138,6 +140,7 @@ def _text(value: object, name: str) -> str:
 
 @blueprint.post("/v1/recommendations/cart")
 def cart() -> Any:
+    only_args()
     found = services()
     body = _cart_body()
     basket = body.get("items")

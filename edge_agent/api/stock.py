@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from edge_agent.api.params import arg, identifier, int_arg
+from edge_agent.api.params import arg, identifier, int_arg, only_args
 from edge_agent.api.services import services
 from edge_agent.errors import ApiError
 from edge_agent.stock_store import StockEntry, StockStore
@@ -54,6 +54,7 @@ def _entry(n: int, raw: object) -> StockEntry:
 
 @blueprint.put("/v1/stock")
 def put_stock() -> Any:
+    only_args()
     store = stock_store()
     if not request.is_json:
         raise ApiError(400, "invalid_body", "send Content-Type: application/json")
@@ -61,7 +62,7 @@ def put_stock() -> Any:
         body = bounded_json.loads(request.get_data(cache=False), max_depth=4)
     except JsonRejected as e:
         raise ApiError(400, "invalid_body", f"the body is not acceptable JSON: {e}") from None
-    raw = body.get("items") if isinstance(body, dict) else None
+    raw = body.get("items") if isinstance(body, dict) and set(body) == {"items"} else None
     if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_ENTRIES:
         raise ApiError(400, "invalid_body", f'send {{"items": [...]}} with 1 to {MAX_ENTRIES} entries')
     entries = [_entry(n, entry) for n, entry in enumerate(raw)]
@@ -71,6 +72,7 @@ def put_stock() -> Any:
 
 @blueprint.get("/v1/stock")
 def get_stock() -> Any:
+    only_args("after", "limit")
     store = stock_store()
     after = arg("after")
     if after is not None:
