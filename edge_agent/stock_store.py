@@ -97,6 +97,7 @@ class StockStore:
         self._lock = threading.Lock()
         # id(model) -> (a weak reference to it, its view); the last few models served
         self._views: dict[int, tuple[weakref.ref[Ranker], StockView]] = {}
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             self._db = connect(folder / STOCK_FILE)
             self._db.execute("CREATE TABLE IF NOT EXISTS stock (item_id TEXT PRIMARY KEY, "
