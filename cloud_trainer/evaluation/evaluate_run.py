@@ -117,7 +117,8 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
         (run_dir / "evaluation.json").write_text(json.dumps(
             {"test_from": day, "target": data.target, "test_users": test_users,
              "served_row": served_row(model.variant) if model else None, **report.rows,
-             "cold_start": report.cold_start, "among_new_items": report.among_new}, indent=1))
+             "cold_start": report.cold_start, "among_new_items": report.among_new, "scenes": report.scenes},
+            indent=1))
         log.info("report: %s", write_report(run_dir, report, day))
     return report
 
