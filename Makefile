@@ -68,6 +68,7 @@ wrk:
 bench: $(STAMP) mosquitto wrk
 	$(PY) bench/history.py
 	$(PY) bench/serving.py
+	$(PY) bench/stock.py
 	$(PY) bench/fleet.py
 	$(PY) bench/cold_start.py
 	$(PY) bench/outcomes.py

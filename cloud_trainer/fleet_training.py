@@ -102,7 +102,8 @@ def train_alone(config: TrainConfig, run_dir: Path, started: float) -> dict[str,
     else:
         new = []
     model = model_from_weights(weights, config.history_length)
-    catalog = Catalog(items=(*known, *new), popular=tuple(fleet_gram.popular(fleet)))
+    catalog = Catalog(items=(*known, *new), popular=tuple(fleet_gram.popular(fleet)),
+                      new=tuple(range(len(known), len(known) + len(new))))
     (run_dir / "catalog.json").write_bytes(catalog.to_bytes())
     model.save(run_dir / "model.keras")
     items, hist_weights, targets = fleet_gram.walk_histories(fleet, config.history_length,

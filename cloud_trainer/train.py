@@ -143,7 +143,8 @@ def _train(config: TrainConfig, run_dir: Path, distribution: tf.distribute.Strat
         from cloud_trainer.models.dot_product import model_from_weights
 
         model = model_from_weights(weights, config.history_length)
-    catalog = Catalog(items=(*known, *new), popular=tuple(popularity(table, num_items)))
+    catalog = Catalog(items=(*known, *new), popular=tuple(popularity(table, num_items)),
+                      new=tuple(range(len(known), len(known) + len(new))))
     (run_dir / "catalog.json").write_bytes(catalog.to_bytes())
     model.save(run_dir / "model.keras")
     _save_histories(config, data, run_dir)

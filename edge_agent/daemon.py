@@ -39,6 +39,7 @@ from edge_agent.mqtt_link import BrokerSettings, MqttLink
 from edge_agent.outcome_file import OutcomeFile
 from edge_agent.outcome_ledger import OutcomeLedger
 from edge_agent.rules_store import RulesStore
+from edge_agent.stock_store import StockStore
 from edge_agent.update_report import Outcome, UpdateResult
 from edge_agent.updater import Updater
 from shared import topics
@@ -110,6 +111,7 @@ class Agent:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         trusted = trusted_key(config)
         self.history = open_history(config)
+        self.stock = StockStore(data_dir)  # the store's stock and local prices (PUT /v1/stock)
         self.active = ActiveModel(keep_control=config.experiment.control == "previous")
         self.updater = Updater(
             ModelStore(data_dir),
@@ -157,6 +159,7 @@ class Agent:
             max_k=config.api.max_k,
             max_history=config.history.max_events_per_user,
             rules=self.rules,
+            stock=self.stock,
         )
         self.app = create_app(services)
         self._server: GranianServer | http_server.WaitressServer | None = None
@@ -318,4 +321,5 @@ class Agent:
         except Exception:
             log.exception("could not save the outcome ledger at the stop")
         self.history.close()
+        self.stock.close()
         log.info("stopped")

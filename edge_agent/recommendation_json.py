@@ -49,13 +49,14 @@ class RecommendationJson:
             cache.clear()  # (a race with another thread only costs a re-encode)
         cache[item] = fragment
 
-    def render(self, user_id: str, result: RecommendationResult, request_id: str) -> str:
+    def render(self, user_id: str | None, result: RecommendationResult, request_id: str) -> str:
         items = ",".join(
             f'{self._item(r.item)},"score":{"null" if r.score is None else repr(float(r.score))},'
             f'"because":{self._reason(r.because)}}}'
             for r in result.items
         )
         return (
-            f'{{"user_id":{_string(user_id)},"request_id":{_string(request_id)},"model_version":{int(result.model_version)},'
+            f'{{"user_id":{"null" if user_id is None else _string(user_id)},'
+            f'"request_id":{_string(request_id)},"model_version":{int(result.model_version)},'
             f'"fallback":{"true" if result.fallback else "false"},"items":[{items}]}}\n'
         )

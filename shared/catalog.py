@@ -6,7 +6,10 @@
      "popular": [12, 7, ...]}
 
 ``items[i]`` is the item behind model output index ``i``; ``popular`` lists item indices, most
-popular first, for shoppers with no usable history.
+popular first, for shoppers with no usable history. Optional ``"new": [40, 41, ...]`` lists the
+indices of items new to the catalogue: items without training events, whose vectors the trainer
+predicted from their side features (:mod:`cloud_trainer.models.side_features`); the "new for you"
+shelf ranks only these. Catalogues without the key (older runs) have no new items.
 
 A store's bundle (``cloud-trainer export --assortment``) ranks only the items the store sells, but
 a shopper's history may hold others (items the store stopped selling, bought in another store of
@@ -121,6 +124,8 @@ class Catalog:
     popular: tuple[int, ...]
     #: Items the model reads in histories but does not rank (see the module's docstring).
     history_only: Sequence[CatalogItem] = ()
+    #: Indices of the items new to the catalogue (see the module's docstring).
+    new: tuple[int, ...] = ()
 
     def index_of(self) -> dict[str, int]:
         """Item id -> history index: the items ranked, then the history-only ones."""
@@ -144,6 +149,8 @@ class Catalog:
         data: dict[str, object] = {"items": [i.to_json() for i in self.items], "popular": list(self.popular)}
         if self.history_only:
             data["history_only"] = [{"id": i.id, "title": i.title} for i in self.history_only]
+        if self.new:
+            data["new"] = list(self.new)
         return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
@@ -188,9 +195,10 @@ def parse_catalog(data: bytes, num_items: int, history_only: int = 0) -> Catalog
     seen: set[str] = set()
     items = _parse_items(raw["items"], "item", seen)
     others = _parse_items(extra, "history-only item", seen)
-    popular = raw.get("popular", [])
-    if not isinstance(popular, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_items for i in popular
-    ):
-        raise CatalogError("catalog popular must list item indices within the catalog")
-    return Catalog(items=items, popular=tuple(popular), history_only=others)
+    popular, new = raw.get("popular", []), raw.get("new", [])
+    for name, indices in (("popular", popular), ("new", new)):
+        if not isinstance(indices, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_items for i in indices
+        ):
+            raise CatalogError(f"catalog {name} must list item indices within the catalog")
+    return Catalog(items=items, popular=tuple(popular), history_only=others, new=tuple(dict.fromkeys(new)))

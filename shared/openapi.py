@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from shared import status_schema
+from shared import openapi_scenes, status_schema
 from shared.api_scopes import ANY, OPEN_PATHS, required_scope
 from shared.events import CONTROL_CHARACTERS, MAX_ID_LENGTH, EventKind
 from shared.outcomes import REQUEST_ID_PATTERN, OutcomeKind
@@ -190,6 +190,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"status": {"type": "string"}, "model_version": {"type": "integer"}},
     },
     **status_schema.SCHEMAS,  # published over MQTT, not served here: one contract for both
+    **openapi_scenes.schemas(_ID),  # the shop's other pages, the store's stock
 }
 
 
@@ -298,6 +299,9 @@ _PATHS: dict[str, Any] = {
         }
     },
 }
+
+
+_PATHS.update(openapi_scenes.paths(_ID, _USER_ID, _ok, _error))
 
 
 _FORBIDDEN = _error("The token is valid but lacks the scope this operation needs (x-required-scope).")

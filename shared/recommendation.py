@@ -103,22 +103,26 @@ def _excluded(known: Sequence[tuple[int, EventKind]], exclude: Exclude, bought: 
     return [index for index, kind in known if kind is EventKind.PURCHASE] + remembered
 
 
-def allowed_items(catalog: Catalog, banned: Sequence[int], category: str | None) -> np.ndarray | None:
-    """bool [items]: the items of ``category`` (compared case-insensitively) not in ``banned``;
-    None when nothing is filtered. Costs two passes over the item count, no per-item Python.
+def allowed_items(catalog: Catalog, banned: Sequence[int], category: str | None,
+                  available: np.ndarray | None = None) -> np.ndarray | None:
+    """bool [items]: the items of ``category`` (compared case-insensitively) not in ``banned`` and,
+    when given, ``available`` (bool [items], e.g. in stock; never modified); None when nothing is
+    filtered. Costs a few passes over the item count, no per-item Python.
     ``banned`` may hold history-only items (see :mod:`shared.catalog`): they are never ranked anyway."""
     count = len(catalog.items)
     ranked = np.asarray(banned, dtype=np.int64)
     ranked = ranked[ranked < count]
     if category is None and not len(ranked):
-        return None
+        return available
     if category is None:
-        allowed = np.ones(count, dtype=bool)
+        allowed = np.ones(count, dtype=bool) if available is None else available.copy()
     else:
         names, codes = catalog.category_codes()
         wanted = category.casefold()
         matching = np.fromiter((name.casefold() == wanted for name in names), dtype=bool, count=len(names))
         allowed = matching[np.frombuffer(codes, dtype=np.uint32)]
+        if available is not None:
+            allowed &= available
     allowed[ranked] = False
     return allowed
 
@@ -151,6 +155,9 @@ def recommend(
     bought: Iterable[str] = (),
     personalised: bool = True,
     rules: AppliedRules | None = None,
+    available: np.ndarray | None = None,
+    query: Sequence[HistoryEvent] | None = None,
+    banned: Iterable[str] = (),
 ) -> RecommendationResult:
     """Top ``k`` items for a shopper; popular items when no history item is known to the model.
 
@@ -166,12 +173,20 @@ def recommend(
     serves the popular items under the same filters without asking the model (a holdout's control).
     ``rules``: business rules (:mod:`shared.business_rules`): blocked items join the exclusions in
     the mask, boosts re-rank the model's candidates, pins put items at fixed slots.
+
+    For the shop's other pages (:mod:`shared.scenes`): ``available`` (bool [items], the items in
+    stock; None: all) limits what may be returned, in the same mask as the filters; ``query`` is
+    the model's input when it is not the history (a product page's item, a basket): ``history``
+    then only says what ``exclude`` removes; ``banned`` names items never returned (that item,
+    the basket's items).
     """
     index_of = scorer.item_index
     known = [(index_of[e.item_id], e.kind) for e in history if e.item_id in index_of]
     catalog = scorer.catalog
-    banned = _excluded(known, exclude, bought, index_of)
-    allowed = allowed_items(catalog, banned if rules is None else rules.banned(banned), category)
+    excluded = _excluded(known, exclude, bought, index_of) + [index_of[i] for i in banned if i in index_of]
+    allowed = allowed_items(catalog, excluded if rules is None else rules.banned(excluded), category, available)
+    if query is not None:
+        known = [(index_of[e.item_id], e.kind) for e in query if e.item_id in index_of]
     chosen: list[Recommendation] = []
     taken: set[int] = set()
     failed = False

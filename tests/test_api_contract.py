@@ -101,6 +101,19 @@ def test_real_responses_match_the_document(agent: AgentProcess) -> None:
         ("get", "/v1/users/{user_id}/history", f"/v1/users/{quoted}/history", None, 200),
         ("delete", "/v1/users/{user_id}", f"/v1/users/{quoted}", None, 200),
         ("get", "/v1/openapi.json", None, None, 200),
+        ("get", "/v1/items/{item_id}/related", "/v1/items/85123A/related?k=5", None, 200),
+        ("get", "/v1/items/{item_id}/related", f"/v1/items/22423/related?user_id={quoted}&exclude=seen", None, 200),
+        ("get", "/v1/items/{item_id}/related", "/v1/items/unknown-item/related", None, 404),
+        ("get", "/v1/items/{item_id}/related", "/v1/items/85123A/related?k=0", None, 400),
+        ("post", "/v1/recommendations/cart", None, {"items": ["85123A"], "user_id": user, "k": 4}, 200),
+        ("post", "/v1/recommendations/cart", None, {"items": []}, 400),
+        ("get", "/v1/recommendations/new", "/v1/recommendations/new?k=5", None, 200),
+        ("get", "/v1/recommendations/new", "/v1/recommendations/new?exclude=all", None, 400),
+        ("put", "/v1/stock", None,
+         {"items": [{"id": "85123A", "available": False}, {"id": "22423", "available": True, "price": 1.5}]}, 200),
+        ("put", "/v1/stock", None, {"items": [{"id": "85123A"}]}, 400),
+        ("get", "/v1/stock", "/v1/stock?limit=1", None, 200),
+        ("get", "/v1/stock", "/v1/stock?limit=0", None, 400),
     ]
     for method, template, url, body, expected in cases:
         status, _ = call(agent, method, template, url, body)

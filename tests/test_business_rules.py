@@ -14,6 +14,7 @@ import pytest
 
 from edge_agent.loaded_model import LoadedModel
 from harness import manifest_of
+from shared import scenes
 from shared.bundle import CATALOG_FILE, MODEL_FILE
 from shared.business_rules import SCHEMA, Rule, RulesDocument, apply_to, parse_rule, parse_rules
 from shared.catalog import Catalog, CatalogItem, parse_catalog
@@ -137,3 +138,18 @@ def test_block_is_the_same_in_graph_mask_as_an_exclusion(int8_bundle: Path) -> N
     as_exclusion = recommend(model, history, 10, Exclude.PURCHASED, bought=blocked)
     assert [(r.item.id, r.score) for r in with_rules.items] == [(r.item.id, r.score) for r in as_exclusion.items]
     assert not set(blocked) & {r.item.id for r in with_rules.items} and not with_rules.fallback
+
+
+def test_every_page_of_the_shop_keeps_the_rules() -> None:
+    document = RulesDocument(Header(SCHEMA, "default", 1, "2025-01-01T00:00:00Z", "2026-01-01T00:00:00Z"),
+                             (Rule("block", item="a"), Rule("block", item="c")))
+    rules = apply_to(document, CATALOG, NOW)
+    pages = {
+        "related": scenes.related(FixedScorer(), "b", 4, rules=rules),
+        "cart": scenes.cart(FixedScorer(), ["d"], 4, rules=rules),
+        "new": scenes.new_for_you(FixedScorer(), [Bought()], 4, new=np.ones(8, dtype=bool), rules=rules),
+    }
+    for page, result in pages.items():
+        shown = [r.item.id for r in result.items]
+        assert shown and not {"a", "c"} & set(shown), (page, shown)
+    assert [r.item.id for r in scenes.related(FixedScorer(), "b", 2).items] == ["a", "c"]  # unblocked: the top

@@ -37,3 +37,14 @@ def test_round_trip_keeps_every_field() -> None:
 def test_bad_catalogs_are_refused(raw: dict, message: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(CatalogError, match=message):
         parse_catalog(json.dumps(raw).encode(), 3)
+
+
+def test_new_items_round_trip_and_older_catalogues_have_none() -> None:
+    catalog = Catalog(ITEMS, (0,), new=(2,))
+    assert parse_catalog(catalog.to_bytes(), 3).new == (2,)
+    assert "new" not in json.loads(Catalog(ITEMS, (0,)).to_bytes())  # unchanged for runs without new items
+    assert parse_catalog(Catalog(ITEMS, (0,)).to_bytes(), 3).new == ()
+    for bad in ([3], [-1], ["2"], 2):
+        raw = json.loads(catalog.to_bytes()) | {"new": bad}
+        with pytest.raises(CatalogError, match="new"):
+            parse_catalog(json.dumps(raw).encode(), 3)

@@ -178,7 +178,12 @@ def test_train_then_evaluate_prints_the_model_float_and_int8_beside_the_baseline
     assert (tmp_path / "t.md").read_text().strip() == result.stdout.strip()
     report = (tmp_path / "run" / "report" / "report.md").read_text()
     tables = result.stdout.strip().split("\n\n")
-    assert len(tables) == 4 and all(table in report for table in tables) and "![Recall@K](recall_at_k.png)" in report
+    assert len(tables) == 5 and all(table in report for table in tables) and "![Recall@K](recall_at_k.png)" in report
+    # the other pages, served: the basket page beats popular items, each page was asked
+    scenes, served = saved["scenes"], "model (int8, LiteRT, as served)"
+    assert scenes[f"related: {served}"]["queries"] > 50 and scenes[f"new for you: {served}"]["queries"] > 30
+    cart = "cart, with the shopper's history"
+    assert scenes[f"{cart}: {served}"]["recall@20"] > scenes[f"{cart}: without the model (popular items)"]["recall@20"]
     # new items: shoppers who bought them are found, and the side features rank what they bought
     cold = saved["cold_start"]
     assert cold["model (int8, LiteRT), trained items only"]["recall@20 new items"] == 0.0

@@ -114,8 +114,9 @@ class Assortment:
             listed = set(popular)
             by_bias = np.argsort(-item_bias[self.sold], kind="stable").tolist()
             popular += [j for j in by_bias if j not in listed][: limit - len(popular)]
+        new = [int(index[i]) for i in catalog.new if 0 <= index[i] < len(self.sold)]
         return Catalog(items=tuple(catalog.items[i] for i in self.sold.tolist()), popular=tuple(popular),
-                       history_only=tuple(catalog.items[i] for i in self.history_only.tolist()))
+                       history_only=tuple(catalog.items[i] for i in self.history_only.tolist()), new=tuple(new))
 
     def histories(self, items: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, ...]:
         """Real histories (run indices [n, L], weights [n, L]) as the store's agent would read them.

@@ -109,12 +109,16 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
         _evaluate_model(model, data, splits.cut_time(day), report)
         if not foreign:
             _evaluate_cold_start(model, table, splits.cut_time(day), report)
+            from cloud_trainer.evaluation.scenes import evaluate_scenes
+
+            report.scenes = evaluate_scenes(model.served, model.variant, table, splits.cut_time(day), data.target)
     _evaluate_baselines(data, report)
     if run_dir is not None:
         (run_dir / "evaluation.json").write_text(json.dumps(
             {"test_from": day, "target": data.target, "test_users": test_users,
              "served_row": served_row(model.variant) if model else None, **report.rows,
-             "cold_start": report.cold_start, "among_new_items": report.among_new}, indent=1))
+             "cold_start": report.cold_start, "among_new_items": report.among_new, "scenes": report.scenes},
+            indent=1))
         log.info("report: %s", write_report(run_dir, report, day))
     return report
 

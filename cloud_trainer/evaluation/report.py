@@ -27,6 +27,7 @@ class Report:
     rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # name -> mode -> metrics
     cold_start: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> cold_start_metrics
     among_new: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> among_new_items
+    scenes: dict[str, dict[str, float]] = field(default_factory=dict)  # scene: name -> evaluate_scenes row
 
     def table(self) -> str:
         columns = ([f"recall@{k}" for k in RECALL_AT] + ["se(recall@20)"] + [f"ndcg@{k}" for k in NDCG_AT]
@@ -50,7 +51,9 @@ class Report:
         lines = []
         for title, rows in (("new items: shoppers who bought an item without training events, whole catalogue",
                              self.cold_start),
-                            ("new items ranked on their own", self.among_new)):
+                            ("new items ranked on their own", self.among_new),
+                            ("the shop's other pages (shared/scenes.py) as served; metrics in "
+                             "cloud_trainer/evaluation/scenes.py", self.scenes)):
             if not rows:
                 continue
             columns = list(next(iter(rows.values())))

@@ -13,7 +13,7 @@ import time
 
 from flask import Flask, Response, g, request
 
-from edge_agent.api import errors, events, model, recommendations, service, users
+from edge_agent.api import errors, events, model, recommendations, scenes, service, stock, users
 from edge_agent.api.guard import Guard
 from edge_agent.api.services import EXTENSION, Services
 from edge_agent.api_tokens import TokenSet, all_scopes_token
@@ -43,7 +43,7 @@ def create_app(services: Services) -> Flask:
 
     errors.register(app)
     for blueprint in (service.blueprint, model.blueprint, events.blueprint, users.blueprint,
-                      recommendations.blueprint):
+                      recommendations.blueprint, scenes.blueprint, stock.blueprint):
         app.register_blueprint(blueprint)
     tokens = services.tokens or TokenSet([all_scopes_token(services.token, 0.0, 1)])
     app.wsgi_app = Guard(app.wsgi_app, tokens, services.max_body_bytes)  # type: ignore[method-assign]

@@ -22,6 +22,14 @@ def arg(name: str) -> str | None:
     return values[0] if values else None
 
 
+def only_args(*names: str) -> None:
+    """Refuse a query parameter the route does not take (a typo would otherwise pass unseen)."""
+    unknown = sorted(set(request.args) - set(names))
+    if unknown:
+        raise ApiError(400, "invalid_parameter", f"unknown parameter {unknown[0][:40]!r}; this route takes "
+                                                 + ", ".join(names))
+
+
 def int_arg(name: str, default: int, lo: int, hi: int) -> int:
     raw = arg(name)
     if raw is None:

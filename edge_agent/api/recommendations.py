@@ -47,9 +47,13 @@ def recommendations() -> Any:
     history = found.history.recent(user_id, found.max_history if excluding else scorer.history_length)
     bought = found.history.purchased(user_id) if excluding else ()
     # holdout shoppers: the previous version (experiment.control = "previous"), else popular items
+    stock = found.stock.view(scorer) if found.stock is not None else None  # out of stock: never returned
     result = recommend(scorer, history, k, exclude, category, bought,
                        personalised=arm is Arm.MODEL or control is not None,
-                       rules=found.rules.applied(scorer.catalog) if found.rules else None)
+                       rules=found.rules.applied(scorer.catalog) if found.rules else None,
+                       available=None if stock is None else stock.available)
+    if stock is not None:
+        result = stock.priced(result, scorer.item_index)  # local prices replace the catalogue's
     request_id = secrets.token_urlsafe(12)
     found.outcomes.served(request_id, found.user_ref(user_id), model.version, arm,
                           [r.item.id for r in result.items], time.time())
