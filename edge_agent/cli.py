@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-agent: invalid configuration: {e}", file=sys.stderr)
         return 2
     if args.command == "validate-config":
-        print(f"{args.config}: valid")
+        from edge_agent.effective_config import render
+
+        print(render(args.config, args.set, config), end="")
         return 0
     if args.command == "rotate-key":
         import sqlite3
