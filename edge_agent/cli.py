@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -37,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-agent: invalid configuration: {e}", file=sys.stderr)
         return 2
     if args.command == "validate-config":
-        print(f"{args.config}: valid")
+        from edge_agent.effective_config import render
+
+        print(render(args.config, args.set, config), end="")
         return 0
     if args.command == "rotate-key":
         import sqlite3
@@ -52,10 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"master key rotated: {count} user keys re-wrapped, no history re-encrypted")
         return 0
-    logging.basicConfig(
-        level=config.agent.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from edge_agent.log_format import configure
+
+    configure(config.agent.log_level, config.agent.log_format)
     # Imported here so validate-config stays fast and needs no runtime.
     from edge_agent.daemon import Agent
     from edge_agent.errors import KeyringError, MasterKeyError, StartupError, StoreError

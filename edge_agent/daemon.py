@@ -32,6 +32,7 @@ from edge_agent.errors import StartupError
 from edge_agent.granian_server import GranianServer
 from edge_agent.history_store import HistoryStore
 from edge_agent.key_rotation import finish_pending, key_loader
+from edge_agent.liveness import Liveness, healthz_probe
 from edge_agent.master_key import resolve_path
 from edge_agent.metrics import AgentMetrics, ModelFacts
 from edge_agent.model_store import ModelStore
@@ -39,6 +40,7 @@ from edge_agent.mqtt_link import BrokerSettings, MqttLink
 from edge_agent.outcome_file import OutcomeFile
 from edge_agent.outcome_ledger import OutcomeLedger
 from edge_agent.rules_store import RulesStore
+from edge_agent.sd_notify import Notifier
 from edge_agent.stock_store import StockStore
 from edge_agent.update_report import Outcome, UpdateResult
 from edge_agent.updater import Updater
@@ -165,6 +167,7 @@ class Agent:
         self._server: GranianServer | http_server.WaitressServer | None = None
         self._stopping = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self._liveness: Liveness | None = None
 
     def _on_update(self, result: UpdateResult) -> None:
         self.metrics.count_update(result.result, result.reason)
@@ -253,6 +256,9 @@ class Agent:
             threading.Thread(target=self._publish_aggregates, name="fleet-aggregates", daemon=True).start()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        # READY=1 and watchdog pings only once, and while, the server answers /healthz (systemd Type=notify)
+        self._liveness = Liveness(Notifier(), healthz_probe(self._server.scheme, self._server.listening()[0]))
+        self._liveness.start()
         try:
             self._server.serve()
         finally:
@@ -307,6 +313,8 @@ class Agent:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self._liveness is not None:
+            self._liveness.stopping()
         if self._server is not None:
             self._server.drain(DRAIN_S)  # in-flight requests finish first
         self.link.stop()
