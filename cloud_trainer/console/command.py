@@ -54,9 +54,10 @@ def run_console(args: argparse.Namespace) -> int:
         watcher = FleetWatcher(connection, args.fleet)
         app = create_app(ConsoleConfig(args.fleet, args.runs, token, max(1, args.refresh)),
                          ConsoleServices(watcher.statuses, Previewer(args.public_key)))
-        server = waitress.create_server(app, host=args.host, port=args.port, threads=4, ident="edge-rec-console")
+        server = waitress.create_server(app, host=args.host, port=args.port, threads=4,  # type: ignore[attr-defined]
+                                        ident="edge-rec-console")
         host = f"[{args.host}]" if ":" in args.host else args.host
-        print(f"console of fleet {args.fleet} on http://{host}:{server.effective_port}/ "  # type: ignore[union-attr]
+        print(f"console of fleet {args.fleet} on http://{host}:{server.effective_port}/ "
               f"({'token required' if token else 'loopback, no token'})", flush=True)
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # closes the server and connection
         try:

@@ -31,6 +31,10 @@ def _int(value: Any) -> int | None:
     return None if number is None or number != int(number) else int(number)
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _text(value: Any, limit: int = 120) -> str:
     return "-" if value is None else str(value)[:limit]
 
@@ -64,8 +68,7 @@ def agent_rows(statuses: Mapping[str, Mapping[str, Any]], now: float) -> list[Ag
     rows = []
     for device in sorted(statuses):
         s = statuses[device]
-        health = s.get("health") if isinstance(s.get("health"), dict) else {}
-        last = s.get("last_update") if isinstance(s.get("last_update"), dict) else {}
+        health, last = _mapping(s.get("health")), _mapping(s.get("last_update"))
         at = _number(s.get("at"))
         age = None if at is None else max(0.0, now - at)
         result = _text(last.get("result"), 20) if last else "-"
@@ -115,7 +118,7 @@ def rollouts(statuses: Mapping[str, Mapping[str, Any]], rows: list[dict[str, Any
         for device, s in sorted(canaries.items()):
             on = _int(s.get("model_version")) == version
             (rollout.canaries_on_version if on else rollout.canaries_elsewhere).append(device)
-            last = s.get("last_update") if isinstance(s.get("last_update"), dict) else {}
+            last = _mapping(s.get("last_update"))
             if _int(last.get("version")) == version and last.get("result") in ("failed", "rejected"):
                 rollout.failed[device] = f"{_text(last.get('result'), 20)}: {_text(last.get('reason'), 80)}"
         rollout.outcomes = [r for r in rows if r["model_version"] in (version, stable)]

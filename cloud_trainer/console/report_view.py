@@ -107,7 +107,7 @@ def _plot(mode: str, rows: dict[str, dict[str, Any]], served: str | None) -> Plo
               for name, modes in rows.items() if isinstance(m := modes.get(mode), dict)}
     series = {name: points for name, points in series.items() if points}
     top = max([v for points in series.values() for _, v in points] + [0.05])
-    top = math.ceil(top * 10) / 10
+    top = math.ceil(float(top) * 10) / 10
     inner_w, inner_h = WIDTH - 2 * MARGIN, HEIGHT - 2 * MARGIN
     span = math.log(ks[-1]) - math.log(ks[0])
 
@@ -115,7 +115,7 @@ def _plot(mode: str, rows: dict[str, dict[str, Any]], served: str | None) -> Plo
         return round(MARGIN + inner_w * (math.log(k) - math.log(ks[0])) / span, 1)
 
     def y(v: float) -> float:
-        return round(HEIGHT - MARGIN - inner_h * v / top, 1)
+        return round(HEIGHT - MARGIN - inner_h * float(v) / top, 1)
 
     curves = []
     for n, (name, points) in enumerate(series.items()):
@@ -133,13 +133,15 @@ def report_view(run: RunEntry) -> ReportView:
         raise ValueError(f"{run.path / EVALUATION_FILE} is not a JSON object")
     rows = {name: modes for name, modes in data.items() if name not in NOT_ROWS and isinstance(modes, dict)}
     served = data.get("served_row") if isinstance(data.get("served_row"), str) else None
-    users = data.get("test_users") if isinstance(data.get("test_users"), dict) else {}
+    found = data.get("test_users")
+    users: dict[str, Any] = found if isinstance(found, dict) else {}
     view = ReportView(run.name, _cell(data.get("test_from")), _cell(data.get("target")),
                       ", ".join(f"{k} {v}" for k, v in users.items()), served)
     for mode in MODES:
         table = Table(f"mode {mode}", list(COLUMNS), [])
         for name, modes in rows.items():
-            metrics = modes.get(mode) if isinstance(modes.get(mode), dict) else {}
+            found = modes.get(mode)
+            metrics: dict[str, Any] = found if isinstance(found, dict) else {}
             cells = [NOT_COMPUTED if NOT_COMPUTED in metrics else _cell(metrics.get(c)) for c in COLUMNS]
             table.rows.append((name, cells, name == served))
         view.tables.append(table)
