@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from cloud_trainer import __version__, commands, fleet_commands
-from cloud_trainer.console import command as console_command
 from cloud_trainer.commands import ASSORTMENT_HISTORY, TUNED_SETTINGS
+from cloud_trainer.console import command as console_command
 from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE
 
 

@@ -107,7 +107,9 @@ def _plot(mode: str, rows: dict[str, dict[str, Any]], served: str | None) -> Plo
               for name, modes in rows.items() if isinstance(m := modes.get(mode), dict)}
     series = {name: points for name, points in series.items() if points}
     top = max([v for points in series.values() for _, v in points] + [0.05])
-    top = math.ceil(float(top) * 10) / 10
+    step = 0.1 if top <= 0.6 else 0.2  # gridlines at round values
+    divisions = math.ceil(float(top) / step - 1e-9)
+    top = divisions * step
     inner_w, inner_h = WIDTH - 2 * MARGIN, HEIGHT - 2 * MARGIN
     span = math.log(ks[-1]) - math.log(ks[0])
 
@@ -122,7 +124,7 @@ def _plot(mode: str, rows: dict[str, dict[str, Any]], served: str | None) -> Plo
         dots = [(x(k), y(v)) for k, v in points]
         curves.append(Curve(name, COLOURS[n % len(COLOURS)], " ".join(f"{a},{b}" for a, b in dots), dots,
                             name == served))
-    y_ticks = [(y(top * i / 4), f"{top * i / 4:.2f}") for i in range(5)]
+    y_ticks = [(y(step * i), f"{step * i:.1f}") for i in range(divisions + 1)]
     return Plot(mode, curves, [(x(k), str(k)) for k in ks], y_ticks)
 
 
