@@ -59,6 +59,8 @@ def test_the_fleet_page_shows_agents_rollout_and_outcomes_and_escapes_what_devic
     assert "9.00% (7.82%–10.33%)" in rollout  # 1001 model: 180 of 2000
     assert "8.00% (4.11%–15.00%)" in rollout  # 1002 holdout: 8 of 100
     assert "STALE" in page and "10 min ago" in page  # s-1's model; s-2's status
+    offline = page[page.index('data-device="s-3"'):]
+    assert "<td>-</td>" in offline[:offline.index("</tr>")] and "current" not in offline[:offline.index("</tr>")]
 
 
 def test_no_rollout_when_the_canaries_run_the_stable_version() -> None:
