@@ -78,7 +78,8 @@ def agent_rows(statuses: Mapping[str, Mapping[str, Any]], now: float) -> list[Ag
             update += f": {_text(last.get('reason'), 80)}"
         rows.append(AgentRow(
             device=_text(device), state=_text(s.get("state"), 20), channel=_text(s.get("channel"), 40),
-            version=_int(s.get("model_version")), stale=s.get("model_stale") if isinstance(s.get("model_stale"), bool) else None,
+            version=_int(s.get("model_version")),
+            stale=s.get("model_stale") if isinstance(s.get("model_stale"), bool) else None,
             seen="-" if age is None else _age(age), late=age is not None and age > LATE_AFTER_S,
             last_update=update, update_failed=failed,
             requests=_text(_int(health.get("requests"))), p50_ms=_text(_number(health.get("p50_ms"))),
