@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cloud_trainer import __version__, commands, fleet_commands
 from cloud_trainer.commands import ASSORTMENT_HISTORY, TUNED_SETTINGS
+from cloud_trainer.console import command as console_command
 from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE
 
 
@@ -193,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_broker_args(p, client_id="cloud-trainer-aggregates")
     p.set_defaults(handler=commands.run_fleet_aggregates)
     fleet_commands.add_parsers(sub, _add_broker_args)  # erasure-secret, erase, rules publish
+    console_command.add_parser(sub, _add_broker_args)  # the web console
     return parser
 
 
