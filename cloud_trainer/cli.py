@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cloud_trainer import __version__, commands, fleet_commands
+from cloud_trainer import __version__, commands, enrolment_commands, fleet_commands
 from cloud_trainer.commands import ASSORTMENT_HISTORY, TUNED_SETTINGS
 from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE
 
@@ -192,6 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=2.0, help="seconds to collect the retained aggregates")
     _add_broker_args(p, client_id="cloud-trainer-aggregates")
     p.set_defaults(handler=commands.run_fleet_aggregates)
+    enrolment_commands.add_parsers(fleet)  # enroll, revoke
     fleet_commands.add_parsers(sub, _add_broker_args)  # erasure-secret, erase, rules publish
     return parser
 
