@@ -1,5 +1,5 @@
-"""``cloud-trainer`` command line: keygen, prepare, train, export, publish, rollout, rollback, fleet status,
-erasure-secret, erase, rules publish.
+"""``cloud-trainer`` command line: keygen, prepare, train, export, publish, rollout, rollback, fleet status
+(and enroll, revoke), erasure-secret, erase, rules publish.
 
 The parser; what each subcommand does is in :mod:`cloud_trainer.commands`.
 """

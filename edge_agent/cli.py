@@ -1,4 +1,4 @@
-"""``edge-agent`` command line: run the daemon, or validate a profile."""
+"""``edge-agent`` command line: run the daemon, validate a profile, or install an enrolment file."""
 
 from __future__ import annotations
 
