@@ -1,4 +1,4 @@
-"""``edge-agent`` command line: run the daemon, or validate a profile."""
+"""``edge-agent`` command line: run the daemon, validate a profile, or install an enrolment file."""
 
 from __future__ import annotations
 
@@ -25,11 +25,20 @@ def _parser() -> argparse.ArgumentParser:
     rotate = sub.add_parser("rotate-key", help="rotate the device master key (the agent may keep running)")
     rotate.add_argument("--config", required=True, type=Path)
     rotate.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    enroll = sub.add_parser("enroll", help="install an enrolment file from 'cloud-trainer fleet enroll' (secret)")
+    enroll.add_argument("file", type=Path)
+    enroll.add_argument("--etc", type=Path, default=Path("/etc/edge-agent"), help="the configuration folder")
+    enroll.add_argument("--force", action="store_true", help="replace an existing enrolment")
+    enroll.add_argument("--owner", help="user (and group) to own the TLS files (run as root)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "enroll":
+        from edge_agent.enrolment import run_enroll
+
+        return run_enroll(args)
     try:
         config = load(args.config, args.set)
     except ConfigError as e:
