@@ -14,6 +14,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.outcome_ledger import OutcomeLedger
 from edge_agent.recommendation_json import RecommendationJson
 from edge_agent.rules_store import RulesStore
+from edge_agent.trust_store import TrustStore
 from shared.outcomes import Arm, arm_of
 
 EXTENSION = "edge_agent"
@@ -34,6 +35,7 @@ class Services:
     holdout_salt: str = "holdout-1"
     rules: RulesStore | None = None  # the signed business rules (shared.business_rules)
     tokens: TokenSet | None = None  # None: ``token`` alone, with every scope
+    trust: TrustStore | None = None  # the signing keys trusted (edge_agent.trust_store)
 
     def user_ref(self, user_id: str) -> bytes:
         """The keyed reference of a user (what the history and the outcome ledger know them by)."""
