@@ -1,5 +1,5 @@
 """``cloud-trainer`` command line: keygen, prepare, train, export, publish, rollout, rollback, fleet status,
-erasure-secret, erase, rules publish.
+erasure-secret, erase, rules publish, keys rotate.
 
 The parser; what each subcommand does is in :mod:`cloud_trainer.commands`.
 """
@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cloud_trainer import __version__, commands, fleet_commands
+from cloud_trainer import __version__, commands, fleet_commands, key_commands
 from cloud_trainer.commands import ASSORTMENT_HISTORY, TUNED_SETTINGS
 from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE
 
@@ -193,6 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_broker_args(p, client_id="cloud-trainer-aggregates")
     p.set_defaults(handler=commands.run_fleet_aggregates)
     fleet_commands.add_parsers(sub, _add_broker_args)  # erasure-secret, erase, rules publish
+    key_commands.add_parsers(sub, _add_broker_args)  # keys rotate
     return parser
 
 
