@@ -14,6 +14,8 @@ def run_keys_rotate(args: argparse.Namespace) -> int:
     report = rotate_keys(_broker_options(args), args.fleet, args.current, args.new, keep_current=args.keep_current,
                          revoke=tuple(args.revoke), valid_days=args.valid_days)
     revoked = f"; revoked: {', '.join(report.revoked)}" if report.revoked else ""
+    if report.erasure_list_resigned:
+        revoked += "; the erasure list is now signed by the new key"
     print(f"key rotation {report.version} published to fleet {args.fleet}: agents trust {', '.join(report.trusted)}"
           f"{revoked} ({report.chain} rotations, {report.bytes} bytes). Sign with {args.new} from now on; agents "
           f"acknowledge with keys.version >= {report.version} in their status")

@@ -219,3 +219,24 @@ def test_after_a_revocation_nothing_the_key_signed_installs(fleet: Fleet, tmp_pa
     fleet.attacker.publish(KEYS_TOPIC, chain_bytes([forged(2, [thief], [fleet.keys, thief])]))
     keys = fleet.wait_keys(lambda k: (k.get("last") or {}).get("result") == "rejected", mark)
     assert keys["last"]["reason"].startswith("bad_signature") and keys["trusted"] == [kid(b)]
+
+
+def test_rotate_signs_the_erasure_list_again_with_the_new_key(broker: Broker, keys: Path, tmp_path: Path) -> None:
+    """So the next ``erase`` (with the new key) reads the list back and continues its versions,
+    instead of starting at 1, which every agent would refuse as a replay."""
+    from cloud_trainer.delivery.broker import BrokerConnection, BrokerOptions
+    from shared.signing import sign, verify
+
+    new, erasure = new_keys(tmp_path / "B"), topics.erasure_topic(PREFIX, FLEET)
+    writer = RawClient(broker, "trainer")
+    try:
+        writer.publish(erasure, sign('{"the": "list"}', private(keys)))
+    finally:
+        writer.close()
+    rotate(broker, keys, new)
+    with BrokerConnection(BrokerOptions(broker.url, client_id="reader")) as connection:
+        resigned = connection.retained(erasure)
+        chain = connection.retained(KEYS_TOPIC)
+    assert resigned is not None and chain is not None
+    assert verify(resigned, private(new).public_key()) == '{"the": "list"}'
+    assert len(json.loads(chain)["rotations"]) == 1

@@ -7,6 +7,8 @@ version up that trusts the new key (and, with ``keep_current``, the current one 
 what is asked, signed by the current key and every key it trusts, and publishes the whole chain
 retained, confirmed by the broker. Agents offline now catch up from it link by link when they
 connect. Like the erasure list, the chain is the broker's state: run the broker with persistence.
+The fleet's erasure list is then signed again by the new key, unchanged, so that the next ``erase``
+(with the new key) reads it back and continues its sequence.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloud_trainer.delivery.broker import BrokerConnection, BrokerOptions
 from cloud_trainer.errors import BadInput
 from shared import topics
-from shared.errors import UpdateRejected
+from shared.errors import SignatureError, UpdateRejected
 from shared.fleet_documents import Header
 from shared.key_rotation import (
     MAX_CHAIN,
@@ -35,7 +37,7 @@ from shared.key_rotation import (
     unverified,
 )
 from shared.manifest import iso_utc
-from shared.signing import MAX_ENVELOPE_BYTES, key_id, load_private_key
+from shared.signing import MAX_ENVELOPE_BYTES, key_id, load_private_key, sign, verify
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class RotationReport:
     revoked: tuple[str, ...]
     chain: int  # rotations the topic holds now
     bytes: int
+    erasure_list_resigned: bool = False
 
 
 def current_chain(connection: BrokerConnection, fleet: str) -> list[dict[str, object]]:
@@ -113,10 +116,28 @@ def rotate(connection: BrokerConnection, fleet: str, current: Ed25519PrivateKey,
     if len(payload) > MAX_ENVELOPE_BYTES:
         raise BadInput(f"the chain would be {len(payload)} bytes, above the agents' {MAX_ENVELOPE_BYTES}")
     connection.publish(topics.keys_topic(connection.prefix, fleet), payload)
+    resigned = _carry_erasure_list(connection, fleet, current, new)
     rotation = unverified(envelope)
     log.info("key rotation %d published to fleet %s", rotation.version, fleet)
     return RotationReport(rotation.version, tuple(key_id(k) for k in rotation.keys), tuple(sorted(rotation.revoked)),
-                          len(chain) + 1, len(payload))
+                          len(chain) + 1, len(payload), resigned)
+
+
+def _carry_erasure_list(connection: BrokerConnection, fleet: str, current: Ed25519PrivateKey,
+                        new: Ed25519PrivateKey) -> bool:
+    """Sign the retained erasure list again with ``new`` (same text, same version: agents that
+    applied it refuse it as a replay, which changes nothing); True if there was one."""
+    topic = topics.erasure_topic(connection.prefix, fleet)
+    envelope = connection.retained(topic)
+    if not envelope:
+        return False
+    try:
+        text = verify(envelope, current.public_key())
+    except SignatureError as e:
+        log.warning("the erasure list on %s is not signed by --current (%s); left as it is", topic, e)
+        return False
+    connection.publish(topic, sign(text, new))
+    return True
 
 
 def rotate_keys(options: BrokerOptions, fleet: str, current_path: Path, new_path: Path, *,
