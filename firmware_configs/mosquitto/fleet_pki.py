@@ -159,7 +159,7 @@ def agent_acl(prefix: str, fleet: str, device: str) -> str:
     bundles = topics.bundle_topic(prefix, fleet, 0).rsplit("/", 1)[0] + "/#"
     rules = topics.rules_topic(prefix, fleet)  # the fleet's business rules, and those targeted at this device
     documents = (f"topic read {rules}\ntopic read {topics.rules_topic(prefix, fleet, device)}\n"
-                 f"topic read {topics.erasure_topic(prefix, fleet)}\n")
+                 f"topic read {topics.erasure_topic(prefix, fleet)}\ntopic read {topics.keys_topic(prefix, fleet)}\n")
     return (f"user {device}\ntopic read {model_topics}\ntopic read {own_topics}\ntopic read {bundles}\n{documents}"
             f"topic write {topics.status_topic(prefix, fleet, device)}\n"
             f"topic write {topics.aggregates_topic(prefix, fleet, device)}\n")
