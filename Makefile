@@ -9,7 +9,7 @@ export EDGE_REC_DATASETS := $(abspath $(DATASETS))
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help demo test test-arm64 lint typecheck install mosquitto wrk bench bench-scale bench-fleet-aggregates soak clean
+.PHONY: help demo test test-arm64 lint typecheck install mosquitto chromium wrk bench bench-scale bench-fleet-aggregates soak clean
 
 help:
 	@echo "make demo   train on Online Retail, publish over MQTT, serve recommendations from an edge agent"
@@ -39,13 +39,23 @@ mosquitto:
 		echo "mosquitto is missing: install it with 'sudo apt-get install -y mosquitto' (Debian/Ubuntu)" >&2; exit 1; \
 	fi
 
+# The console's browser test (tests/test_console.py) drives a real headless Chromium.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> installing chromium (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "chromium is missing: install it with 'sudo apt-get install -y chromium' (Debian)" >&2; exit 1; \
+	fi
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check shared edge_agent cloud_trainer devtools tests scripts bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy shared edge_agent
 
-test: $(STAMP) mosquitto lint typecheck
+test: $(STAMP) mosquitto chromium lint typecheck
 	$(PY) -m pytest
 
 # The root file system is built once and cached outside the repo (devtools/arm64_rootfs.sh).

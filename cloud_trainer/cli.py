@@ -1,5 +1,5 @@
-"""``cloud-trainer`` command line: keygen, prepare, train, export, publish, rollout, rollback, fleet status,
-erasure-secret, erase, rules publish.
+"""``cloud-trainer`` command line: keygen, prepare, train, export, publish, rollout, rollback, fleet status
+(and enroll, revoke), erasure-secret, erase, rules publish, keys rotate, console.
 
 The parser; what each subcommand does is in :mod:`cloud_trainer.commands`.
 """
@@ -11,8 +11,9 @@ import logging
 import sys
 from pathlib import Path
 
-from cloud_trainer import __version__, commands, fleet_commands
+from cloud_trainer import __version__, commands, enrolment_commands, fleet_commands, key_commands
 from cloud_trainer.commands import ASSORTMENT_HISTORY, TUNED_SETTINGS
+from cloud_trainer.console import command as console_command
 from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE
 
 
@@ -192,7 +193,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=2.0, help="seconds to collect the retained aggregates")
     _add_broker_args(p, client_id="cloud-trainer-aggregates")
     p.set_defaults(handler=commands.run_fleet_aggregates)
+    enrolment_commands.add_parsers(fleet)  # enroll, revoke
     fleet_commands.add_parsers(sub, _add_broker_args)  # erasure-secret, erase, rules publish
+    console_command.add_parser(sub, _add_broker_args)  # the web console
+    key_commands.add_parsers(sub, _add_broker_args)  # keys rotate
     return parser
 
 

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cloud_trainer.progress import activity
+
 if TYPE_CHECKING:
     from cloud_trainer.delivery.broker import BrokerOptions
 
@@ -53,7 +55,8 @@ def run_keygen(args: argparse.Namespace) -> int:
 def run_prepare(args: argparse.Namespace) -> int:
     from cloud_trainer.data.converters import CONVERTERS
 
-    prepared = CONVERTERS[args.dataset](args.input, args.out)
+    with activity(f"prepare {args.dataset}"):
+        prepared = CONVERTERS[args.dataset](args.input, args.out)
     print(f"{args.dataset}: {prepared.report.summary()}")
     print(f"wrote {prepared.events} events to {prepared.events_path}")
     if prepared.items_path:
@@ -87,7 +90,8 @@ def run_train(args: argparse.Namespace) -> int:
         from cloud_trainer.evaluation.splits import cut_time
 
         cut_time(args.test_from)  # a bad date is an error now, not after reading the data
-    metrics = train(config, args.out)
+    with activity(f"train {args.model}"):
+        metrics = train(config, args.out)
     shown = ("users", "items", "new_items", "examples", "calibration_histories", "loss", "replicas", "workers",
              "train_seconds")
     print(json.dumps({k: metrics[k] for k in shown if k in metrics}))
@@ -115,7 +119,8 @@ def run_export(args: argparse.Namespace) -> int:
                             assortment=args.assortment, assortment_history=args.assortment_history,
                             targets=tuple(args.target))
     out = args.out or args.run / "bundle"
-    manifest = build_bundle(args.run, args.key, out, options)
+    with activity("export"):
+        manifest = build_bundle(args.run, args.key, out, options)
     size = manifest.files["model.tflite"].length
     history_only = (f" (+{manifest.model.history_only_items} read in histories only)"
                     if manifest.model.history_only_items else "")
@@ -136,7 +141,8 @@ def _broker_options(args: argparse.Namespace) -> BrokerOptions:
 def run_publish(args: argparse.Namespace) -> int:
     from cloud_trainer.delivery.publisher import publish_bundle
 
-    report = publish_bundle(args.bundle, _broker_options(args), args.channel, args.key)
+    with activity("publish", total=1, unit="chunks") as bar:
+        report = publish_bundle(args.bundle, _broker_options(args), args.channel, args.key, on_chunk=bar.update)
     replaced = f", replaced version {report.replaced_version}" if report.replaced_version else ""
     where = f" for {', '.join(report.targets)}" if report.targets else ""
     print(f"published version {report.version} on {report.channel}{where}: {report.chunks} chunks, "
@@ -154,9 +160,12 @@ def run_rollout(args: argparse.Namespace) -> int:
     outcome = None if args.judge_outcome is None else OutcomePolicy(
         Comparison(args.judge_outcome), alpha=args.alpha, margin=args.margin, min_requests=args.min_requests)
     canaries = [c.strip() for c in args.canary.split(",") if c.strip()]
-    with BrokerConnection(_broker_options(args)) as connection:
-        result = roll_out(connection, args.bundle, canaries, policy, args.key,
-                          progress=lambda line: print(line, flush=True), outcome=outcome)
+    with activity("rollout") as bar, BrokerConnection(_broker_options(args)) as connection:
+        def progress(line: str) -> None:
+            print(line, flush=True)  # the lines stay as they are; the bar shows the latest
+            bar.note(line)
+
+        result = roll_out(connection, args.bundle, canaries, policy, args.key, progress=progress, outcome=outcome)
     if result.decision is Decision.ABORT:
         print(f"rollout of version {result.version} aborted: {result.why}", file=sys.stderr)
         return 1

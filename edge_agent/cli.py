@@ -1,9 +1,8 @@
-"""``edge-agent`` command line: run the daemon, or validate a profile."""
+"""``edge-agent`` command line: run the daemon, validate a profile, or install an enrolment file."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -26,18 +25,29 @@ def _parser() -> argparse.ArgumentParser:
     rotate = sub.add_parser("rotate-key", help="rotate the device master key (the agent may keep running)")
     rotate.add_argument("--config", required=True, type=Path)
     rotate.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    enroll = sub.add_parser("enroll", help="install an enrolment file from 'cloud-trainer fleet enroll' (secret)")
+    enroll.add_argument("file", type=Path)
+    enroll.add_argument("--etc", type=Path, default=Path("/etc/edge-agent"), help="the configuration folder")
+    enroll.add_argument("--force", action="store_true", help="replace an existing enrolment")
+    enroll.add_argument("--owner", help="user (and group) to own the TLS files (run as root)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "enroll":
+        from edge_agent.enrolment import run_enroll
+
+        return run_enroll(args)
     try:
         config = load(args.config, args.set)
     except ConfigError as e:
         print(f"edge-agent: invalid configuration: {e}", file=sys.stderr)
         return 2
     if args.command == "validate-config":
-        print(f"{args.config}: valid")
+        from edge_agent.effective_config import render
+
+        print(render(args.config, args.set, config), end="")
         return 0
     if args.command == "rotate-key":
         import sqlite3
@@ -52,10 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"master key rotated: {count} user keys re-wrapped, no history re-encrypted")
         return 0
-    logging.basicConfig(
-        level=config.agent.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from edge_agent.log_format import configure
+
+    configure(config.agent.log_level, config.agent.log_format)
     # Imported here so validate-config stays fast and needs no runtime.
     from edge_agent.daemon import Agent
     from edge_agent.errors import KeyringError, MasterKeyError, StartupError, StoreError

@@ -39,6 +39,8 @@ class AgentSection:
                         choices=CHANNELS)
     data_dir: Path = _opt(Path("/var/lib/edge-agent"), "Where models, history and keys live (0700).")
     log_level: str = _opt("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = _opt("text", "Log lines as text, or json: one object a line (time, level, logger, message).",
+                           choices=("text", "json"))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from edge_agent.errors import StartupError
 from edge_agent.granian_server import GranianServer
 from edge_agent.history_store import HistoryStore
 from edge_agent.key_rotation import finish_pending, key_loader
+from edge_agent.liveness import Liveness, healthz_probe
 from edge_agent.master_key import resolve_path
 from edge_agent.metrics import AgentMetrics, ModelFacts
 from edge_agent.model_store import ModelStore
@@ -39,7 +40,9 @@ from edge_agent.mqtt_link import BrokerSettings, MqttLink
 from edge_agent.outcome_file import OutcomeFile
 from edge_agent.outcome_ledger import OutcomeLedger
 from edge_agent.rules_store import RulesStore
+from edge_agent.sd_notify import Notifier
 from edge_agent.stock_store import StockStore
+from edge_agent.trust_store import TrustStore
 from edge_agent.update_report import Outcome, UpdateResult
 from edge_agent.updater import Updater
 from shared import topics
@@ -109,7 +112,8 @@ class Agent:
         self.config = config
         data_dir = config.agent.data_dir
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        trusted = trusted_key(config)
+        # the provisioned key is the root of trust; key rotations (edge_agent.trust_store) move on from it
+        self.trust = trusted = TrustStore(data_dir, trusted_key(config), fleet=config.agent.fleet)
         self.history = open_history(config)
         self.stock = StockStore(data_dir)  # the store's stock and local prices (PUT /v1/stock)
         self.active = ActiveModel(keep_control=config.experiment.control == "previous")
@@ -136,6 +140,7 @@ class Agent:
         prefix, fleet, device = config.mqtt.topic_prefix, config.agent.fleet, config.agent.device_id
         self.rules = RulesStore(data_dir, trusted, fleet=fleet, device_id=device)
         handlers: dict[str, Callable[[bytes], None]] = {
+            topics.keys_topic(prefix, fleet): self._on_keys,
             topics.rules_topic(prefix, fleet): partial(self._on_rules, device_topic=False),
             topics.rules_topic(prefix, fleet, device): partial(self._on_rules, device_topic=True)}
         if self.erasure is not None:
@@ -160,11 +165,13 @@ class Agent:
             max_history=config.history.max_events_per_user,
             rules=self.rules,
             stock=self.stock,
+            trust=self.trust,
         )
         self.app = create_app(services)
         self._server: GranianServer | http_server.WaitressServer | None = None
         self._stopping = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self._liveness: Liveness | None = None
 
     def _on_update(self, result: UpdateResult) -> None:
         self.metrics.count_update(result.result, result.reason)
@@ -175,6 +182,14 @@ class Agent:
 
     def _on_rules(self, payload: bytes, device_topic: bool) -> None:
         self.rules.on_message(payload, device_topic)
+        self.link.request_status()
+
+    def _on_keys(self, payload: bytes) -> None:
+        """A chain of key rotations (MQTT worker thread): once the trusted keys change, a download
+        signed by a key rotated out stops, and what was refused before is delivered again."""
+        if self.trust.on_message(payload):
+            self.updater.trust_changed()
+            self.link.refetch()
         self.link.request_status()
 
     def _on_erasure(self, payload: bytes) -> None:
@@ -217,6 +232,7 @@ class Agent:
             "outcomes": self.outcomes.status(),  # aggregates only: see shared.outcomes
             "rules": self.rules.status(),
             "erasure": self.erasure.status() if self.erasure else None,  # counts only: see edge_agent.erasure
+            "keys": self.trust.status(),  # key ids and the rotation version: see edge_agent.trust_store
             "at": round(time.time(), 3),
         }
 
@@ -253,6 +269,9 @@ class Agent:
             threading.Thread(target=self._publish_aggregates, name="fleet-aggregates", daemon=True).start()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        # READY=1 and watchdog pings only once, and while, the server answers /healthz (systemd Type=notify)
+        self._liveness = Liveness(Notifier(), healthz_probe(self._server.scheme, self._server.listening()[0]))
+        self._liveness.start()
         try:
             self._server.serve()
         finally:
@@ -307,6 +326,8 @@ class Agent:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self._liveness is not None:
+            self._liveness.stopping()
         if self._server is not None:
             self._server.drain(DRAIN_S)  # in-flight requests finish first
         self.link.stop()

@@ -33,7 +33,7 @@ from edge_agent.outcome_ledger import OutcomeLedger
 from shared.erasure import parse_erasure_list, parse_secret
 from shared.errors import BadInput, StorageError, UpdateRejected
 from shared.fleet_documents import check_header, signed_text
-from shared.signing import MAX_ENVELOPE_BYTES
+from shared.signing import MAX_ENVELOPE_BYTES, TrustedKeys
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ STATE_FILE = "erasure.json"
 
 
 class FleetErasure:
-    def __init__(self, data_dir: Path, trusted: Ed25519PublicKey, *, fleet: str, device_id: str,
+    def __init__(self, data_dir: Path, trusted: Ed25519PublicKey | TrustedKeys, *, fleet: str, device_id: str,
                  index: ErasureIndex, history: HistoryStore, outcomes: OutcomeLedger,
                  clock: Callable[[], float] = time.time) -> None:
         self._path = data_dir / STATE_FILE
@@ -126,7 +126,7 @@ def load_secret(path: Path) -> bytes:
         raise StartupError(f"erasure.secret_file {path}: {e}") from None
 
 
-def fleet_erasure(config: AgentConfig, trusted: Ed25519PublicKey, history: HistoryStore,
+def fleet_erasure(config: AgentConfig, trusted: Ed25519PublicKey | TrustedKeys, history: HistoryStore,
                   outcomes: OutcomeLedger) -> FleetErasure | None:
     """Fleet erasure wired to the history (which indexes every shopper it writes from now on);
     None when ``erasure.secret_file`` is not set."""

@@ -7,6 +7,7 @@ time by a collector instead of being copied into gauges. Labels never carry user
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCol
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from edge_agent import __version__
 from edge_agent.health import RequestHealth
+from edge_agent.runtime import installed_runtime
 
 #: Request latency buckets, in seconds: the API answers in about a millisecond.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -61,6 +64,23 @@ class _StateCollector(Collector):
         )
 
 
+def build_labels() -> dict[str, str]:
+    """What this agent is built from: the fleet's dashboards group and compare agents by these."""
+    return {"version": __version__, "python": platform.python_version(), "runtime": installed_runtime(),
+            "machine": platform.machine()}
+
+
+class _BuildInfoCollector(Collector):
+    def __init__(self, labels: dict[str, str]) -> None:
+        self._labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("edge_agent_build_info", "Always 1; the labels say what this agent is built from",
+                                 labels=list(self._labels))
+        info.add_metric(list(self._labels.values()), 1)
+        yield info
+
+
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -70,6 +90,7 @@ class AgentMetrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.registry.register(_StateCollector(model, store_bytes))
+        self.registry.register(_BuildInfoCollector(build_labels()))
         self.request_seconds = Histogram(
             "edge_agent_http_request_duration_seconds", "REST request latency",
             ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,

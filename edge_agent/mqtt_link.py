@@ -155,6 +155,12 @@ class MqttLink:
             self._status_pending, self._status_at = False, time.monotonic()
         self.publish_status()
 
+    def refetch(self) -> None:
+        """Subscribe again to every followed topic: the broker sends the retained messages once more
+        (after a key rotation, those refused as signed by a key not yet trusted)."""
+        if self.connected.is_set():
+            self.client.subscribe([(topic, 1) for topic in [*self._manifest_topics, *self._handlers]])
+
     def _beat(self) -> None:
         while not self._stopping.wait(self.settings.status_interval_s):
             try:

@@ -2,7 +2,7 @@
 
 The MQTT worker hands each message of ``<prefix>/<fleet>/rules`` and of the device's own
 ``.../rules/<device_id>`` to :meth:`RulesStore.on_message`. A document is accepted only by the
-trust rules of :mod:`shared.fleet_documents` (pinned signature, fleet, targets, expiry, a version
+trust rules of :mod:`shared.fleet_documents` (signed by a trusted key, fleet, targets, expiry, a version
 above the accepted one); it is then written atomically (temp file, fsync, rename) before it is
 used, and read back and verified again at start-up, so the rules and their version (the replay
 guard) survive a restart. As with model manifests, the device runs the newest version of the two
@@ -30,7 +30,7 @@ from shared.business_rules import AppliedRules, RulesDocument, apply_to, parse_r
 from shared.catalog import Catalog
 from shared.errors import RollbackRejected, SignatureError, UpdateRejected
 from shared.fleet_documents import check_header, parse_time, signed_text
-from shared.signing import MAX_ENVELOPE_BYTES
+from shared.signing import MAX_ENVELOPE_BYTES, TrustedKeys
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ MAX_RULES_BYTES = 512 * 1024
 
 
 class RulesStore:
-    def __init__(self, data_dir: Path, trusted: Ed25519PublicKey, *, fleet: str, device_id: str,
+    def __init__(self, data_dir: Path, trusted: Ed25519PublicKey | TrustedKeys, *, fleet: str, device_id: str,
                  clock: Callable[[], float] = time.time) -> None:
         self._path = data_dir / RULES_FILE
         self._trusted, self._fleet, self._device, self._clock = trusted, fleet, device_id, clock
@@ -55,10 +55,10 @@ class RulesStore:
     def _load(self) -> None:
         try:
             envelope = self._path.read_bytes()
-            self._use(parse_rules(signed_text(envelope, self._trusted, MAX_RULES_BYTES)), envelope)
+            self._use(parse_rules(signed_text(envelope, self._trusted, MAX_RULES_BYTES, stored=True)), envelope)
         except FileNotFoundError:
             return
-        except (OSError, UpdateRejected) as e:  # damaged, or signed by a key no longer pinned
+        except (OSError, UpdateRejected) as e:  # damaged, or signed by a key revoked since
             log.error("the stored business rules in %s cannot be used (%s); none apply until the next document",
                       self._path, e)
 

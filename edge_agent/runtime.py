@@ -9,6 +9,7 @@ Set ``EDGE_AGENT_RUNTIME`` to ``litert``, ``tflite_runtime`` or ``tensorflow`` t
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 from typing import Any
@@ -41,6 +42,15 @@ def _interpreter_class() -> tuple[str, Any]:
     raise RuntimeMissing(
         "no TFLite runtime found (" + "; ".join(errors) + "); install one with: pip install ai-edge-litert"
     )
+
+
+def installed_runtime() -> str:
+    """The runtime :func:`create_interpreter` would pick, found without importing it; ``none`` if none is."""
+    forced = os.environ.get("EDGE_AGENT_RUNTIME")
+    for name, module in _CANDIDATES:
+        if (not forced or name == forced) and importlib.util.find_spec(module.partition(".")[0]) is not None:
+            return name
+    return "none"
 
 
 def create_interpreter(model_content: bytes, num_threads: int) -> tuple[str, Any]:

@@ -24,7 +24,7 @@ from edge_agent.errors import UpdateOrderError
 from edge_agent.lifecycle import State
 from shared.bundle import Manifest, check_acceptable, parse_manifest, sha256_hex
 from shared.errors import ChunkRejected
-from shared.signing import verify
+from shared.signing import TrustedKeys, verify
 from shared.topics import STABLE, followed_channels
 
 
@@ -32,7 +32,7 @@ class UpdateSession:
     def __init__(
         self,
         envelope: bytes,
-        trusted_key: Ed25519PublicKey,
+        trusted_key: Ed25519PublicKey | TrustedKeys,
         *,
         fleet: str,
         active_version: int | None,

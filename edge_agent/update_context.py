@@ -15,12 +15,13 @@ from edge_agent.journal import Journal
 from edge_agent.lifecycle import Lifecycle
 from edge_agent.model_store import ModelStore
 from edge_agent.update_report import Reporter
+from shared.signing import TrustedKeys
 from shared.topics import STABLE
 
 
 @dataclass(frozen=True)
 class UpdatePolicy:
-    trusted_key: Ed25519PublicKey
+    trusted_key: Ed25519PublicKey | TrustedKeys
     fleet: str
     max_bundle_bytes: int
     num_threads: int

@@ -21,7 +21,9 @@ from edge_agent.active_model import ActiveModel
 from edge_agent.lifecycle import Fetch
 from edge_agent.model_store import ModelStore
 from edge_agent.update_context import UpdateContext, UpdatePolicy
-from edge_agent.update_report import Reporter, UpdateResult
+from edge_agent.update_report import Outcome, Reporter, UpdateResult
+from shared.errors import SignatureError
+from shared.signing import TrustedKeys, verify
 from shared.topics import STABLE
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ class Updater:
         self,
         store: ModelStore,
         active: ActiveModel,
-        trusted_key: Ed25519PublicKey,
+        trusted_key: Ed25519PublicKey | TrustedKeys,
         *,
         fleet: str,
         max_bundle_bytes: int,
@@ -69,6 +71,19 @@ class Updater:
     def discard(self, reason: str) -> None:
         """Count a message no signature vouched for (see :class:`edge_agent.update_report.Discarded`)."""
         self.ctx.reporter.discard(reason)
+
+    def trust_changed(self) -> None:
+        """The trusted keys changed (a key rotation): give up the download in flight if its manifest
+        was signed by a key rotated out or revoked; it never installs."""
+        session = self.ctx.lifecycle.session
+        if session is None:
+            return
+        try:
+            verify(session.envelope, self.ctx.policy.trusted_key)
+        except SignatureError as e:
+            self.store.discard_staging(session.version)
+            self.ctx.lifecycle.drop()
+            self.ctx.reporter.report(session.version, Outcome.REJECTED, f"{e.reason}: after a key rotation: {e}")
 
     def retry_when_room(self) -> bool:
         """Start again an update that failed for lack of space, if there is room now; True if it did."""

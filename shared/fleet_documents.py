@@ -4,7 +4,7 @@ The business rules (:mod:`shared.business_rules`) and the erasure list (:mod:`sh
 JSON documents signed like manifests (the envelope of :mod:`shared.signing`, by the same pinned
 Ed25519 key) and checked by the same rules before an agent acts on them:
 
-1. the envelope is signed by the pinned key (``bad_signature``), at most ``max_bytes`` long;
+1. the envelope is signed by a key of the agent's trust store (``bad_signature``), at most ``max_bytes`` long;
 2. the text is the document's schema with every field well-formed (``malformed``);
 3. its ``fleet`` is the agent's (``wrong_fleet``), its ``targets`` (if any) name the device
    (``not_targeted``);
@@ -35,7 +35,7 @@ from shared.errors import (
     WrongFleet,
 )
 from shared.manifest import MAX_VERSION
-from shared.signing import verify
+from shared.signing import TrustedKeys, verify
 from shared.topics import check_name
 
 #: Targets one document may name.
@@ -123,8 +123,10 @@ def check_header(header: Header, *, fleet: str, device_id: str | None, now: date
         raise RollbackRejected(f"version {header.version} is not newer than the accepted version {newest}")
 
 
-def signed_text(envelope: bytes, trusted: Ed25519PublicKey, max_bytes: int) -> str:
-    """Steps 1 of the module docstring: the signed text of an envelope of at most ``max_bytes``."""
+def signed_text(envelope: bytes, trusted: Ed25519PublicKey | TrustedKeys, max_bytes: int,
+                stored: bool = False) -> str:
+    """Steps 1 of the module docstring: the signed text of an envelope of at most ``max_bytes``
+    (``stored``: read back from disk, see :class:`shared.signing.TrustedKeys`)."""
     if len(envelope) > max_bytes:
         raise SignatureError(f"the envelope is larger than {max_bytes} bytes")
-    return verify(envelope, trusted)
+    return verify(envelope, trusted, stored)

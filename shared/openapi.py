@@ -182,6 +182,8 @@ _SCHEMAS: dict[str, Any] = {
             "last_update": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/UpdateResult"}]},
             "rules": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/RulesStatus"}],
                       "description": "The signed business rules applied (block, boost, pin)."},
+            "keys": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/KeysStatus"}],
+                     "description": "The signing keys trusted (ids) and the key rotation version."},
         },
     },
     "Health": {

@@ -6,6 +6,9 @@ depends on re-serialising JSON the same way on both sides::
     {"signed": "<manifest JSON text>", "keyid": "<hex>", "signature": "<base64>"}
 
 Key files: the private key is PKCS#8 PEM (0600), the public key SubjectPublicKeyInfo PEM.
+
+Verifiers take one pinned key or a :class:`TrustedKeys` (an agent's trust store, which key
+rotations change: see :mod:`shared.key_rotation`); the envelope must name one of its keys.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import json
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +27,15 @@ from shared.bounded_json import loads
 from shared.errors import JsonRejected, SignatureError
 
 MAX_ENVELOPE_BYTES = 1 << 20
+
+
+class TrustedKeys(Protocol):
+    """The keys an agent trusts now (a key rotation replaces them)."""
+
+    def trusted_keys(self, stored: bool = False) -> tuple[Ed25519PublicKey, ...]:
+        """The keys for data arriving now; with ``stored``, for data accepted earlier and read back
+        from disk: also the keys rotated out but never revoked."""
+        ...
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -75,11 +88,16 @@ def sign(signed_text: str, key: Ed25519PrivateKey) -> bytes:
     return json.dumps(envelope).encode("utf-8")
 
 
-def verify(envelope: bytes, trusted: Ed25519PublicKey) -> str:
-    """The signed text of ``envelope`` if ``trusted`` signed it; raises SignatureError otherwise."""
+def verify(envelope: bytes, trusted: Ed25519PublicKey | TrustedKeys, stored: bool = False) -> str:
+    """The signed text of ``envelope`` if a ``trusted`` key signed it; raises SignatureError otherwise.
+
+    ``stored``: the envelope was accepted earlier and read back from disk (see :class:`TrustedKeys`).
+    """
     if len(envelope) > MAX_ENVELOPE_BYTES:
         raise SignatureError(f"envelope is larger than {MAX_ENVELOPE_BYTES} bytes")
-    if key_id(trusted).encode() not in envelope:  # cheap: junk is refused without being parsed
+    keys = {key_id(k): k for k in ((trusted,) if isinstance(trusted, Ed25519PublicKey)
+                                   else trusted.trusted_keys(stored))}
+    if not any(kid.encode() in envelope for kid in keys):  # cheap: junk is refused without being parsed
         raise SignatureError("signed by a key this agent does not trust (its key id is not in the envelope)")
     try:
         data = loads(envelope)  # depth and numbers bounded: an unsigned sender picks no exception
@@ -89,11 +107,12 @@ def verify(envelope: bytes, trusted: Ed25519PublicKey) -> str:
         isinstance(data.get(k), str) for k in ("signed", "keyid", "signature")
     ):
         raise SignatureError("envelope needs string fields signed, keyid and signature")
-    if data["keyid"] != key_id(trusted):
+    key = keys.get(data["keyid"])
+    if key is None:
         raise SignatureError(f"signed by key {data['keyid'][:16]!r}, which this agent does not trust")
     try:
         signature = base64.b64decode(data["signature"], validate=True)
-        trusted.verify(signature, data["signed"].encode("utf-8"))
+        key.verify(signature, data["signed"].encode("utf-8"))
     except (binascii.Error, InvalidSignature):
         raise SignatureError("signature does not verify") from None
     return str(data["signed"])

@@ -80,6 +80,22 @@ RULES_STATUS: dict[str, Any] = {
     },
 }
 
+KEYS_STATUS: dict[str, Any] = {
+    "type": "object",
+    "description": "Signing keys (shared.key_rotation): the ids (fingerprints) of the keys trusted, never key "
+                   "material, and the rotation version (0: the provisioned key alone).",
+    "required": ["version", "trusted", "retired", "revoked", "last"],
+    "additionalProperties": False,
+    "properties": {
+        "version": {"type": "integer", "minimum": 0},
+        "trusted": {"type": "array", "items": {"type": "string"}, "description": "Keys that sign what comes now."},
+        "retired": {"type": "array", "items": {"type": "string"},
+                    "description": "Keys rotated out: they vouch for what was installed before, for nothing new."},
+        "revoked": {"type": "array", "items": {"type": "string"}, "description": "Keys never trusted again."},
+        "last": _LAST_RESULT,
+    },
+}
+
 _ONLINE: dict[str, Any] = {
     "type": "object",
     "required": ["device_id", "fleet", "channel", "model_version", "state", "health", "outcomes", "at"],
@@ -98,6 +114,7 @@ _ONLINE: dict[str, Any] = {
         "outcomes": {"$ref": "#/components/schemas/Outcomes"},
         "erasure": ERASURE_STATUS,
         "rules": {"$ref": "#/components/schemas/RulesStatus"},
+        "keys": {"$ref": "#/components/schemas/KeysStatus"},
         "at": {"type": "number", "description": "Epoch seconds."},
     },
 }
@@ -109,4 +126,4 @@ AGENT_STATUS: dict[str, Any] = {
 }
 
 SCHEMAS: dict[str, Any] = {"AgentStatus": AGENT_STATUS, "Outcomes": OUTCOMES, "OutcomeCell": OUTCOME_CELL,
-                           "RulesStatus": RULES_STATUS}
+                           "RulesStatus": RULES_STATUS, "KeysStatus": KEYS_STATUS}

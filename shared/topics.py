@@ -12,6 +12,7 @@ Layout under a prefix (default ``edge-rec/v1``)::
     <prefix>/<fleet>/rules                             retained signed business rules (shared.business_rules)
     <prefix>/<fleet>/rules/<device_id>                 retained signed rules targeted at that device
     <prefix>/<fleet>/erasure                           retained signed erasure list (shared.erasure)
+    <prefix>/<fleet>/keys                              retained chain of signed key rotations (shared.key_rotation)
 
 Channels are rollout rings: a version goes to ``canary`` first and is promoted to ``stable``.
 Stable agents follow the stable manifest; canary agents follow both and run the newer.
@@ -144,3 +145,8 @@ def rules_topic(prefix: str, fleet: str, device_id: str | None = None) -> str:
     that device's own rules (a document whose ``targets`` name it)."""
     topic = f"{prefix}/{check_name(fleet, 'fleet')}/rules"
     return topic if device_id is None else f"{topic}/{check_name(device_id, 'device id')}"
+
+
+def keys_topic(prefix: str, fleet: str) -> str:
+    """The fleet's retained chain of signed key rotations (:mod:`shared.key_rotation`); only the trainer writes it."""
+    return f"{prefix}/{check_name(fleet, 'fleet')}/keys"

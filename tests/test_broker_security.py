@@ -223,3 +223,19 @@ def test_an_agent_reads_the_fleets_rules_its_own_and_the_erasure_list_but_writes
     finally:
         stolen.close()
         trainer.close()
+
+
+def test_only_the_trainer_writes_the_key_rotation_chain(secure: SecureBroker) -> None:
+    """The fleet's keys topic: agents read it, none writes it (a device's stolen certificate cannot
+    even post a forged rotation for the agents to refuse)."""
+    stolen, trainer = Client(secure, "dev-1"), Client(secure, "cloud-trainer")
+    try:
+        keys = topics.keys_topic(PREFIX, "default")
+        assert stolen.publish(keys, b"{}") == NOT_AUTHORIZED
+        assert trainer.publish(keys, b"signed chain") in (ACCEPTED, ACCEPTED_NO_SUBSCRIBERS)
+        stolen.subscribe(keys)
+        assert wait_for(lambda: stolen.messages == {keys: b"signed chain"}, 10), stolen.messages
+        trainer.publish(keys, b"")
+    finally:
+        stolen.close()
+        trainer.close()

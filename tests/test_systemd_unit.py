@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import load
+from edge_agent.liveness import MAX_PROBE_TIMEOUT_S
 from edge_agent.master_key import CREDENTIAL_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ def test_the_unit_is_hardened(tmp_path: Path) -> None:
     for key, value in {
         "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
         "PrivateDevices": "yes", "Restart": "on-failure", "User": "edge-agent", "CapabilityBoundingSet": "",
-        "UMask": "0077",
+        "UMask": "0077", "Type": "notify", "NotifyAccess": "main",
     }.items():
         assert unit.get(key) == [value], key
     result = subprocess.run(
@@ -63,6 +64,10 @@ def test_the_unit_is_hardened(tmp_path: Path) -> None:
 
 def test_the_unit_matches_the_agent_and_profiles() -> None:
     unit = settings()
+    # the watchdog must outlast a probe that times out (edge_agent.liveness) and be pinged twice per period
+    watchdog = unit["WatchdogSec"][0]
+    assert watchdog.endswith("s") and float(watchdog[:-1]) / 2 > MAX_PROBE_TIMEOUT_S, watchdog
+    assert "AF_UNIX" in unit["RestrictAddressFamilies"][0].split()  # the notify socket
     credential, _, _ = unit["LoadCredential"][0].partition(":")
     assert credential == CREDENTIAL_NAME  # the agent looks for the master key under this name
     config_path = shlex.split(unit["ExecStart"][0])[-1]

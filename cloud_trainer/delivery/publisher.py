@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,13 +97,15 @@ def manifest_topics(prefix: str, manifest: Manifest, channel: str) -> list[str]:
 
 
 def release(connection: BrokerConnection, envelope: bytes, channel: str, files: dict[str, bytes] | None,
-            key: Ed25519PrivateKey | None = None, channels: tuple[str, ...] | None = None) -> PublishReport:
+            key: Ed25519PrivateKey | None = None, channels: tuple[str, ...] | None = None,
+            on_chunk: Callable[[int, int], None] | None = None) -> PublishReport:
     """Put ``envelope`` on ``channel`` (a targeted version: on each target's own topic of it), after
     its chunks when ``files`` are given; then clear the chunks of the versions it replaces if no
     manifest names them any more.
 
     With ``key``, the manifest is signed again as released to ``channels`` (default: the
-    channels it names plus ``channel``); without, it must already name ``channel``.
+    channels it names plus ``channel``); without, it must already name ``channel``. ``on_chunk(done,
+    total)`` follows the chunks as they go (a progress bar).
     """
     started = time.monotonic()
     trusted = key.public_key() if key is not None else None
@@ -121,12 +124,15 @@ def release(connection: BrokerConnection, envelope: bytes, channel: str, files: 
         raise ReleaseError(f"version {version} cannot be published: {e}") from None
     replaced = [m for topic in destinations if (m := _retained_manifest(connection, topic, trusted)) is not None]
     chunks = total = 0
+    all_chunks = sum(-(-len(data) // manifest.chunk_size) for data in (files or {}).values())
     for name, data in (files or {}).items():
         check_file(manifest, name, data)
         for index, chunk in enumerate(split_chunks(data, manifest.chunk_size)):
             connection.publish(topics.chunk_topic(connection.prefix, fleet, version, name, index), chunk)
             chunks += 1
             total += len(chunk)
+            if on_chunk is not None:
+                on_chunk(chunks, all_chunks)
         log.info("published %s of version %d (%d bytes)", name, version, len(data))
     for topic in destinations:
         connection.publish(topic, envelope)
@@ -228,8 +234,8 @@ def read_bundle(bundle_dir: Path) -> tuple[bytes, dict[str, bytes]]:
 
 
 def publish_bundle(bundle_dir: Path, options: BrokerOptions, channel: str = topics.STABLE,
-                   key_path: Path | None = None) -> PublishReport:
+                   key_path: Path | None = None, on_chunk: Callable[[int, int], None] | None = None) -> PublishReport:
     envelope, files = read_bundle(bundle_dir)
     key = None if key_path is None else load_private_key(key_path.read_bytes())
     with BrokerConnection(options) as connection:
-        return release(connection, envelope, channel, files, key)
+        return release(connection, envelope, channel, files, key, on_chunk=on_chunk)

@@ -34,5 +34,6 @@ def model_info() -> Any:
             "manifest": manifest.as_dict(),
             "last_update": last.to_json() if last else None,
             "rules": found.rules.status() if found.rules else None,  # the business rules applied
+            "keys": found.trust.status() if found.trust else None,  # key ids, never key material
         }
     )

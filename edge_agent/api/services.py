@@ -15,6 +15,7 @@ from edge_agent.outcome_ledger import OutcomeLedger
 from edge_agent.recommendation_json import RecommendationJson
 from edge_agent.rules_store import RulesStore
 from edge_agent.stock_store import StockStore
+from edge_agent.trust_store import TrustStore
 from shared.outcomes import Arm, arm_of
 
 EXTENSION = "edge_agent"
@@ -36,6 +37,7 @@ class Services:
     rules: RulesStore | None = None  # the signed business rules (shared.business_rules)
     tokens: TokenSet | None = None  # None: ``token`` alone, with every scope
     stock: StockStore | None = None  # the store's stock and local prices; None: everything in stock
+    trust: TrustStore | None = None  # the signing keys trusted (edge_agent.trust_store)
 
     def user_ref(self, user_id: str) -> bytes:
         """The keyed reference of a user (what the history and the outcome ledger know them by)."""

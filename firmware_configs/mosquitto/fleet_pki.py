@@ -11,6 +11,8 @@ Layout of ``--out``::
     server.pem  server.key         the broker's certificate (SAN: every --server-name)
     clients/<name>.pem  .key       one per device and one for the trainer; CN = MQTT username
     acl  mosquitto.conf            rendered from the templates beside this script
+    crl.pem                        the CA's revocation list (the broker's crlfile; `cloud-trainer fleet revoke`)
+    revoked/<name>.pem             certificates of revoked devices (out of clients/, so out of the ACL)
     api-ca.pem  api-ca.key         with --api-cert: the CA store apps trust for agents' REST APIs
     api/<name>.pem  .key           one per --api-cert: an agent's LAN API (api.tls_cert_file, tls_key_file)
     data/                          Mosquitto persistence and log
@@ -115,13 +117,49 @@ def _issue(path: Path, subject: str, issuer: tuple[Key, x509.Certificate] | None
     return key, cert
 
 
-def _agent_acl(prefix: str, fleet: str, device: str) -> str:
+def write_crl(out: Path, ca: tuple[Key, x509.Certificate], revoke: x509.Certificate | None = None) -> int:
+    """(Re)sign ``out/crl.pem`` with every certificate it lists and ``revoke``; returns how many it lists.
+
+    The CRL is valid as long as the CA: Mosquitto (OpenSSL) refuses every client once a CRL has expired.
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    path = out / "crl.pem"
+    listed: list[x509.RevokedCertificate] = []
+    if path.exists():
+        listed = list(x509.load_pem_x509_crl(path.read_bytes()))
+    if revoke is not None and all(r.serial_number != revoke.serial_number for r in listed):
+        listed.append(x509.RevokedCertificateBuilder().serial_number(revoke.serial_number)
+                      .revocation_date(now).build())
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca[1].subject)
+               .last_update(now - datetime.timedelta(minutes=5)).next_update(ca[1].not_valid_after_utc))
+    for entry in listed:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca[0], hashes.SHA256())
+    temporary = out / "crl.pem.tmp"
+    temporary.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    os.replace(temporary, path)
+    return len(listed)
+
+
+def load_ca(out: Path) -> tuple[Key, x509.Certificate]:
+    """The fleet CA of a folder made by this script."""
+    if not _pem(out / "ca", ".key").exists():
+        raise FileNotFoundError(f"{out} holds no fleet CA (ca.key): make it with fleet_pki.py --out {out}")
+    return _load(out / "ca")
+
+
+def issue_client(out: Path, name: str, ca: tuple[Key, x509.Certificate], days: int) -> tuple[Key, x509.Certificate]:
+    """``out/clients/<name>.pem`` and ``.key``: an existing pair is kept."""
+    return _issue(out / "clients" / name, topics.check_name(name, "client name"), ca, days, False)
+
+
+def agent_acl(prefix: str, fleet: str, device: str) -> str:
     model_topics = topics.manifest_topic(prefix, fleet).rsplit("/", 1)[0] + "/+"
     own_topics = model_topics + "/" + topics.check_name(device, "device id")  # versions targeted at it
     bundles = topics.bundle_topic(prefix, fleet, 0).rsplit("/", 1)[0] + "/#"
     rules = topics.rules_topic(prefix, fleet)  # the fleet's business rules, and those targeted at this device
     documents = (f"topic read {rules}\ntopic read {topics.rules_topic(prefix, fleet, device)}\n"
-                 f"topic read {topics.erasure_topic(prefix, fleet)}\n")
+                 f"topic read {topics.erasure_topic(prefix, fleet)}\ntopic read {topics.keys_topic(prefix, fleet)}\n")
     return (f"user {device}\ntopic read {model_topics}\ntopic read {own_topics}\ntopic read {bundles}\n{documents}"
             f"topic write {topics.status_topic(prefix, fleet, device)}\n"
             f"topic write {topics.aggregates_topic(prefix, fleet, device)}\n")
@@ -161,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "clients").mkdir(parents=True, exist_ok=True, mode=0o700)
     (out / "data").mkdir(exist_ok=True, mode=0o700)
     ca = _issue(out / "ca", f"Edge Recommender fleet {args.fleet} CA", None, args.days * 4, False, ca=True)
+    if not (out / "crl.pem").exists():
+        write_crl(out, ca)
     _issue(out / "server", (args.server_name or ["localhost"])[0], ca, args.days, args.renew,
            server_names=args.server_name or ["localhost", "127.0.0.1"])
     for name in [args.trainer, *args.device]:
@@ -176,11 +216,11 @@ def main(argv: list[str] | None = None) -> int:
                      if p.name != f"{args.trainer}.pem")
     acl = (HERE / "acl.template").read_text().format(
         trainer=args.trainer, prefix=args.prefix,
-        agents="\n".join(_agent_acl(args.prefix, args.fleet, d) for d in devices))
+        agents="\n".join(agent_acl(args.prefix, args.fleet, d) for d in devices))
     (out / "acl").write_text(acl)
     config = (HERE / "mosquitto.conf.template").read_text().format(
         port=args.port, bind=args.bind, ca_file=out.resolve() / "ca.pem", server_cert=out.resolve() / "server.pem",
-        server_key=out.resolve() / "server.key", acl_file=out.resolve() / "acl",
+        server_key=out.resolve() / "server.key", crl_file=out.resolve() / "crl.pem", acl_file=out.resolve() / "acl",
         persistence="false" if args.no_persistence else "true", data_dir=(out / "data").resolve())
     (out / "mosquitto.conf").write_text(config + (f"user {args.run_as}\n" if args.run_as else ""))
     print(f"wrote {out / 'acl'} ({len(devices)} devices) and {out / 'mosquitto.conf'}")
