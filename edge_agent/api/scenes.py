@@ -10,33 +10,27 @@ ledger when the request names a shopper (a guest's list cannot be credited to an
 from __future__ import annotations
 
 import logging
-import secrets
-import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, request
+from flask import Blueprint, request
 
 from edge_agent.api.params import arg, identifier, int_arg, only_args, text_arg
+from edge_agent.api.served_list import serve
 from edge_agent.api.services import services
 from edge_agent.errors import ApiError
 from shared import bounded_json, scenes
 from shared.business_rules import AppliedRules
 from shared.errors import JsonRejected
 from shared.openapi_scenes import MAX_BASKET
-from shared.outcomes import Arm
 from shared.recommendation import Exclude, HistoryEvent, RecommendationResult, Scorer
 
 log = logging.getLogger("edge_agent.api")
 
 blueprint = Blueprint("scenes", __name__)
 
-
-#: A scene: (scorer, the shopper's history, bought, in stock, personalised, business rules) -> the list.
-Scene = Callable[[Scorer, Sequence[HistoryEvent], Sequence[str], "np.ndarray | None", bool, "AppliedRules | None"],
-                 RecommendationResult]
 
 _new_items: weakref.WeakKeyDictionary[Scorer, np.ndarray] = weakref.WeakKeyDictionary()  # per model
 
@@ -46,38 +40,6 @@ def _exclude(raw: object) -> Exclude:
         return Exclude("none" if raw is None else str(raw) if isinstance(raw, str) else "?")
     except ValueError:
         raise ApiError(400, "invalid_parameter", "exclude must be none, purchased or seen") from None
-
-
-def _serve(user_id: str | None, exclude: Exclude, scene: Scene) -> Response:
-    found = services()
-    model = found.active.current  # one reference: a swap mid-request does not affect us
-    if model is None:
-        raise ApiError(503, "no_model", "no model installed yet; retry later")
-    arm = found.arm(user_id) if user_id is not None else Arm.MODEL
-    control = found.active.control if arm is Arm.HOLDOUT else None
-    scorer = model if control is None else control
-    history: Sequence[HistoryEvent] = ()
-    bought: Sequence[str] = ()
-    if user_id is not None:
-        excluding = exclude is not Exclude.NONE
-        history = found.history.recent(user_id, found.max_history if excluding else scorer.history_length)
-        bought = list(found.history.purchased(user_id)) if excluding else []
-    stock = found.stock.view(scorer) if found.stock is not None else None
-    result = scene(scorer, history, bought, None if stock is None else stock.available,
-                   arm is Arm.MODEL or control is not None,
-                   found.rules.applied(scorer.catalog) if found.rules else None)
-    if stock is not None:
-        result = stock.priced(result, scorer.item_index)
-    request_id = secrets.token_urlsafe(12)
-    if user_id is not None:
-        found.outcomes.served(request_id, found.user_ref(user_id), model.version, arm,
-                              [r.item.id for r in result.items], time.time())
-    found.metrics.count_recommendation(result.fallback)
-    if result.model_failed:
-        found.metrics.model_errors.inc()
-        found.metrics.health.model_failed()
-        log.error("model version %s answered a query with garbage; served popular items", result.model_version)
-    return Response(found.bodies.render(user_id, result, request_id), mimetype="application/json")
 
 
 def _optional_user() -> str | None:
@@ -101,7 +63,7 @@ def related(item_id: str) -> Any:
         return scenes.related(scorer, item_id, k, history, exclude, category, bought, available, personalised,
                               rules)
 
-    return _serve(user_id, exclude, scene)
+    return serve(user_id, exclude, scene)
 
 
 @blueprint.get("/v1/recommendations/new")
@@ -119,7 +81,7 @@ def new_for_you() -> Any:
         return scenes.new_for_you(scorer, history, k, exclude, category, bought, available, personalised, new,
                                   rules)
 
-    return _serve(user_id, exclude, scene)
+    return serve(user_id, exclude, scene)
 
 
 def _cart_body() -> dict[str, Any]:
@@ -167,4 +129,4 @@ def cart() -> Any:
               personalised: bool, rules: AppliedRules | None) -> RecommendationResult:
         return scenes.cart(scorer, basket, k, history, exclude, category, bought, available, personalised, rules)
 
-    return _serve(user_id, exclude, scene)
+    return serve(user_id, exclude, scene)
