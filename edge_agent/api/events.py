@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
+from edge_agent.api.params import json_body
 from edge_agent.api.services import services
 from edge_agent.errors import ApiError
-from shared import bounded_json
-from shared.errors import EventError, JsonRejected
+from shared.errors import EventError
 from shared.events import Event, EventKind, parse_event, parse_identifier
 from shared.outcomes import OutcomeKind, is_request_id
 
@@ -31,12 +31,7 @@ blueprint = Blueprint("events", __name__)
 
 
 def _raw_events() -> list[object]:
-    if not request.is_json:
-        raise ApiError(400, "invalid_body", "send Content-Type: application/json")
-    try:  # depth and numbers bounded before parsing: 100,000 nested brackets are a 400
-        body = bounded_json.loads(request.get_data(cache=False), max_depth=MAX_BODY_DEPTH)
-    except JsonRejected as e:
-        raise ApiError(400, "invalid_body", f"the body is not acceptable JSON: {e}") from None
+    body = json_body(MAX_BODY_DEPTH)
     if isinstance(body, dict) and "events" in body:
         body = body["events"]
     raw_events = body if isinstance(body, list) else [body] if isinstance(body, dict) else None

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from flask import request
 
 from edge_agent.errors import ApiError
-from shared.errors import EventError
+from shared import bounded_json
+from shared.errors import EventError, JsonRejected
 from shared.events import parse_identifier
 
 _DIGITS = re.compile(r"[0-9]{1,9}")
@@ -61,3 +62,14 @@ def text_arg(name: str) -> str | None:
 
 def iso_timestamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def json_body(max_depth: int) -> object:
+    """The request's JSON body, its depth and numbers bounded before parsing (100,000 nested
+    brackets are a 400, not a crash); anything else is an ApiError 400."""
+    if not request.is_json:
+        raise ApiError(400, "invalid_body", "send Content-Type: application/json")
+    try:
+        return bounded_json.loads(request.get_data(cache=False), max_depth=max_depth)
+    except JsonRejected as e:
+        raise ApiError(400, "invalid_body", f"the body is not acceptable JSON: {e}") from None

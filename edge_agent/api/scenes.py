@@ -15,15 +15,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, request
+from flask import Blueprint
 
-from edge_agent.api.params import arg, identifier, int_arg, only_args, text_arg
+from edge_agent.api.params import arg, identifier, int_arg, json_body, only_args, text_arg
 from edge_agent.api.served_list import serve
 from edge_agent.api.services import services
 from edge_agent.errors import ApiError
-from shared import bounded_json, scenes
+from shared import scenes
 from shared.business_rules import AppliedRules
-from shared.errors import JsonRejected
 from shared.openapi_scenes import MAX_BASKET
 from shared.recommendation import Exclude, HistoryEvent, RecommendationResult, Scorer
 
@@ -85,12 +84,7 @@ def new_for_you() -> Any:
 
 
 def _cart_body() -> dict[str, Any]:
-    if not request.is_json:
-        raise ApiError(400, "invalid_body", "send Content-Type: application/json")
-    try:
-        body = bounded_json.loads(request.get_data(cache=False), max_depth=4)
-    except JsonRejected as e:
-        raise ApiError(400, "invalid_body", f"the body is not acceptable JSON: {e}") from None
+    body = json_body(4)
     if not isinstance(body, dict) or set(body) - {"user_id", "items", "k", "exclude", "category"}:
         raise ApiError(400, "invalid_body", "send an object with items and optional user_id, k, exclude, category")
     for name, value in body.items():

@@ -10,14 +10,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
-from edge_agent.api.params import arg, identifier, int_arg, only_args
+from edge_agent.api.params import arg, identifier, int_arg, json_body, only_args
 from edge_agent.api.services import services
 from edge_agent.errors import ApiError
 from edge_agent.stock_store import StockEntry, StockStore
-from shared import bounded_json
-from shared.errors import JsonRejected
 from shared.openapi_scenes import MAX_STOCK_ENTRIES as MAX_ENTRIES  # a batch is one transaction
 from shared.openapi_scenes import STOCK_PAGE_LIMIT as PAGE_LIMIT
 
@@ -56,12 +54,7 @@ def _entry(n: int, raw: object) -> StockEntry:
 def put_stock() -> Any:
     only_args()
     store = stock_store()
-    if not request.is_json:
-        raise ApiError(400, "invalid_body", "send Content-Type: application/json")
-    try:
-        body = bounded_json.loads(request.get_data(cache=False), max_depth=4)
-    except JsonRejected as e:
-        raise ApiError(400, "invalid_body", f"the body is not acceptable JSON: {e}") from None
+    body = json_body(4)
     raw = body.get("items") if isinstance(body, dict) and set(body) == {"items"} else None
     if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_ENTRIES:
         raise ApiError(400, "invalid_body", f'send {{"items": [...]}} with 1 to {MAX_ENTRIES} entries')
