@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
-import secrets
 import signal
 import threading
 import time
@@ -19,92 +17,33 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from edge_agent import http_server, tls_files
 from edge_agent.active_model import ActiveModel
 from edge_agent.api import Services, create_app
 from edge_agent.api_tokens import TokenSet, token_set
 from edge_agent.config import AgentConfig
-from edge_agent.durable_files import write_atomic
 from edge_agent.erasure import fleet_erasure
 from edge_agent.errors import StartupError
 from edge_agent.granian_server import GranianServer
-from edge_agent.history_store import HistoryStore
-from edge_agent.key_rotation import finish_pending, key_loader
 from edge_agent.liveness import Liveness, healthz_probe
-from edge_agent.master_key import resolve_path
 from edge_agent.metrics import AgentMetrics, ModelFacts
 from edge_agent.model_store import ModelStore
-from edge_agent.mqtt_link import BrokerSettings, MqttLink
+from edge_agent.mqtt_link import MqttLink
 from edge_agent.outcome_file import OutcomeFile
 from edge_agent.outcome_ledger import OutcomeLedger
 from edge_agent.rules_store import RulesStore
 from edge_agent.sd_notify import Notifier
+from edge_agent.startup import broker_settings, load_token, open_history, trusted_key
 from edge_agent.stock_store import StockStore
 from edge_agent.trust_store import TrustStore
 from edge_agent.update_report import Outcome, UpdateResult
 from edge_agent.updater import Updater
 from shared import topics
-from shared.errors import SignatureError
-from shared.signing import load_public_key
 
 log = logging.getLogger(__name__)
 
 #: How long a stop waits for requests in flight.
 DRAIN_S = 10.0
-
-
-def load_token(path: Path) -> str:
-    env = os.environ.get("EDGE_AGENT_API_TOKEN")
-    if env:
-        return env.strip()
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(path, (secrets.token_urlsafe(32) + "\n").encode())  # a crash never leaves it empty
-        log.info("created a new API token in %s", path)
-    token = path.read_text().strip()
-    if len(token) < 16:
-        raise StartupError(f"API token in {path} is shorter than 16 characters")
-    return token
-
-
-def trusted_key(config: AgentConfig) -> Ed25519PublicKey:
-    try:
-        return load_public_key(config.model.trusted_public_key.read_bytes())
-    except (OSError, SignatureError) as e:
-        raise StartupError(f"cannot use model.trusted_public_key {config.model.trusted_public_key}: {e}") from e
-
-
-def open_history(config: AgentConfig) -> HistoryStore:
-    """The history store, after completing a master key rotation a crash interrupted."""
-    data_dir, key_path = config.agent.data_dir, resolve_path(config.master_key_path)
-    history = HistoryStore(
-        data_dir,
-        key_loader(data_dir, key_path),
-        max_events_per_user=config.history.max_events_per_user,
-        max_purchases_per_user=config.history.max_purchases_per_user,
-        max_age_days=config.history.max_age_days,
-        cache_users=config.history.cache_users,
-    )
-    if key_path == config.master_key_path:
-        finish_pending(history.keyring, key_path)
-    return history
-
-
-def broker_settings(config: AgentConfig) -> BrokerSettings:
-    return BrokerSettings(
-        url=config.mqtt.url,
-        topic_prefix=config.mqtt.topic_prefix,
-        fleet=config.agent.fleet,
-        device_id=config.agent.device_id,
-        channel=config.agent.channel,
-        ca_file=config.mqtt.ca_file,
-        cert_file=config.mqtt.cert_file,
-        key_file=config.mqtt.key_file,
-        keepalive=config.mqtt.keepalive,
-        status_interval_s=config.mqtt.status_interval_s,
-    )
 
 
 class Agent:
