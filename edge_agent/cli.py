@@ -1,4 +1,4 @@
-"""``edge-agent`` command line: run the daemon, validate a profile, or install an enrolment file."""
+"""``edge-agent`` command line: run the daemon, validate a profile, install an enrolment file or the service."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from edge_agent import __version__
 from edge_agent.config import load
 from edge_agent.errors import ConfigError
+from edge_agent.service_install import PROFILES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +31,20 @@ def _parser() -> argparse.ArgumentParser:
     enroll.add_argument("--etc", type=Path, default=Path("/etc/edge-agent"), help="the configuration folder")
     enroll.add_argument("--force", action="store_true", help="replace an existing enrolment")
     enroll.add_argument("--owner", help="user (and group) to own the TLS files (run as root)")
+    service = sub.add_parser(
+        "install-service", help="write the packaged systemd unit and a device profile (run as root)",
+        description="Write /etc/systemd/system/edge-agent.service, /etc/edge-agent/agent.toml and "
+        "/etc/edge-agent/README.md from the files shipped in the package. Refuses to replace the unit "
+        "or the profile without --force.")
+    service.add_argument("--root", type=Path, default=Path("/"), help="install under this folder (default /)")
+    profiles = service.add_mutually_exclusive_group()
+    profiles.add_argument("--profile", choices=PROFILES, default="rpi4",
+                          help="device profile to copy to agent.toml (default rpi4)")
+    profiles.add_argument("--no-profile", action="store_true",
+                          help="the unit only: agent.toml comes from 'edge-agent enroll'")
+    service.add_argument("--user", default="edge-agent", help="User= and Group= of the unit (default edge-agent)")
+    service.add_argument("--venv", help="the venv whose bin/edge-agent the unit runs (default: this one)")
+    service.add_argument("--force", action="store_true", help="replace an existing unit or profile")
     return parser
 
 
@@ -39,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         from edge_agent.enrolment import run_enroll
 
         return run_enroll(args)
+    if args.command == "install-service":
+        from edge_agent.service_install import run_install_service
+
+        return run_install_service(args)
     try:
         config = load(args.config, args.set)
     except ConfigError as e:

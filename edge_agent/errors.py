@@ -14,7 +14,7 @@
       ModelLoadError, RuntimeMissing, ModelOutputError (a ScoringFailed)
     TransportError (shared)     the broker or the network failed
     BadInput (shared)           data from a client or the operator is not acceptable
-      ConfigError, StartupError
+      ConfigError, StartupError, ServiceInstallError
 
 Outside the roots: :class:`UpdateOrderError` (a bug: a lifecycle step out of order) and
 :class:`ApiError` (an answer the REST API gives as a JSON error, not a fault of its own).
@@ -95,6 +95,10 @@ class ConfigError(BadInput):
 
 class StartupError(BadInput, RuntimeError):
     """The agent cannot start; the message says what to fix."""
+
+
+class ServiceInstallError(BadInput):
+    """``edge-agent install-service`` cannot write the unit or the profile (exists, bad option, no access)."""
 
 
 # -- the API's answers -------------------------------------------------------------------------
