@@ -9,7 +9,7 @@ export EDGE_REC_DATASETS := $(abspath $(DATASETS))
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help demo test test-arm64 lint typecheck install mosquitto chromium wrk bench bench-scale bench-fleet-aggregates soak clean
+.PHONY: help demo test test-arm64 lint typecheck install lock mosquitto chromium wrk bench bench-scale bench-fleet-aggregates soak clean
 
 help:
 	@echo "make demo   train on Online Retail, publish over MQTT, serve recommendations from an edge agent"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-scale  trainer stages (prepare, train, export, evaluate) on generated shops of 1M and 10M"
 	@echo "            events: wall time and peak RSS, bench/results/scale.json (SCALE_ARGS=--with-100m adds 100M)"
 	@echo "make soak   10 min of mixed traffic with a model update each minute; bench/results/soak.json"
+	@echo "make lock   regenerate requirements/{edge,trainer,dev}.lock (hashed pins; LOCK_ARGS=--upgrade to move them)"
 	@echo "variables: DATASETS=$(DATASETS) VENV=$(VENV)"
 
 $(STAMP): pyproject.toml
@@ -29,6 +30,18 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 install: $(STAMP)
+
+# Hashed pins of the edge, trainer and dev installs from PyPI alone (this machine's pip configuration,
+# find-links and constraints are left out). pip-compile resolves for the running interpreter, Python 3.11
+# on Linux; the hashes cover every file of each pinned version (x86_64 and aarch64 wheels alike).
+PIP_COMPILE = env -u PIP_FIND_LINKS -u PIP_CONSTRAINT -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	--strip-extras --no-emit-index-url --index-url https://pypi.org/simple $(LOCK_ARGS)
+lock: $(STAMP)
+	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "make lock: run it with Python 3.11")'
+	$(PIP_COMPILE) --extra edge -o requirements/edge.lock pyproject.toml
+	$(PIP_COMPILE) --extra trainer -o requirements/trainer.lock pyproject.toml
+	$(PIP_COMPILE) --extra edge --extra trainer --extra dev -o requirements/dev.lock pyproject.toml
 
 mosquitto:
 	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
