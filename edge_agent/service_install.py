@@ -90,12 +90,20 @@ def install(files: list[DeviceFile], root: Path, *, force: bool = False) -> list
         raise ServiceInstallError(f"{', '.join(existing)} exists: pass --force to replace it (edits are lost)")
     for target, file in targets:
         try:
-            target.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            _make_dirs(target.parent)
             write_atomic(target, file.data, file.mode)
             os.chmod(target, file.mode)  # write_atomic's mode is filtered by the umask
         except OSError as e:
             raise ServiceInstallError(f"cannot write {target}: {e} (run as root for --root /)") from e
     return [t for t, _ in targets]
+
+
+def _make_dirs(folder: Path) -> None:
+    """``folder`` and its missing parents, 0755 whatever the umask (the service user reads agent.toml)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        os.chmod(created, DIR_MODE)
 
 
 def run_install_service(args: Any) -> int:

@@ -6,6 +6,7 @@ links there); a pip install must bring them and the one documented command must 
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import subprocess
@@ -109,3 +110,15 @@ def test_install_service_rejects_bad_options(tmp_path: Path, capsys: pytest.Capt
 def test_install_service_needs_an_existing_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert install_service(tmp_path / "missing") == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_modes_do_not_depend_on_the_umask(tmp_path: Path) -> None:
+    """sudo may run with umask 077: the service user must still read agent.toml and its folder."""
+    previous = os.umask(0o077)
+    try:
+        assert install_service(tmp_path, "--profile", "x86_edge") == 0
+    finally:
+        os.umask(previous)
+    profile = tmp_path / "etc/edge-agent/agent.toml"
+    assert mode(profile) == 0o644 and mode(profile.parent) == 0o755 and mode(tmp_path / "etc") == 0o755
+    assert mode(tmp_path / "etc/systemd/system/edge-agent.service") == 0o644

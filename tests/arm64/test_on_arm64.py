@@ -5,7 +5,8 @@ Run by ``make test-arm64`` (never by ``make test``), which builds the root file 
 Each run works on a fresh copy of it and, inside:
 
 1. installs the agent by running the shell block of docs/install.md's Raspberry Pi section as written
-   (the edge extra only, no TensorFlow), except what needs a running systemd, which a chroot
+   (requirements/edge.lock with --require-hashes, the package --no-deps, edge-agent install-service;
+   no TensorFlow), except what needs a running systemd, which a chroot
    does not have: the unit's ExecStart is run instead, as its user, with its credential;
 2. runs the agent's own tests that need no TensorFlow;
 3. plays the demo's edge half: the host trains and exports the model from Online Retail and
@@ -40,7 +41,7 @@ from devtools.processes import AgentProcess, Broker, free_port
 from harness import ROOT, SecureBroker, make_pki
 
 RESULTS = ROOT / "bench" / "results" / "arm64.json"
-SRC = "/opt/src/edge-recommender"  # where the README's `pip install '/path/to/edge-recommender[edge]'` points
+SRC = "/opt/src/edge-recommender"  # where docs/install.md's /path/to/edge-recommender (lock, package) points
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PI_DEVICE, X86_DEVICE = "pi-arm64", "box-x86"
 # The CPUs qemu emulates: a Pi 4's Cortex-A72 and a Pi 5's Cortex-A76. qemu's default ("max")
@@ -190,6 +191,13 @@ def test_the_readme_installs_the_edge_extra_without_tensorflow(installed: Pi) ->
     assert machine.stdout.strip() == "aarch64"
     user = installed.run("id -u edge-agent", timeout=60)
     assert user.returncode == 0  # the README made the service user
+    # the lock pinned every package (pip check) and install-service put the packaged unit and profile in place
+    check = installed.run("/opt/edge-agent/bin/pip check", timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
+    unit = installed.inside("/etc/systemd/system/edge-agent.service").read_text()
+    assert "ExecStart=/opt/edge-agent/bin/edge-agent run --config /etc/edge-agent/agent.toml" in unit.splitlines()
+    profile = installed.inside("/etc/edge-agent/agent.toml").read_bytes()
+    assert profile == (ROOT / "firmware_configs/rpi4.toml").read_bytes()
     for profile in ("rpi4.toml", "rpi5.toml"):  # the README's profile choice for a Pi 4 and a Pi 5
         valid = installed.run(f"/opt/edge-agent/bin/edge-agent validate-config firmware_configs/{profile}", 300,
                               cwd=SRC)
