@@ -22,11 +22,12 @@ help:
 	@echo "make lock   regenerate requirements/{edge,trainer,dev}.lock (hashed pins; LOCK_ARGS=--upgrade to move them)"
 	@echo "variables: DATASETS=$(DATASETS) VENV=$(VENV)"
 
-$(STAMP): pyproject.toml
-	@echo "==> creating $(VENV) and installing edge-recommender[edge,trainer,dev]"
+# The dependencies come from the hashed lock (pip itself included), the project editable without deps.
+$(STAMP): pyproject.toml requirements/dev.lock
+	@echo "==> creating $(VENV) and installing edge-recommender[edge,trainer,dev] from requirements/dev.lock"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[edge,trainer,dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
 
 install: $(STAMP)
