@@ -87,7 +87,8 @@ def install(files: list[DeviceFile], root: Path, *, force: bool = False) -> list
     targets = [(root / f.path.relative_to("/"), f) for f in files]
     existing = [str(t) for t, f in targets if t.exists() and not f.replace_freely]
     if existing and not force:
-        raise ServiceInstallError(f"{', '.join(existing)} exists: pass --force to replace it (edits are lost)")
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise ServiceInstallError(f"{' and '.join(existing)} {verb}: pass --force to replace (edits are lost)")
     for target, file in targets:
         try:
             _make_dirs(target.parent)

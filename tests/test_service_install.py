@@ -83,7 +83,7 @@ def test_install_service_refuses_to_overwrite_without_force(tmp_path: Path,
     unit.unlink()  # the unit alone is missing: still nothing is written, since the profile exists
     capsys.readouterr()
     assert install_service(tmp_path, "--profile", "rpi5") == 2
-    assert "agent.toml exists: pass --force" in capsys.readouterr().err
+    assert "agent.toml exists: pass --force" in capsys.readouterr().err  # the unit is gone
     assert profile.read_text() == "# edited for this device\n" and not unit.exists()
     assert install_service(tmp_path, "--profile", "rpi5", "--force") == 0
     assert profile.read_bytes() == (ROOT / "firmware_configs/rpi5.toml").read_bytes() and unit.exists()
