@@ -90,7 +90,8 @@ class HistoryStore:
         except sqlite3.Error as e:
             raise sqlite_storage_error(e, f"open the history store in {folder}") from e
 
-    def _ref(self, user_id: str) -> bytes:
+    def ref(self, user_id: str) -> bytes:
+        """The user's keyed reference: what the store, and the outcome ledger, know them by."""
         return user_ref(self.keyring.lookup_secret, user_id)
 
     def append(self, events: Iterable[Event]) -> int:
@@ -103,7 +104,7 @@ class HistoryStore:
         try:
             ciphers = {}
             for user_id in by_user:
-                ref = self._ref(user_id)
+                ref = self.ref(user_id)
                 key = self.keyring.data_key(ref, create=True)
                 assert key is not None
                 ciphers[user_id] = (ref, AESGCM(key))
@@ -154,7 +155,7 @@ class HistoryStore:
     def purchased(self, user_id: str) -> set[str]:
         """The items the user bought within the retention age (at most ``max_purchases_per_user``,
         the most recently bought), whether or not those events are still among the kept ones."""
-        ref = self._ref(user_id)
+        ref = self.ref(user_id)
         oldest = self._clock() - self._max_age
         try:
             with self._lock:
@@ -189,7 +190,7 @@ class HistoryStore:
     def recent(self, user_id: str, limit: int) -> list[StoredEvent]:
         """The user's last ``limit`` events within the retention age, oldest first."""
         try:
-            return self._recent(self._ref(user_id), limit)
+            return self._recent(self.ref(user_id), limit)
         except KeyringError as e:
             raise StoreError(f"cannot read a history: {e}") from e
         except sqlite3.Error as e:
@@ -250,7 +251,7 @@ class HistoryStore:
         If deleting them fails then (a damaged database page), that is logged and the answer is
         still that the user was erased; the retention sweep removes records without a key.
         """
-        return self.delete_ref(self._ref(user_id))
+        return self.delete_ref(self.ref(user_id))
 
     def delete_ref(self, ref: bytes) -> bool:
         """:meth:`delete_user` for a user known by reference only (a fleet erasure request)."""

@@ -68,7 +68,7 @@ def test_altered_or_moved_records_are_detected_and_others_still_served(tmp_path:
     key = os.urandom(32)
     store = _open(tmp_path, key)
     store.append(_events(USER) + _events("other-user") + _events("third-user"))
-    ours, theirs = store._ref(USER), store._ref("other-user")
+    ours, theirs = store.ref(USER), store.ref("other-user")
     store.close()
     db = sqlite3.connect(tmp_path / HISTORY_FILE)
     # put the other user's record 0 in place of ours (same position): sealed under their data key, so it fails
@@ -93,7 +93,7 @@ def test_reordered_records_of_one_user_are_detected(tmp_path: Path) -> None:
     key = os.urandom(32)
     store = _open(tmp_path, key)
     store.append(_events(USER))
-    ours = store._ref(USER)
+    ours = store.ref(USER)
     store.close()
     db = sqlite3.connect(tmp_path / HISTORY_FILE)
     first, second = (db.execute("SELECT sealed FROM events WHERE ref=? AND seq=?", (ours, n)).fetchone()[0]
@@ -110,7 +110,7 @@ def test_erasure_is_final_even_for_a_backup_of_the_database(tmp_path: Path) -> N
     key = os.urandom(32)
     store = _open(tmp_path / "live", key)
     store.append(_events() + _events("someone-else"))
-    ref = store._ref(USER)
+    ref = store.ref(USER)
     wrapped = sqlite3.connect(tmp_path / "live" / KEYRING_FILE).execute(
         "SELECT wrapped FROM user_keys WHERE ref=?", (ref,)).fetchone()[0]
     store.close()
@@ -194,7 +194,7 @@ def test_retention_cap_and_age_reclaim_space(tmp_path: Path) -> None:
 def test_orphaned_records_of_a_shredded_user_are_swept(tmp_path: Path) -> None:
     store = _open(tmp_path)
     store.append(_events())
-    store.keyring.destroy(store._ref(USER))  # as if the agent died between the two steps of an erasure
+    store.keyring.destroy(store.ref(USER))  # as if the agent died between the two steps of an erasure
     assert store.sweep() == 5
 
 
@@ -311,7 +311,7 @@ def test_the_purchase_memory_outlives_the_event_cap_and_follows_age_and_erasure(
     assert again.purchased(USER) == {f"{ITEM}-{i}" for i in (2, 7)}
     assert again.delete_user(USER) and again.purchased(USER) == set()
     again.append(_events("another"))
-    again.keyring.destroy(again._ref("another"))  # an erasure cut short: the sweep removes the memory
+    again.keyring.destroy(again.ref("another"))  # an erasure cut short: the sweep removes the memory
     again.sweep()
     again.close()
     with sqlite3.connect(tmp_path / HISTORY_FILE) as db:

@@ -8,7 +8,6 @@ from flask import current_app
 
 from edge_agent.active_model import ActiveModel
 from edge_agent.api_tokens import TokenSet
-from edge_agent.crypto_envelope import user_ref
 from edge_agent.history_store import HistoryStore
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outcome_ledger import OutcomeLedger
@@ -41,7 +40,7 @@ class Services:
 
     def user_ref(self, user_id: str) -> bytes:
         """The keyed reference of a user (what the history and the outcome ledger know them by)."""
-        return user_ref(self.history.keyring.lookup_secret, user_id)
+        return self.history.ref(user_id)
 
     def arm(self, user_id: str) -> Arm:
         return arm_of(user_id, self.holdout_share, self.holdout_salt)
