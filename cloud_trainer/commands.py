@@ -23,6 +23,7 @@ TUNED_SETTINGS = {
     "repeat_weight": "score added per occurrence of an item in the shopper's history",
     "trend_weight": "weight of the item bias log(1 + purchases in the last --trend-days days)",
     "trend_days": "the trend's window, in days",
+    "recency": "weight decay per event back in the history (1: the history's events count alike)",
     "view_weight": "a view's entry in the shopper-item matrix (a purchase's is 1)",
     "cart_weight": "a cart event's entry in the shopper-item matrix",
     "cold_start_scale": "scale of new items' vectors predicted from side features",

@@ -125,5 +125,6 @@ def settings_from(run: Path) -> dict[str, object]:
         config = json.loads((run / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"--settings-from {run}: no readable config.json ({e})") from None
-    names = ("rank", "history_length", "ease_l2", "repeat_weight", "trend_weight", "trend_days", "cold_start_scale")
+    names = ("rank", "history_length", "ease_l2", "repeat_weight", "trend_weight", "trend_days", "recency",
+             "cold_start_scale")
     return {name: config[name] for name in names if config.get(name) is not None}

@@ -69,6 +69,7 @@ class TrainConfig:
     repeat_weight: float = 0.5
     trend_weight: float = 0.05
     trend_days: float = 14.0
+    recency: float = 1.0
     view_weight: float = 0.25
     cart_weight: float = 0.5
     cold_start_scale: float = 5.0  # new items' predicted vectors (cloud_trainer.models.side_features)
@@ -179,6 +180,8 @@ def _check(config: TrainConfig) -> None:
     if config.softmax not in SOFTMAXES:
         raise ValueError(f"softmax must be one of {', '.join(SOFTMAXES)}, not {config.softmax!r}")
     is_target(np.zeros(0, dtype=np.int8), config.target)  # raises for an unknown target
+    if not 0 < config.recency <= 1:
+        raise ValueError(f"recency must be in (0, 1] (1: every event counts alike), not {config.recency}")
     if config.tune_budget <= 0:
         raise ValueError(f"tune_budget must be a positive number of seconds, not {config.tune_budget}")
     if not 0 < config.validation_share < 1:
@@ -249,7 +252,8 @@ def _candidate(config: TrainConfig) -> Candidate:
     """The factorized model's settings in ``config``."""
     assert config.history_length is not None
     return Candidate(repeat_weight=config.repeat_weight, trend_weight=config.trend_weight, l2=config.ease_l2,
-                     history_length=config.history_length, trend_days=config.trend_days, rank=config.rank,
+                     history_length=config.history_length, trend_days=config.trend_days, recency=config.recency,
+                     rank=config.rank,
                      view_weight=config.view_weight, cart_weight=config.cart_weight,
                      cold_start_scale=config.cold_start_scale)
 

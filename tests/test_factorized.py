@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from cloud_trainer.data.events_io import KIND_CODES, EventTable, ReadReport
 from shared.events import EventKind
@@ -72,20 +73,29 @@ def test_distinct_pooling_counts_each_item_once() -> None:
     np.testing.assert_array_equal(counts.numpy(), [[0, 0, 1, 1, 0, 0, 0, 3], [2, 0, 0, 0, 0, 1, 0, 0]])
     np.testing.assert_allclose(distinct_positions(items, present, counts).numpy(),
                                [[1 / 3, 1, 1 / 3, 1 / 3, 1, 0, 0], [1 / 2, 1, 1 / 2, 0, 0, 0, 0]], rtol=1e-6)
+    # recency: position p (0 = the latest event) weighs 0.5**p; 7's three positions share their mean
+    np.testing.assert_allclose(distinct_positions(items, present, counts, 0.5).numpy(),
+                               [[1 / 3, 0.5, 1 / 12, 1 / 24, 1 / 16, 0, 0], [1 / 2, 0.5, 1 / 8, 0, 0, 0, 0]],
+                               rtol=1e-6)
 
 
 def numpy_scores(weights, items: np.ndarray, mix: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Scores by the definition: each distinct item once, with the mean of recency**p over its positions."""
     present = mix > 0
-    first = [n for n in range(len(items)) if present[n] and items[n] not in items[:n][present[:n]]]
-    user = weights.history_embedding[items[first]].sum(axis=0) @ weights.projection + weights.projection_bias
+    distinct = sorted(set(items[present].tolist()))
+    coefficient = [np.mean([weights.recency**p for p in np.flatnonzero(present & (items == i))]) for i in distinct]
+    pooled = (np.asarray(coefficient)[:, None] * weights.history_embedding[distinct]).sum(axis=0)
+    user = pooled @ weights.projection + weights.projection_bias
     scores = user @ weights.item_vectors + weights.item_bias
     np.add.at(scores, items[present], weights.repeat_weight)
     return scores
 
 
-def test_repeat_term_in_the_graph_is_exact_and_explained() -> None:
+@pytest.mark.parametrize("recency", [1.0, 0.8])
+def test_repeat_term_in_the_graph_is_exact_and_explained(recency: float) -> None:
     """Top-K of dot product + repeat from the dot product's top-K plus the history: the same items
-    and scores as scoring every item, for histories whose items score low without their repeats."""
+    and scores as scoring every item, for histories whose items score low without their repeats;
+    with recency weights, the graph (Keras and TFLite) pools by their definition."""
     from cloud_trainer.delivery.export import to_tflite
     from cloud_trainer.delivery.litert import litert_runner
     from cloud_trainer.models.dot_product import ModelWeights, model_from_weights
@@ -97,6 +107,7 @@ def test_repeat_term_in_the_graph_is_exact_and_explained() -> None:
         projection=np.eye(dim, dtype=np.float32), projection_bias=np.zeros(dim, np.float32),
         item_vectors=rng.normal(0, 1, (dim, n_items)).astype(np.float32),
         item_bias=rng.normal(0, 0.1, n_items).astype(np.float32), pooling="distinct", repeat_weight=4.0,
+        recency=recency,
     )
     items = rng.integers(0, 40, (40, length)).astype(np.int32)  # few distinct items: many repeats
     mix = rng.random((40, length)).astype(np.float32)

@@ -71,9 +71,10 @@ def test_the_repeat_term_is_chosen_where_shoppers_come_back_to_items_and_dropped
     assert chosen == {"revisits": 0.5, "never twice": 0.0}
 
 
-def test_the_validation_ranking_is_the_served_one(synthetic_shop: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("recency", [1.0, 0.95])
+def test_the_validation_ranking_is_the_served_one(synthetic_shop: tuple[Path, Path], recency: float) -> None:
     """The tuner's fast float scoring ranks as the agent's recommendation path does with the same
-    weights (a float32 export in LiteRT): the same holdings, exclusions and new items."""
+    weights (a float32 export in LiteRT): the same holdings, exclusions, new items and recency weights."""
     from cloud_trainer.data.events_io import read_items
     from cloud_trainer.delivery.export import to_tflite
     from cloud_trainer.evaluation.served import ServedModel, served_rankings, stored_shoppers
@@ -85,7 +86,7 @@ def test_the_validation_ranking_is_the_served_one(synthetic_shop: tuple[Path, Pa
     table = train_period(read_events(events), cut_time(TEST_FROM))
     validation = tuning.validation_window(table, read_items(items)[0], 0.1)
     scorer = tuning._Scorer(validation, 7)
-    weights = scorer.weights(tuning.Candidate(rank=32, history_length=50, repeat_weight=0.3))
+    weights = scorer.weights(tuning.Candidate(rank=32, history_length=50, repeat_weight=0.3, recency=recency))
     assert weights.num_items == len(validation.known) + len(validation.new) > len(validation.known)
     n = 300
     fast = tuning.served_top_k(weights, validation.train, scorer.kept[:n], 50, {"new": scorer.excluded[:n]})["new"]

@@ -119,7 +119,7 @@ def _recommend_module(weights: ModelWeights, history_length: int, top_k: int, ex
             if weights.pooling == "distinct" or weights.repeat_weight:
                 counts = history_counts(history_items, present, weights.num_history_items)  # [1, N_h] int32
             if weights.pooling == "distinct":
-                coefficients = distinct_positions(history_items, present, counts)  # [1, L]
+                coefficients = distinct_positions(history_items, present, counts, weights.recency)  # [1, L]
             else:
                 coefficients = history_weights
             h = tf.gather(self.h, history_items)  # [1, L, D]

@@ -34,6 +34,8 @@ class ModelWeights:
     item_bias: np.ndarray  # [N]
     pooling: str = "weighted"  # or "distinct"
     repeat_weight: float = 0.0
+    #: Distinct pooling only: history position p (0 = the most recent event) counts ``recency**p``.
+    recency: float = 1.0
 
     @property
     def num_items(self) -> int:
@@ -74,30 +76,36 @@ def history_counts(items: tf.Tensor, present: tf.Tensor, num_items: int) -> tf.T
     return tf.reshape(counts, [batch, num_items])
 
 
-def distinct_positions(items: tf.Tensor, present: tf.Tensor, counts: tf.Tensor) -> tf.Tensor:
-    """float [B, L]: 1 / (occurrences of the item) at each position holding it, 0 for padding.
+def distinct_positions(items: tf.Tensor, present: tf.Tensor, counts: tf.Tensor, recency: float = 1.0) -> tf.Tensor:
+    """float [B, L]: ``recency**p`` / (occurrences of the item) at each position p holding it (p = 0
+    the most recent event), 0 for padding.
 
-    So each distinct history item is pooled once in total, however often it appears; ``present``
-    is :func:`history_present`, ``counts`` :func:`history_counts`. One scatter and one gather:
+    So each distinct history item is pooled once in total, however often it appears, with the mean
+    of its positions' recency weights (``recency`` 1: all alike); ``present`` is
+    :func:`history_present`, ``counts`` :func:`history_counts`. One scatter and one gather:
     cheaper in the graph than comparing every position with every other. Used by the Keras model
     and the TFLite graph alike.
     """
     occurrences = tf.gather(counts, items, batch_dims=1)  # [B, L]
-    return tf.where(present, 1.0 / tf.cast(tf.maximum(occurrences, 1), tf.float32), 0.0)
+    coefficients = tf.where(present, 1.0 / tf.cast(tf.maximum(occurrences, 1), tf.float32), 0.0)
+    if recency == 1.0:
+        return coefficients
+    decay = tf.pow(tf.constant(recency, tf.float32), tf.cast(tf.range(tf.shape(items)[1]), tf.float32))
+    return coefficients * decay[None, :]
 
 
 @keras.saving.register_keras_serializable(package="edge_recommender")
 class DistinctPooling(keras.layers.Layer):
-    def __init__(self, num_items: int, **kwargs: object) -> None:
+    def __init__(self, num_items: int, recency: float = 1.0, **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.num_items = num_items
+        self.num_items, self.recency = num_items, recency
 
     def call(self, items: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
         present = history_present(items, weights)
-        return distinct_positions(items, present, history_counts(items, present, self.num_items))
+        return distinct_positions(items, present, history_counts(items, present, self.num_items), self.recency)
 
     def get_config(self) -> dict[str, object]:
-        return {**super().get_config(), "num_items": self.num_items}
+        return {**super().get_config(), "num_items": self.num_items, "recency": self.recency}
 
 
 @keras.saving.register_keras_serializable(package="edge_recommender")
@@ -121,7 +129,7 @@ class RepeatCount(keras.layers.Layer):
 
 
 def build_model(num_items: int, dim: int, history_length: int, l2: float = 1e-6, pooling: str = "weighted",
-                repeat_weight: float | None = None) -> keras.Model:
+                repeat_weight: float | None = None, recency: float = 1.0) -> keras.Model:
     items = keras.Input((history_length,), dtype="int32", name="history_items")
     weights = keras.Input((history_length,), dtype="float32", name="history_weights")
     h = keras.layers.Embedding(
@@ -129,7 +137,7 @@ def build_model(num_items: int, dim: int, history_length: int, l2: float = 1e-6,
     )(items)
     coefficients = weights
     if pooling == "distinct":
-        coefficients = DistinctPooling(num_items, name="distinct_pooling")(items, weights)
+        coefficients = DistinctPooling(num_items, recency, name="distinct_pooling")(items, weights)
     pooled = keras.layers.Dot(axes=(1, 1), name="weighted_mean")([coefficients, h])
     user = keras.layers.Dense(dim, name="user_projection")(pooled)
     scores = keras.layers.Dense(
@@ -144,7 +152,8 @@ def build_model(num_items: int, dim: int, history_length: int, l2: float = 1e-6,
 def model_from_weights(weights: ModelWeights, history_length: int) -> keras.Model:
     """A Keras model computing exactly what ``weights`` describe (for fitted, not trained, weights)."""
     model = build_model(weights.num_items, int(weights.projection.shape[0]), history_length,
-                        pooling=weights.pooling, repeat_weight=weights.repeat_weight or None)
+                        pooling=weights.pooling, repeat_weight=weights.repeat_weight or None,
+                        recency=weights.recency)
     model.get_layer("history_embedding").set_weights([weights.history_embedding])
     model.get_layer("user_projection").set_weights([weights.projection, weights.projection_bias])
     model.get_layer("item_vectors").set_weights([weights.item_vectors, weights.item_bias])
@@ -158,4 +167,5 @@ def extract_weights(model: keras.Model) -> ModelWeights:
     names = {layer.name for layer in model.layers}
     pooling = "distinct" if "distinct_pooling" in names else "weighted"
     repeat = float(model.get_layer("repeat_count").get_weights()[0]) if "repeat_count" in names else 0.0
-    return ModelWeights(embedding, projection, projection_bias, item_vectors, item_bias, pooling, repeat)
+    recency = float(model.get_layer("distinct_pooling").recency) if pooling == "distinct" else 1.0
+    return ModelWeights(embedding, projection, projection_bias, item_vectors, item_bias, pooling, repeat, recency)

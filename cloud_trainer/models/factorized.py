@@ -22,7 +22,9 @@ It is an embedding dot-product model like :mod:`cloud_trainer.models.dot_product
   SVD of ``B`` did, within one standard error (docs/evaluation.md); unlike it, it fits a
   million items.
 - **User vector.** The sum of the embeddings of the distinct items in the shopper's last
-  ``history_length`` events: the graph pools each item once ("distinct" pooling).
+  ``history_length`` events: the graph pools each item once ("distinct" pooling), weighted by
+  ``recency**p`` for an event p events back (the mean over the item's events; 1: all alike), so
+  what a shopper did lately may count for more.
 - **Trend.** The item bias is ``trend_weight * log1p(purchases in the last trend_days days of
   training)``: what is selling now. (Online Retail's test month is the run-up to Christmas.)
 - **Repeat.** ``repeat_weight * (times the item appears in the history)`` is added to every
@@ -66,6 +68,7 @@ class FactorizedSettings:
     trend_days: float = 14.0
     trend_weight: float = 0.05
     repeat_weight: float = 0.5
+    recency: float = 1.0  # history position p (0 = the latest event) weighs recency**p in the user vector
     view_weight: float = EVENT_WEIGHTS[EventKind.VIEW]  # a view's entry in the shopper-item matrix
     cart_weight: float = EVENT_WEIGHTS[EventKind.CART]  # (a purchase's is 1)
     seed: int = 7
@@ -217,6 +220,7 @@ def assemble(factors: tuple[np.ndarray, np.ndarray], table: EventTable, settings
         item_bias=(settings.trend_weight * trend(table, settings.trend_days)).astype(np.float32),
         pooling="distinct",
         repeat_weight=settings.repeat_weight,
+        recency=settings.recency,
     )
 
 

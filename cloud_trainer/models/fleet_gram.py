@@ -133,7 +133,7 @@ def fit(fleet: FleetGram, settings: FactorizedSettings) -> ModelWeights:
     return ModelWeights(history_embedding=u, projection=np.eye(rank, dtype=np.float32),
                         projection_bias=np.zeros(rank, dtype=np.float32), item_vectors=item_vectors,
                         item_bias=(settings.trend_weight * trend(fleet)).astype(np.float32), pooling="distinct",
-                        repeat_weight=settings.repeat_weight)
+                        repeat_weight=settings.repeat_weight, recency=settings.recency)
 
 
 def popular(fleet: FleetGram, limit: int = 500) -> list[int]:

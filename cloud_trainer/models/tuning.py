@@ -16,8 +16,8 @@ wins), a fashion or media shop's rarely do (it loses), and how fast taste moves 
 - **Search.** Coordinate ascent over :data:`SEARCH_SPACE`: from the current best, each setting in
   turn is tried at each of its values with the others held, keeping any that scores higher;
   rounds repeat until one changes nothing or the time budget is spent. Eigendecompositions
-  are cached, so a setting that needs none (lambda, repeat, trend, history length, cold start
-  scale) costs a re-scoring only. Settings that cannot matter on the data are left out (view and cart weights
+  are cached, so a setting that needs none (lambda, repeat, trend, recency, history length, cold
+  start scale) costs a re-scoring only. Settings that cannot matter on the data are left out (view and cart weights
   without views or carts, the cold-start scale without new items).
 - **Record.** Every trial, its figures and the choice go to ``tuning.json`` in the run directory,
   and into the report.
@@ -49,6 +49,7 @@ T = TypeVar("T")
 SEARCH_SPACE: dict[str, tuple[float, ...]] = {
     "repeat_weight": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0),
     "trend_weight": (0.0, 0.02, 0.05, 0.1, 0.2, 0.5),
+    "recency": (1.0, 0.995, 0.99, 0.98, 0.95, 0.9),
     "l2": (25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0),
     "history_length": (25, 50, 100, 200),
     "trend_days": (3.0, 7.0, 14.0, 28.0),
@@ -81,6 +82,7 @@ class Candidate:
     l2: float = FactorizedSettings.l2
     history_length: int = 200
     trend_days: float = FactorizedSettings.trend_days
+    recency: float = FactorizedSettings.recency
     rank: int = FactorizedSettings.rank
     view_weight: float = FactorizedSettings.view_weight
     cart_weight: float = FactorizedSettings.cart_weight
@@ -89,7 +91,8 @@ class Candidate:
     def factorized(self, seed: int) -> FactorizedSettings:
         return FactorizedSettings(rank=self.rank, l2=self.l2, trend_days=self.trend_days,
                                   trend_weight=self.trend_weight, repeat_weight=self.repeat_weight,
-                                  view_weight=self.view_weight, cart_weight=self.cart_weight, seed=seed)
+                                  recency=self.recency, view_weight=self.view_weight, cart_weight=self.cart_weight,
+                                  seed=seed)
 
 
 @dataclass
@@ -124,8 +127,9 @@ def served_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[n
                  exclusions: dict[str, Sequence[np.ndarray] | None], k: int = K) -> dict[str, np.ndarray]:
     """Per name in ``exclusions``, [shoppers, k] catalogue indices as the agent ranks them (float),
     all from one scoring pass: the distinct items of the last ``history_length`` events
-    (``histories``: rows as the agent holds them) pooled once each, plus ``repeat_weight`` x their
-    counts, without that exclusion's items (None: nothing excluded).
+    (``histories``: rows as the agent holds them, oldest first) pooled once each with the mean of
+    ``recency**p`` over their positions p (0 = the latest), plus ``repeat_weight`` x their counts,
+    without that exclusion's items (None: nothing excluded).
     Shoppers are scored in batches of :func:`metrics.users_per_batch` (memory: not shoppers x items)."""
     n = weights.num_items
     batch = metrics.users_per_batch(n)
@@ -133,14 +137,17 @@ def served_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[n
     for first in range(0, len(histories), batch):
         chunk = [rows[-history_length:] for rows in histories[first : first + batch]]
         owner = np.repeat(np.arange(len(chunk)), [len(rows) for rows in chunk])
+        age = np.concatenate([np.arange(len(rows))[::-1] for rows in chunk]).astype(np.float64)
         rows = np.concatenate(chunk)
-        pairs, counts = np.unique(owner * n + train.item[rows], return_counts=True)
+        pairs, inverse, counts = np.unique(owner * n + train.item[rows], return_inverse=True, return_counts=True)
         user, item = pairs // n, pairs % n
+        coefficient = np.bincount(inverse, weights=weights.recency**age, minlength=len(pairs)) / counts
         starts = np.searchsorted(user, np.arange(len(chunk)))
         held = np.bincount(user, minlength=len(chunk)) > 0  # an agent holding nothing pools nothing
         pooled = np.zeros((len(chunk), weights.history_embedding.shape[1]), dtype=np.float32)
         if held.any():
-            pooled[held] = np.add.reduceat(weights.history_embedding[item].astype(np.float64), starts[held], axis=0)
+            pooled[held] = np.add.reduceat(weights.history_embedding[item].astype(np.float64) * coefficient[:, None],
+                                           starts[held], axis=0)
         scores = pooled @ weights.item_vectors + weights.item_bias
         scores[user, item] += weights.repeat_weight * counts
         for name, excluded in exclusions.items():
