@@ -93,8 +93,9 @@ def _connection(url: str, settings: OriginSettings) -> tuple[http.client.HTTPCon
     return http.client.HTTPConnection(host, port, timeout=settings.timeout_s), target
 
 
-def _shut(connection: http.client.HTTPConnection) -> None:
+def _shut(connection: http.client.HTTPConnection, late: threading.Event) -> None:
     """The watchdog: wakes a read blocked on a too slow origin (the read then fails)."""
+    late.set()
     sock = connection.sock
     if sock is not None:
         with contextlib.suppress(OSError):
@@ -134,7 +135,8 @@ def fetch_run(run: Run, settings: OriginSettings, deliver: Callable[[str, int, b
         connection, target = _connection(run.url, settings)
     except (ValueError, ssl.SSLError, OSError) as e:
         raise OriginFailed(f"{run.url[:200]}: {e}") from None
-    watchdog = threading.Timer(deadline, _shut, (connection,))
+    late = threading.Event()
+    watchdog = threading.Timer(deadline, _shut, (connection, late))
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -153,9 +155,13 @@ def fetch_run(run: Run, settings: OriginSettings, deliver: Callable[[str, int, b
                 raise OriginFailed(f"truncated: chunk {run.name}/{index} has {len(data)} of {size} bytes")
             deliver(run.name, index, data)
             offset += size
-    except (http.client.HTTPException, OSError) as e:
-        late = "" if watchdog.is_alive() else f" (the request took longer than its deadline of {deadline:.1f}s)"
-        raise OriginFailed(f"{run.url[:200]}: {type(e).__name__}: {str(e)[:200]}{late}") from None
+    except (http.client.HTTPException, OSError, OriginFailed) as e:
+        if late.is_set():
+            raise OriginFailed(f"{run.url[:200]}: too slow: bytes {run.start}-{run.end} did not come within the "
+                               f"deadline of {deadline:.1f}s") from None
+        if isinstance(e, OriginFailed):
+            raise
+        raise OriginFailed(f"{run.url[:200]}: {type(e).__name__}: {str(e)[:200]}") from None
     finally:
         watchdog.cancel()
         connection.close()

@@ -60,6 +60,16 @@ def small_chunked(bundle: Path, keys: Path, out: Path, version: int) -> Path:
     return resigned(bundle, keys, out, chunk_size=SMALL_CHUNKS, version=version)
 
 
+def plant(root: Path, bundle: Path, **replaced: bytes) -> None:
+    """Lay ``bundle``'s files out under ``root`` as ``publish --origin`` would, with some replaced by
+    an attacker's bytes (before the manifest is published, so no agent ever saw the genuine ones)."""
+    manifest = manifest_of(bundle)
+    folder = root / manifest.fleet / str(manifest.version)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in manifest.files:
+        (folder / name).write_bytes(replaced.get(name.replace(".", "_"), (bundle / name).read_bytes()))
+
+
 def origin_file(origin_dir: Path, bundle: Path, name: str = MODEL_FILE) -> Path:
     manifest = manifest_of(bundle)
     return origin_dir / manifest.fleet / str(manifest.version) / name
