@@ -20,6 +20,7 @@ from edge_agent.key_rotation import finish_pending, key_loader
 from edge_agent.master_key import resolve_path
 from edge_agent.mqtt_link import BrokerSettings
 from edge_agent.origin_fetch import OriginSettings
+from shared import topics
 from shared.errors import SignatureError
 from shared.signing import load_public_key
 
@@ -64,6 +65,8 @@ def open_history(config: AgentConfig) -> HistoryStore:
 
 
 def broker_settings(config: AgentConfig) -> BrokerSettings:
+    for problem in topics.broker_limit_problems(config.mqtt.topic_prefix):
+        log.warning("mqtt.topic_prefix: %s: AWS IoT Core would refuse such topics (docs/operations.md)", problem)
     return BrokerSettings(
         url=config.mqtt.url,
         topic_prefix=config.mqtt.topic_prefix,
