@@ -10,13 +10,19 @@ version, its missing chunks taken from the broker.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import socketserver
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from devtools.origin_server import nginx
+from devtools.processes import free_port
+from edge_agent.errors import OriginFailed
+from edge_agent.origin_fetch import OriginSettings, Run, fetch_run
 from harness import manifest_of
 from origin_harness import (
     Delivery,
@@ -140,3 +146,57 @@ def test_slow_drip_is_given_up_in_bounded_time(int8_bundle: Path, keys: Path, tm
         assert "too slow" in run.agent.log()
         assert chunks_sent(run.broker) == sum(len(e.chunks) for e in manifest_of(bundle).files.values())
         genuine_only(run, bundle, 3003)
+
+
+class _Liar(http.server.BaseHTTPRequestHandler):
+    """Answers with what ``mode`` (the path) says: the whole file ignoring Range, more bytes than
+    asked, a compressed body."""
+
+    body = bytes(range(256)) * 64  # a 16 KiB file
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        mode = self.path.strip("/")
+        if mode == "whole":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(self.body)))
+        elif mode == "longer":
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes 0-{len(self.body) - 1}/{len(self.body)}")
+            self.send_header("Content-Length", str(len(self.body)))
+        else:
+            self.send_response(206)
+            self.send_header("Content-Range", "bytes 0-4095/16384")
+            self.send_header("Content-Length", "4096")
+            self.send_header("Content-Encoding", "gzip")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_answers_beyond_what_was_asked_are_never_read() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Liar)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    body, settings = _Liar.body, OriginSettings(timeout_s=2)
+    try:
+        got: list[tuple[int, bytes]] = []
+        # an origin that ignores Range: its first bytes are the run asked for, and no more is read
+        fetch_run(Run("f", f"{base}/whole", 0, 2, 4096, len(body)), settings, lambda n, i, d: got.append((i, d)))
+        assert got == [(0, body[:4096]), (1, body[4096:8192])]
+        with pytest.raises(OriginFailed, match="HTTP 200"):  # ... but not for a run further on
+            fetch_run(Run("f", f"{base}/whole", 2, 1, 4096, len(body)), settings, lambda n, i, d: None)
+        with pytest.raises(OriginFailed, match="Content-Range"):  # more than asked: refused on the headers
+            fetch_run(Run("f", f"{base}/longer", 0, 1, 4096, len(body)), settings, lambda n, i, d: None)
+        with pytest.raises(OriginFailed, match="Content-Encoding"):
+            fetch_run(Run("f", f"{base}/gzip", 0, 1, 4096, len(body)), settings, lambda n, i, d: None)
+        with pytest.raises(OriginFailed, match="Connection"):  # nothing listens there
+            fetch_run(Run("f", f"http://127.0.0.1:{free_port()}/x", 0, 1, 4096, len(body)), settings,
+                      lambda n, i, d: None)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -173,3 +173,21 @@ def test_publish_origin_layout_is_immutable_and_needs_the_key(int8_bundle: Path,
         clash = publish("--key", str(keys / "signing.key"))
         assert clash.returncode != 0 and "immutable" in clash.stderr and "Traceback" not in clash.stderr
     assert signed_urls((bundle / ENVELOPE_FILE).read_bytes())[MODEL_FILE] == []  # the bundle folder is unchanged
+
+
+def test_export_signs_the_urls_and_the_chunk_size(int8_bundle: Path, keys: Path, tmp_path: Path) -> None:
+    """``export --origin-url --chunk-size``: the URLs and the chunk hashes are in the manifest signed at
+    export (so ``publish --origin DIR`` needs no key)."""
+    from cloud_trainer.delivery.bundler import BundleOptions, write_bundle
+    from shared.signing import load_public_key, verify
+
+    source = manifest_of(int8_bundle)
+    options = BundleOptions(version=2100, channels=("stable",), chunk_size=4096,
+                            origin_url="https://cdn.example.com/edge/")
+    write_bundle(tmp_path / "b", (int8_bundle / MODEL_FILE).read_bytes(), (int8_bundle / CATALOG_FILE).read_bytes(),
+                 source.model, keys / "signing.key", options, {})
+    signed = (tmp_path / "b" / ENVELOPE_FILE).read_bytes()
+    manifest = parse_manifest(verify(signed, load_public_key((keys / "signing.pub").read_bytes())))
+    assert manifest.chunk_size == 4096
+    assert len(manifest.files[MODEL_FILE].chunks) == -(-source.files[MODEL_FILE].length // 4096)
+    assert manifest.files[CATALOG_FILE].urls == ("https://cdn.example.com/edge/default/2100/catalog.json",)
