@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -121,11 +120,6 @@ def same_files(bundle: Path, files: dict[str, bytes]) -> bool:
     manifest = manifest_of(bundle)
     return sorted(files) == sorted(manifest.files) and all(
         (bundle / name).read_bytes() == data for name, data in files.items())
-
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
 
 
 def signed_urls(bundle_envelope: bytes) -> dict[str, list[str]]:
