@@ -9,7 +9,7 @@ export EDGE_REC_DATASETS := $(abspath $(DATASETS))
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help demo test test-arm64 lint typecheck install lock mosquitto chromium wrk bench bench-scale bench-fleet-aggregates soak clean
+.PHONY: help demo test test-arm64 lint typecheck install lock mosquitto nginx chromium wrk bench bench-scale bench-fleet-aggregates soak clean
 
 help:
 	@echo "make demo   train on Online Retail, publish over MQTT, serve recommendations from an edge agent"
@@ -53,6 +53,16 @@ mosquitto:
 		echo "mosquitto is missing: install it with 'sudo apt-get install -y mosquitto' (Debian/Ubuntu)" >&2; exit 1; \
 	fi
 
+# Bundle delivery from an HTTP(S) origin (tests/test_origin_*.py) runs a real nginx as this user.
+nginx:
+	@if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> installing nginx-light (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
+	else \
+		echo "nginx is missing: install it with 'sudo apt-get install -y nginx-light' (Debian/Ubuntu)" >&2; exit 1; \
+	fi
+
 # The console's browser test (tests/test_console.py) drives a real headless Chromium.
 chromium:
 	@if command -v chromium >/dev/null 2>&1; then :; \
@@ -69,7 +79,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy shared edge_agent
 
-test: $(STAMP) mosquitto chromium lint typecheck
+test: $(STAMP) mosquitto nginx chromium lint typecheck
 	$(PY) -m pytest
 
 # The root file system is built once and cached outside the repo (devtools/arm64_rootfs.sh).

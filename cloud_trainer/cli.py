@@ -14,6 +14,8 @@ from pathlib import Path
 from cloud_trainer import __version__, commands, enrolment_commands, fleet_commands, key_commands
 from cloud_trainer.commands import ASSORTMENT_HISTORY, TUNED_SETTINGS
 from cloud_trainer.console import command as console_command
+from cloud_trainer.delivery.origin import CHUNK_SIZE_PRESETS
+from shared.manifest import CHUNK_SIZE
 from shared.topics import CHANNELS, DEFAULT_PREFIX, STABLE
 
 
@@ -24,6 +26,31 @@ def _add_broker_args(p: argparse.ArgumentParser, client_id: str = "cloud-trainer
     p.add_argument("--ca-file", default="", help="CA certificate (PEM) for mqtts")
     p.add_argument("--cert-file", default="", help="client certificate (PEM) for mqtts")
     p.add_argument("--key-file", default="", help="client private key (PEM) for mqtts")
+
+
+def _chunk_size(text: str) -> int:
+    """``--chunk-size``: bytes, from 1 KiB to what agents accept."""
+    if not text.isdigit() or not 1024 <= int(text) <= CHUNK_SIZE:
+        raise argparse.ArgumentTypeError(f"must be a number of bytes from 1024 to {CHUNK_SIZE}, got {text!r}")
+    return int(text)
+
+
+def _add_origin_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("delivery", "payload over HTTP(S) from an origin, control over MQTT "
+                                 "(docs/operations.md); chunk size for the broker")
+    group.add_argument("--origin-url", metavar="BASE", help="each file's URL BASE/<fleet>/<version>/<file> goes into "
+                       "the signed manifest: agents fetch it with Range requests, MQTT chunks stay the fallback")
+    if p.prog.endswith("export"):
+        group.add_argument("--chunk-size", type=_chunk_size, metavar="BYTES",
+                           help=f"bytes per MQTT chunk and per chunk hash (default {CHUNK_SIZE}, or the preset's)")
+        group.add_argument("--broker-preset", choices=tuple(CHUNK_SIZE_PRESETS), default="mosquitto",
+                           help="chunk size that fits the broker: mosquitto (also EMQX, VerneMQ, HiveMQ; 256 KiB) or "
+                                "aws-iot (120 KiB: AWS IoT Core takes 128 KB payloads; give agents "
+                                "mqtt.subscribe_batch = 8)")
+    else:
+        group.add_argument("--origin", type=Path, metavar="DIR", help="write the bundle's files to "
+                           "DIR/<fleet>/<version>/<file> (immutable) before publishing; serve DIR at --origin-url "
+                           "(which needs --key unless the bundle was exported with it)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -131,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     store.add_argument("--target", action="append", default=[], metavar="DEVICE_ID",
                        help="only this device installs the bundle (repeatable); publish sends it to each target's "
                             "own manifest topic, so bundles for different stores do not replace each other")
+    _add_origin_args(p)
     p.set_defaults(handler=commands.run_export)
 
     p = sub.add_parser("publish", help="publish a bundle to one channel of the fleet over MQTT (a bundle exported "
@@ -139,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", choices=CHANNELS, default=STABLE)
     p.add_argument("--key", type=Path, help="signing.key: sign the version as released to --channel (without it, "
                                             "the bundle must already be signed for that channel)")
+    _add_origin_args(p)
     _add_broker_args(p)
     p.set_defaults(handler=commands.run_publish)
 

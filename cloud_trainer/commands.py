@@ -113,12 +113,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from cloud_trainer.delivery.bundler import BundleOptions, build_bundle
+    from cloud_trainer.delivery.origin import CHUNK_SIZE_PRESETS
 
     options = BundleOptions(variant=args.variant, fleet=args.fleet, version=args.version,
                             valid_days=args.valid_days, force=args.force,
                             explanations=not args.no_explanations, channels=tuple(args.channel),
                             assortment=args.assortment, assortment_history=args.assortment_history,
-                            targets=tuple(args.target))
+                            targets=tuple(args.target), origin_url=args.origin_url,
+                            chunk_size=args.chunk_size or CHUNK_SIZE_PRESETS[args.broker_preset])
     out = args.out or args.run / "bundle"
     with activity("export"):
         manifest = build_bundle(args.run, args.key, out, options)
@@ -143,7 +145,8 @@ def run_publish(args: argparse.Namespace) -> int:
     from cloud_trainer.delivery.publisher import publish_bundle
 
     with activity("publish", total=1, unit="chunks") as bar:
-        report = publish_bundle(args.bundle, _broker_options(args), args.channel, args.key, on_chunk=bar.update)
+        report = publish_bundle(args.bundle, _broker_options(args), args.channel, args.key, on_chunk=bar.update,
+                                origin_dir=args.origin, origin_url=args.origin_url)
     replaced = f", replaced version {report.replaced_version}" if report.replaced_version else ""
     where = f" for {', '.join(report.targets)}" if report.targets else ""
     print(f"published version {report.version} on {report.channel}{where}: {report.chunks} chunks, "

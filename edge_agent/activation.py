@@ -81,5 +81,7 @@ def activate(ctx: UpdateContext) -> None:
         _give_up_for_space(ctx, session, e)
         return
     ctx.active.replace(model, ctx.store.revoked())
+    origin = (f" ({session.from_origin} from the origin, {session.received - session.from_origin} over MQTT)"
+              if any(entry.urls for entry in session.manifest.files.values()) else "")
     ctx.reporter.report(version, Outcome.ACTIVATED, f"verified, loaded and self-tested; {session.received} "
-                                                    f"chunks received, {session.reused} reused from disk")
+                                                    f"chunks received{origin}, {session.reused} reused from disk")

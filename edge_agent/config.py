@@ -64,6 +64,25 @@ class MqttSection:
     key_file: str = _opt("", "Client private key (PEM) for mqtts.")
     keepalive: int = _opt(30, "MQTT keepalive in seconds.", lo=5, hi=3600)
     status_interval_s: int = _opt(60, "How often the agent republishes its status (health figures).", lo=1, hi=86_400)
+    subscribe_batch: int = _opt(64, "Topics per SUBSCRIBE/UNSUBSCRIBE packet (AWS IoT Core takes at most 8).",
+                                lo=1, hi=1024)
+
+
+@dataclass(frozen=True)
+class OriginSection:
+    """Bundle files over HTTP(S) from the origin URLs a signed manifest lists (docs/operations.md);
+    the origin is not trusted: every chunk is checked against the manifest, MQTT is the fallback."""
+
+    enabled: bool = _opt(True, "Fetch bundle files from the manifest's origin URLs (HTTP Range requests) before "
+                               "asking the broker for chunks.")
+    ca_file: str = _opt("", "CA certificates (PEM) that https origins must chain to; empty: the system store.")
+    timeout_s: float = _opt(10.0, "Seconds to connect, and at most between two reads of a response.", lo=0.5, hi=300)
+    min_rate_bytes_per_s: int = _opt(16_384, "A request must finish within timeout_s plus its bytes at this rate; "
+                                             "a slower origin is given up (then MQTT).", lo=1, hi=10**9)
+    chunks_per_request: int = _opt(16, "Chunks one Range request asks for at most.", lo=1, hi=1024)
+    retries: int = _opt(2, "Further attempts after a failed request (resuming at the first missing chunk) before "
+                           "the missing chunks are taken from the broker.", lo=0, hi=20)
+    retry_after_s: float = _opt(5.0, "Seconds between attempts.", lo=0.0, hi=3600)
 
 
 @dataclass(frozen=True)
@@ -157,6 +176,7 @@ class AgentConfig:
     agent: AgentSection = field(default_factory=AgentSection)
     model: ModelSection = field(default_factory=ModelSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
+    origin: OriginSection = field(default_factory=OriginSection)
     history: HistorySection = field(default_factory=HistorySection)
     api: ApiSection = field(default_factory=ApiSection)
     experiment: ExperimentSection = field(default_factory=ExperimentSection)

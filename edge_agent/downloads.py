@@ -159,8 +159,9 @@ def on_manifest(ctx: UpdateContext, envelope: bytes, later_ring: bool = False,
     return session.version
 
 
-def on_chunk(ctx: UpdateContext, version: int, name: str, index: int, data: bytes) -> bool:
-    """Take one chunk; True when the bundle it belongs to was completed and handled."""
+def on_chunk(ctx: UpdateContext, version: int, name: str, index: int, data: bytes, from_origin: bool = False) -> bool:
+    """Take one chunk (over MQTT, or ``from_origin``); True when the bundle it belongs to was
+    completed and handled."""
     session = ctx.lifecycle.session
     if session is None or ctx.lifecycle.receiving() != version:
         return False
@@ -168,6 +169,7 @@ def on_chunk(ctx: UpdateContext, version: int, name: str, index: int, data: byte
         if session.accept_chunk(name, index, data):
             ctx.store.write_chunk(version, name, session.offset(name, index), data)
             session.received += 1
+            session.from_origin += from_origin
     except BundleError as e:
         ctx.reporter.discard(f"{e.reason}: version {version}: {e}")
         return False

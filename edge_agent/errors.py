@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from shared.errors import BadInput, ModelRuntimeError, ScoringFailed, StorageError, UpdateRejected
+from shared.errors import BadInput, ModelRuntimeError, ScoringFailed, StorageError, TransportError, UpdateRejected
 
 
 # -- the update was rejected -------------------------------------------------------------------
@@ -108,3 +108,9 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+# -- the origin failed ---------------------------------------------------------------------------
+class OriginFailed(TransportError):
+    """An origin (HTTP) request for bundle chunks failed: unreachable, a bad answer, wrong or too few
+    bytes, too slow. The agent tries again, then takes the missing chunks from the broker."""

@@ -23,6 +23,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent.origin_fetch import OriginSettings
+from edge_agent.origin_link import OriginChunk, OriginDone, OriginDownload, origin_chunks
 from edge_agent.updater import Updater
 from shared import topics
 from shared.bundle import CHUNK_SIZE
@@ -39,7 +41,7 @@ MAX_PACKET_BYTES = max(CHUNK_SIZE, MAX_ENVELOPE_BYTES) + 4096
 INBOX_MESSAGES = 16
 #: Statuses asked for by discarded messages are published at most this often (the last one wins).
 THROTTLED_STATUS_S = 1.0
-#: Topics per SUBSCRIBE/UNSUBSCRIBE packet.
+#: Topics per SUBSCRIBE/UNSUBSCRIBE packet, by default (``mqtt.subscribe_batch``; AWS IoT Core takes 8).
 SUBSCRIBE_BATCH = 64
 #: The heartbeat's message to the worker (no MQTT topic is empty).
 _TICK = ("", b"")
@@ -57,6 +59,8 @@ class BrokerSettings:
     key_file: str = ""
     keepalive: int = 30
     status_interval_s: float = 60.0
+    subscribe_batch: int = SUBSCRIBE_BATCH
+    origin: OriginSettings | None = None  # None: bundle files over MQTT only
 
 
 class MqttLink:
@@ -71,13 +75,17 @@ class MqttLink:
         self.updater = updater
         self.status = status
         self.connected = threading.Event()
-        self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=INBOX_MESSAGES)
+        self._inbox: queue.Queue[tuple[str, bytes] | OriginChunk | OriginDone | None] = queue.Queue(
+            maxsize=INBOX_MESSAGES)
         self._stopping = threading.Event()
         self._status_lock = threading.Lock()
         self._status_pending = False
         self._status_at = 0.0  # monotonic time of the last throttled status
         self._chunk_subs: list[str] = []  # one subscription per missing chunk of the bundle being received
         self._chunk_version: int | None = None  # the version those subscriptions belong to
+        self._origin: OriginDownload | None = None  # the origin thread of the download in flight
+        self._origin_failed: set[int] = set()  # versions whose origin gave up: MQTT chunks only
+        self._follow_lock = threading.Lock()  # the network thread follows the bundle too (on connect)
         prefix, fleet = settings.topic_prefix, settings.fleet
         rings = topics.followed_channels(settings.channel)
         self._manifest_topics = {  # topic -> where it is: (a later ring than our own?, our device's topic?)
@@ -122,6 +130,8 @@ class MqttLink:
             info.wait_for_publish(timeout=2)
         self.client.disconnect()
         self.client.loop_stop()
+        if self._origin is not None:
+            self._origin.cancel(wait_s=2)
         self._inbox.put(None)
         self._worker.join(timeout=10)
         if self._heartbeat.is_alive():
@@ -190,12 +200,17 @@ class MqttLink:
             log.warning("lost the broker (%s); reconnecting with backoff", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._post((message.topic, bytes(message.payload)))
+
+    def _post(self, item: tuple[str, bytes] | OriginChunk | OriginDone) -> bool:
+        """Hand ``item`` to the worker, waiting while its inbox is full; False once stopping."""
         while not self._stopping.is_set():
             try:
-                self._inbox.put((message.topic, bytes(message.payload)), timeout=1)
-                return
+                self._inbox.put(item, timeout=1)
+                return True
             except queue.Full:
                 continue
+        return False
 
     # -- worker thread ---------------------------------------------------------------------
     def _work(self) -> None:
@@ -207,9 +222,11 @@ class MqttLink:
                 continue
             if item is None:
                 return
-            topic, payload = item
             try:
-                self._handle(topic, payload)
+                if isinstance(item, OriginChunk | OriginDone):
+                    self._from_origin(item)
+                else:
+                    self._handle(*item)
             except Exception as e:  # whatever one message does, the worker lives and the status says so
                 log.debug("error while handling an update message", exc_info=True)
                 try:
@@ -243,20 +260,52 @@ class MqttLink:
         if self.updater.on_chunk(version, parsed[0], parsed[1], payload):
             self._follow_bundle()
 
+    def _from_origin(self, item: OriginChunk | OriginDone) -> None:
+        if isinstance(item, OriginChunk):
+            if self.updater.on_chunk(item.version, item.name, item.index, item.data, from_origin=True):
+                self._follow_bundle()
+            return
+        if self.updater.receiving() != item.version:
+            return  # completed (activated), or replaced by a newer version
+        # gave up, or done while chunks are still missing (one the worker refused): the broker's turn
+        log.warning("origin of version %s: %s; taking the missing chunks from the broker", item.version,
+                    item.reason or "chunks still missing")
+        self._origin_failed.add(item.version)
+        self._chunk_version = None
+        self._follow_bundle()
+
     def _follow_bundle(self) -> None:
-        """Subscribe to exactly the chunks the current download still misses (retained: the broker
-        sends each at once), so a resumed or partly reused download fetches only those."""
-        version = self.updater.receiving()
-        if version is not None and version == self._chunk_version:
-            return  # still the same bundle: its subscriptions stand
-        fetch = self.updater.to_fetch()
-        wanted = [] if fetch is None else [
-            topics.chunk_topic(self.settings.topic_prefix, self.settings.fleet, fetch.version, name, index)
-            for name, index in fetch.chunks
+        """Fetch exactly the chunks the current download still misses, so a resumed or partly reused
+        download fetches only those: from the origin when the manifest lists URLs for their files
+        (and it has not given up on this version), else by subscribing to their retained topics (the
+        broker sends each at once)."""
+        with self._follow_lock:
+            version = self.updater.receiving()
+            if version is not None and version == self._chunk_version:
+                return  # still the same bundle: its subscriptions (or origin thread) stand
+            fetch, manifest = self.updater.to_fetch(), self.updater.download_manifest()
+            missing = [] if fetch is None else list(fetch.chunks)
+            origin = self.settings.origin
+            if self._origin is not None and self._origin.version != version:
+                self._origin.cancel()
+                self._origin = None
+            if (origin is not None and manifest is not None and version not in self._origin_failed
+                    and origin_chunks(manifest, missing)):
+                if self._origin is None or not self._origin.alive():
+                    self._origin = OriginDownload(manifest, missing, origin, self._post)
+                    self._origin.start()
+                over_origin = set(origin_chunks(manifest, missing))
+                missing = [chunk for chunk in missing if chunk not in over_origin]
+            self._subscribe_chunks(version, missing)
+
+    def _subscribe_chunks(self, version: int | None, chunks: list[tuple[str, int]]) -> None:
+        wanted = [] if version is None else [
+            topics.chunk_topic(self.settings.topic_prefix, self.settings.fleet, version, name, index)
+            for name, index in chunks
         ]
         old, self._chunk_subs, self._chunk_version = self._chunk_subs, wanted, version
-        for batch in range(0, len(old), SUBSCRIBE_BATCH):
-            self.client.unsubscribe(old[batch : batch + SUBSCRIBE_BATCH])
-        for batch in range(0, len(wanted), SUBSCRIBE_BATCH):
-            self.client.subscribe([(t, 1) for t in wanted[batch : batch + SUBSCRIBE_BATCH]])
-
+        batch_size = self.settings.subscribe_batch
+        for batch in range(0, len(old), batch_size):
+            self.client.unsubscribe(old[batch : batch + batch_size])
+        for batch in range(0, len(wanted), batch_size):
+            self.client.subscribe([(t, 1) for t in wanted[batch : batch + batch_size]])

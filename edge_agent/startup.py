@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import ssl
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -18,6 +19,8 @@ from edge_agent.history_store import HistoryStore
 from edge_agent.key_rotation import finish_pending, key_loader
 from edge_agent.master_key import resolve_path
 from edge_agent.mqtt_link import BrokerSettings
+from edge_agent.origin_fetch import OriginSettings
+from shared import topics
 from shared.errors import SignatureError
 from shared.signing import load_public_key
 
@@ -62,6 +65,8 @@ def open_history(config: AgentConfig) -> HistoryStore:
 
 
 def broker_settings(config: AgentConfig) -> BrokerSettings:
+    for problem in topics.broker_limit_problems(config.mqtt.topic_prefix):
+        log.warning("mqtt.topic_prefix: %s: AWS IoT Core would refuse such topics (docs/operations.md)", problem)
     return BrokerSettings(
         url=config.mqtt.url,
         topic_prefix=config.mqtt.topic_prefix,
@@ -73,4 +78,22 @@ def broker_settings(config: AgentConfig) -> BrokerSettings:
         key_file=config.mqtt.key_file,
         keepalive=config.mqtt.keepalive,
         status_interval_s=config.mqtt.status_interval_s,
+        subscribe_batch=config.mqtt.subscribe_batch,
+        origin=origin_settings(config),
     )
+
+
+def origin_settings(config: AgentConfig) -> OriginSettings | None:
+    """How bundle files are fetched from an origin; None when ``origin.enabled`` is false."""
+    origin = config.origin
+    if not origin.enabled:
+        return None
+    if origin.ca_file:
+        try:
+            ssl.create_default_context(cafile=origin.ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise StartupError(f"cannot use origin.ca_file {origin.ca_file}: {e}") from None
+    return OriginSettings(ca_file=origin.ca_file, timeout_s=origin.timeout_s,
+                          min_rate_bytes_per_s=origin.min_rate_bytes_per_s,
+                          chunks_per_request=origin.chunks_per_request, retries=origin.retries,
+                          retry_after_s=origin.retry_after_s)

@@ -51,6 +51,7 @@ class UpdateSession:
         }
         self.step = State.RECEIVING
         self.received = 0  # chunks that came over the network (counted by the caller)
+        self.from_origin = 0  # of those, chunks fetched from an origin over HTTP(S) (the rest: MQTT)
         self.reused = 0  # chunks found on disk: staged before a restart, or in an installed version
 
     @property

@@ -22,6 +22,7 @@ from edge_agent.lifecycle import Fetch
 from edge_agent.model_store import ModelStore
 from edge_agent.update_context import UpdateContext, UpdatePolicy
 from edge_agent.update_report import Outcome, Reporter, UpdateResult
+from shared.bundle import Manifest
 from shared.errors import SignatureError
 from shared.signing import TrustedKeys, verify
 from shared.topics import STABLE
@@ -58,15 +59,21 @@ class Updater:
         """The chunks still missing from the download in flight."""
         return self.ctx.lifecycle.to_fetch()
 
+    def download_manifest(self) -> Manifest | None:
+        """The verified manifest of the download in flight (its files' origin URLs and chunk hashes)."""
+        session = self.ctx.lifecycle.session
+        return session.manifest if session is not None and self.receiving() is not None else None
+
     # -- messages (the worker thread) -----------------------------------------------------------
     def on_manifest(self, envelope: bytes, later_ring: bool = False, device_topic: bool = False) -> int | None:
         """Start receiving the bundle a manifest announces; returns its version, or None if refused.
         (Where it came from: see :func:`edge_agent.downloads.on_manifest`.)"""
         return downloads.on_manifest(self.ctx, envelope, later_ring, device_topic)
 
-    def on_chunk(self, version: int, name: str, index: int, data: bytes) -> bool:
-        """Take one chunk; True when the bundle it belongs to was completed and handled."""
-        return downloads.on_chunk(self.ctx, version, name, index, data)
+    def on_chunk(self, version: int, name: str, index: int, data: bytes, from_origin: bool = False) -> bool:
+        """Take one chunk (from the broker, or ``from_origin``); True when the bundle it belongs to was
+        completed and handled."""
+        return downloads.on_chunk(self.ctx, version, name, index, data, from_origin)
 
     def discard(self, reason: str) -> None:
         """Count a message no signature vouched for (see :class:`edge_agent.update_report.Discarded`)."""

@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from shared import CONTRACT_VERSION
 from shared.bounded_json import loads
@@ -33,11 +34,19 @@ MAX_REVOKES = 256
 MODEL_VARIANTS = ("int8", "float16", "float32")
 
 
+#: Origin URLs one file may list, and the longest URL.
+MAX_URLS, MAX_URL_LENGTH = 8, 2048
+
+
 @dataclass(frozen=True)
 class FileEntry:
     sha256: str
     length: int
     chunks: tuple[str, ...]
+    #: Where the whole file may also be fetched (http(s), Range requests per chunk; an origin such
+    #: as object storage or a CDN, not trusted: every chunk is still checked against ``chunks``).
+    #: Left out of the JSON when empty; agents that predate it ignore the key (and use MQTT).
+    urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,7 @@ class Manifest:
 
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)
-        data["files"] = {name: asdict(entry) for name, entry in self.files.items()}
+        data["files"] = {name: _entry_dict(entry) for name, entry in self.files.items()}
         return data
 
     @property
@@ -92,6 +101,13 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=1, sort_keys=True)
 
+
+
+def _entry_dict(entry: FileEntry) -> dict[str, object]:
+    data = asdict(entry)
+    if not entry.urls:
+        del data["urls"]  # a manifest without origin is byte for byte what it was before urls existed
+    return data
 
 
 def iso_utc(when: datetime) -> str:
@@ -161,6 +177,28 @@ def _hex_digest(value: object, where: str) -> str:
 
 
 
+def check_origin_url(url: object, where: str = "url") -> str:
+    """An absolute http(s) URL of a whole file: a host, no user or password, no fragment."""
+    problem = f"{where} must be an absolute http:// or https:// URL of at most {MAX_URL_LENGTH} characters"
+    if not isinstance(url, str) or len(url) > MAX_URL_LENGTH or any(c <= " " or c == "\x7f" for c in url):
+        raise MalformedManifest(problem)
+    try:
+        parsed = urlsplit(url)
+        parsed.port  # noqa: B018  (a port that is no number raises)
+    except ValueError:
+        raise MalformedManifest(problem) from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.fragment or "@" in parsed.netloc:
+        raise MalformedManifest(f"{problem}, with a host and no user or fragment")
+    return url
+
+
+def _urls(raw: Mapping[str, object], where: str) -> tuple[str, ...]:
+    urls = raw.get("urls", [])
+    if not isinstance(urls, list) or len(urls) > MAX_URLS:
+        raise MalformedManifest(f"{where}urls must be a list of at most {MAX_URLS} URLs")
+    return tuple(check_origin_url(u, f"{where}urls[]") for u in urls)
+
+
 def _files(raw_files: dict[str, object], chunk_size: int) -> dict[str, FileEntry]:
     files: dict[str, FileEntry] = {}
     for name, raw in raw_files.items():
@@ -182,6 +220,7 @@ def _files(raw_files: dict[str, object], chunk_size: int) -> dict[str, FileEntry
             sha256=_hex_digest(raw.get("sha256"), f"{where}sha256"),
             length=length,
             chunks=tuple(_hex_digest(c, f"{where}chunks[]") for c in chunks),
+            urls=_urls(raw, where),
         )
     missing = [n for n in REQUIRED_FILES if n not in files]
     if missing:

@@ -35,6 +35,10 @@ CHANNELS = (CANARY, STABLE)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
+#: The tightest topic limits of common brokers (AWS IoT Core: a topic of at most 256 bytes with at
+#: most 7 '/'; Mosquitto, EMQX, VerneMQ and HiveMQ allow far more by default). See docs/operations.md.
+MAX_TOPIC_BYTES, MAX_TOPIC_SLASHES = 256, 7
+
 
 def check_name(value: str, what: str) -> str:
     """Fleet, device and file names become topic levels: no wildcards, slashes or oddities."""
@@ -101,6 +105,24 @@ def aggregates_topic(prefix: str, fleet: str, device_id: str) -> str:
 def all_aggregates_topic(prefix: str, fleet: str) -> str:
     """Subscription to every device's aggregate in a fleet (the trainer's)."""
     return f"{prefix}/{check_name(fleet, 'fleet')}/aggregates/+"
+
+
+def deepest_topics(prefix: str) -> list[str]:
+    """The longest and the deepest topics the project uses under ``prefix`` (64-character names, the
+    largest version and chunk index): what a broker's topic limits must admit."""
+    name, version, index = "n" * 64, 2**53 - 1, 10**9 - 1
+    return [chunk_topic(prefix, name, version, name, index), manifest_topic(prefix, name, CANARY, name)]
+
+
+def broker_limit_problems(prefix: str) -> list[str]:
+    """Why topics under ``prefix`` would not fit :data:`MAX_TOPIC_BYTES` / :data:`MAX_TOPIC_SLASHES`."""
+    problems = []
+    for topic in deepest_topics(prefix):
+        if len(topic.encode()) > MAX_TOPIC_BYTES:
+            problems.append(f"{topic[:60]}... has {len(topic.encode())} bytes (at most {MAX_TOPIC_BYTES})")
+        if topic.count("/") > MAX_TOPIC_SLASHES:
+            problems.append(f"{topic[:60]}... has {topic.count('/')} '/' (at most {MAX_TOPIC_SLASHES})")
+    return problems
 
 
 def check_prefix(prefix: str) -> str:

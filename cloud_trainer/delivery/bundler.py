@@ -23,6 +23,7 @@ from cloud_trainer.delivery.assortment import Assortment, read_assortment, selec
 from cloud_trainer.delivery.export import to_tflite
 from cloud_trainer.delivery.gates import ParityReport, QualityGate, check_parity, quality_gate
 from cloud_trainer.delivery.litert import litert_runner
+from cloud_trainer.delivery.origin import with_origin
 from cloud_trainer.errors import AssortmentError, ParityError, QualityGateError
 from cloud_trainer.models.dot_product import ModelWeights, extract_weights
 from shared.bundle import (
@@ -68,6 +69,11 @@ class BundleOptions:
     assortment_history: str = "chain"
     #: Device ids that may install the bundle (signed); empty: every device of the fleet.
     targets: tuple[str, ...] = ()
+    #: Bytes per MQTT chunk (and per chunk hash); at most CHUNK_SIZE, what agents accept.
+    chunk_size: int = CHUNK_SIZE
+    #: Base URL of an origin the files will be served from (``publish --origin`` writes them): each
+    #: file's URL is signed into the manifest (see cloud_trainer.delivery.origin).
+    origin_url: str | None = None
 
 
 def _for_store(path: Path, history: str, weights: ModelWeights, catalog_bytes: bytes, items: np.ndarray,
@@ -208,13 +214,16 @@ def write_bundle(
         version=options.version or int(time.time()),
         created=iso_utc(now),
         expires=iso_utc(now + timedelta(days=options.valid_days)),
-        chunk_size=CHUNK_SIZE,
-        files={MODEL_FILE: file_entry(model_bytes), CATALOG_FILE: file_entry(catalog_bytes)},
+        chunk_size=options.chunk_size,
+        files={MODEL_FILE: file_entry(model_bytes, options.chunk_size),
+               CATALOG_FILE: file_entry(catalog_bytes, options.chunk_size)},
         model=contract,
         training=training,
         channels=tuple(c for c in CHANNELS if c in options.channels),
         targets=tuple(dict.fromkeys(options.targets)),
     )
+    if options.origin_url is not None:
+        manifest = with_origin(manifest, options.origin_url)
     key = load_private_key(key_path.read_bytes())
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MODEL_FILE).write_bytes(model_bytes)

@@ -30,6 +30,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cloud_trainer.delivery.broker import BrokerConnection, BrokerOptions
+from cloud_trainer.delivery.origin import with_origin, write_origin
 from cloud_trainer.errors import ReleaseError, TransportError
 from shared import topics
 from shared.bounded_json import JsonRejected, loads
@@ -98,14 +99,16 @@ def manifest_topics(prefix: str, manifest: Manifest, channel: str) -> list[str]:
 
 def release(connection: BrokerConnection, envelope: bytes, channel: str, files: dict[str, bytes] | None,
             key: Ed25519PrivateKey | None = None, channels: tuple[str, ...] | None = None,
-            on_chunk: Callable[[int, int], None] | None = None) -> PublishReport:
+            on_chunk: Callable[[int, int], None] | None = None, origin_url: str | None = None) -> PublishReport:
     """Put ``envelope`` on ``channel`` (a targeted version: on each target's own topic of it), after
     its chunks when ``files`` are given; then clear the chunks of the versions it replaces if no
     manifest names them any more.
 
     With ``key``, the manifest is signed again as released to ``channels`` (default: the
     channels it names plus ``channel``); without, it must already name ``channel``. ``on_chunk(done,
-    total)`` follows the chunks as they go (a progress bar).
+    total)`` follows the chunks as they go (a progress bar). ``origin_url``: the base URL of the origin
+    the files were written to (:mod:`cloud_trainer.delivery.origin`); each file's URL goes into the
+    manifest, which is then signed again (with ``key``; without, it must already list them).
     """
     started = time.monotonic()
     trusted = key.public_key() if key is not None else None
@@ -113,6 +116,12 @@ def release(connection: BrokerConnection, envelope: bytes, channel: str, files: 
     fleet, version = manifest.fleet, manifest.version
     if key is not None:
         manifest = released_to(manifest, channels if channels is not None else (*manifest.channels, channel))
+    if origin_url is not None and (located := with_origin(manifest, origin_url)) != manifest:
+        if key is None:
+            raise ReleaseError(f"version {version} is not signed with the URLs under {origin_url}: pass the "
+                               "signing key (--key) to sign them into its manifest")
+        manifest = located
+    if key is not None:
         envelope = sign(manifest.to_json(), key)
     if channel not in manifest.channels:
         named = ", ".join(manifest.channels) or "no channel"
@@ -234,8 +243,13 @@ def read_bundle(bundle_dir: Path) -> tuple[bytes, dict[str, bytes]]:
 
 
 def publish_bundle(bundle_dir: Path, options: BrokerOptions, channel: str = topics.STABLE,
-                   key_path: Path | None = None, on_chunk: Callable[[int, int], None] | None = None) -> PublishReport:
+                   key_path: Path | None = None, on_chunk: Callable[[int, int], None] | None = None,
+                   origin_dir: Path | None = None, origin_url: str | None = None) -> PublishReport:
+    """Publish the bundle in ``bundle_dir``; with ``origin_dir``, its files are written there first
+    (``<fleet>/<version>/<file>``), and with ``origin_url`` their URLs are signed into the manifest."""
     envelope, files = read_bundle(bundle_dir)
     key = None if key_path is None else load_private_key(key_path.read_bytes())
+    if origin_dir is not None:
+        write_origin(origin_dir, manifest_of(envelope), files)  # before any agent can read the URLs
     with BrokerConnection(options) as connection:
-        return release(connection, envelope, channel, files, key, on_chunk=on_chunk)
+        return release(connection, envelope, channel, files, key, on_chunk=on_chunk, origin_url=origin_url)
