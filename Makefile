@@ -9,7 +9,7 @@ export EDGE_REC_DATASETS := $(abspath $(DATASETS))
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help demo test test-arm64 lint typecheck install lock mosquitto chromium wrk bench bench-scale bench-fleet-aggregates soak clean
+.PHONY: help demo test test-arm64 lint typecheck install lock mosquitto chromium nginx wrk bench bench-scale bench-fleet-aggregates soak clean
 
 help:
 	@echo "make demo   train on Online Retail, publish over MQTT, serve recommendations from an edge agent"
@@ -63,13 +63,23 @@ chromium:
 		echo "chromium is missing: install it with 'sudo apt-get install -y chromium' (Debian)" >&2; exit 1; \
 	fi
 
+# The origin of the fleet simulation (tests/test_fleet_scale_sim.py, bench/fleet_scale.py): nginx on loopback.
+nginx:
+	@if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> installing nginx-light (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
+	else \
+		echo "nginx is missing: install it with 'sudo apt-get install -y nginx-light' (Debian/Ubuntu)" >&2; exit 1; \
+	fi
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check shared edge_agent cloud_trainer devtools tests scripts bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy shared edge_agent
 
-test: $(STAMP) mosquitto chromium lint typecheck
+test: $(STAMP) mosquitto chromium nginx lint typecheck
 	$(PY) -m pytest
 
 # The root file system is built once and cached outside the repo (devtools/arm64_rootfs.sh).
@@ -89,13 +99,14 @@ wrk:
 		echo "wrk is missing: 'sudo apt-get install -y wrk' (the HTTP benchmark needs it)" >&2; exit 1; \
 	fi
 
-bench: $(STAMP) mosquitto wrk
+bench: $(STAMP) mosquitto nginx wrk
 	$(PY) bench/history.py
 	$(PY) bench/serving.py
 	$(PY) bench/stock.py
 	$(PY) bench/fleet.py
 	$(PY) bench/cold_start.py
 	$(PY) bench/outcomes.py
+	$(PY) bench/fleet_scale.py $(FLEET_SCALE_ARGS)
 
 # Quality kept by training on simulated stores' fleet aggregates instead of raw events (Online
 # Retail; several trainings and evaluations, about 10 minutes): not part of `make bench`.
