@@ -39,14 +39,6 @@ from shared.signing import key_id, verify
 SUBSCRIBE_BATCH = 64
 MAX_PACKET_BYTES = (1 << 20) + 4096
 THROTTLED_STATUS_S = 1.0
-#: Messages an agent holds unhandled (MQTT 5 Receive Maximum: the broker sends no more before the
-#: agent acknowledges one, which a simulated agent does once it handled the message). The agent's
-#: paho thread stops reading when its inbox of 16 is full (TCP backpressure) and leaves the broker
-#: its default window (max_inflight_messages 20); one asyncio loop cannot stop reading one socket,
-#: so without this window thousands of agents' chunks pile up in the simulator's memory. Mosquitto
-#: builds a packet, a copy of the payload, for every message in flight: its RSS grows with agents x
-#: window x chunk size during an MQTT-only rollout (bench/README.md), so the bench keeps it small.
-RECEIVE_MAXIMUM = 2
 MAX_BUNDLE_BYTES = 200 * 1024 * 1024
 
 
@@ -61,7 +53,6 @@ class AgentSettings:
     channel: str = topics.STABLE
     keepalive: int = 30  # the agent's defaults (mqtt.keepalive, mqtt.status_interval_s)
     status_interval_s: float = 60.0
-    receive_maximum: int = RECEIVE_MAXIMUM
 
 
 @dataclass
@@ -138,11 +129,14 @@ class SimAgent:
         s = self.settings
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.MaximumPacketSize = MAX_PACKET_BYTES
-        props.ReceiveMaximum = s.receive_maximum
         will = aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True)
         client = aiomqtt.Client(s.host, s.port, identifier=self.device_id, protocol=aiomqtt.ProtocolVersion.V5,
                                 will=will, keepalive=s.keepalive, properties=props, timeout=120)
-        client._client.manual_ack_set(True)  # aiomqtt has no public switch for paho's manual acknowledgements
+        # Acknowledged once handled: the broker holds back more than max_inflight_messages (20) unacknowledged
+        # messages, so an agent holds at most that many (the agent's paho thread stops reading when its inbox of
+        # 16 is full). One asyncio loop cannot stop reading one socket: without this, thousands of agents'
+        # chunks pile up in the simulator's memory. aiomqtt has no public switch for paho's manual acks.
+        client._client.manual_ack_set(True)
         async with self.ctx.connect_slots:
             await client.__aenter__()
             await client.subscribe([(t, 1) for t in self.manifest_topics])

@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from devtools.fleet_sim.agent import AgentSettings, Context, SimAgent
 from shared import topics
@@ -60,7 +61,8 @@ async def _serve(spec: WorkerSpec, conn: Connection) -> None:
     tasks = [asyncio.create_task(agent.run(stop)) for agent in agents]
     all_connected = asyncio.ensure_future(asyncio.gather(*(agent.connected.wait() for agent in agents)))
     while not all_connected.done():
-        await asyncio.wait([all_connected, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        pending: list[asyncio.Future[Any]] = [all_connected, *tasks]
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in tasks if t.done() and t.exception() is not None]
         if failed:
             conn.send(("error", repr(failed[0].exception())))
@@ -145,7 +147,7 @@ class StatusBoard:
         self.version_at: dict[tuple[str, int], float] = {}
         self.last_online: dict[str, Any] = {}
         self.messages = 0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"status-board-{os.getpid()}",
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"status-board-{os.getpid()}",
                                   protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -60,7 +61,7 @@ def sys_bytes_sent(port: int, timeout: float = 10) -> int | None:
     up to ``sys_interval`` old)."""
     got: list[int] = []
     done = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sys-reader-{os.getpid()}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sys-reader-{os.getpid()}")
 
     def on_message(c: mqtt.Client, u: object, message: mqtt.MQTTMessage) -> None:
         got.append(int(message.payload))

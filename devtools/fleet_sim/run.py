@@ -5,6 +5,7 @@ retained chunks, then its manifest), and what it cost the broker and the origin.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from devtools.fleet_sim import measure
 from devtools.fleet_sim.bundle import FLEET, SimBundle, build_bundle
@@ -23,19 +25,20 @@ from shared import topics
 from shared.signing import generate_private_key, public_key_pem
 
 #: The bench broker: no connection cap (the process's open-file limit is raised to the hard limit
-#: instead), Mosquitto's default queues (20 QoS 1 messages in flight per client, 1000 queued),
-#: $SYS every second for the byte counters.
+#: instead), Mosquitto's default queues (20 QoS 1 messages in flight per client, 1000 queued: more
+#: for one subscriber are dropped, see Rollout.max_queued), $SYS every second for the byte counters.
 BROKER_CONFIG = """\
 listener {port} 127.0.0.1
 max_connections -1
 allow_anonymous true
 persistence false
 max_inflight_messages 20
-max_queued_messages 1000
+max_queued_messages {max_queued}
 sys_interval 1
 log_dest file {log}
 log_type error
 log_type warning
+log_type notice
 {user}"""
 
 
@@ -49,13 +52,16 @@ class Rollout:
     status_interval_s: float = 60.0
     heartbeat_s: float = 0  # > 0: stay connected this long after activation, then drop half the fleet
     tamper: str = ""  # "origin" or "mqtt": one chunk of the model is corrupted there
+    #: Mosquitto's max_queued_messages (its default: 1000). A subscriber to every status (the board,
+    #: a fleet dashboard) gets a burst of one status per agent when half the fleet drops at once.
+    max_queued: int = 1000
 
 
-def start_broker(workdir: Path) -> Broker:
+def start_broker(workdir: Path, max_queued: int = 1000) -> Broker:
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "mosquitto.conf"
-    config.write_text(BROKER_CONFIG.format(port=port, log=workdir / "mosquitto.log",
+    config.write_text(BROKER_CONFIG.format(port=port, log=workdir / "mosquitto.log", max_queued=max_queued,
                                            user="user root\n" if os.geteuid() == 0 else ""))
     return Broker(workdir, port, config)
 
@@ -63,7 +69,7 @@ def start_broker(workdir: Path) -> Broker:
 def publish(port: int, bundle: SimBundle, tamper_mqtt: bool) -> float:
     """Retained chunks (QoS 1, each acknowledged) then the retained manifest on the stable channel,
     as ``cloud-trainer publish``; the time the manifest went out (perf_counter)."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sim-publisher", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="sim-publisher", protocol=mqtt.MQTTv5)
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
@@ -97,8 +103,9 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 
 def run(rollout: Rollout, workdir: Path | None = None) -> dict[str, Any]:
     raise_open_files()
+    own_dir = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="fleet-sim-"))
-    broker = start_broker(workdir / "broker")
+    broker = start_broker(workdir / "broker", rollout.max_queued)
     origin = Origin(workdir / "origin") if rollout.mode == "origin" else None
     board: StatusBoard | None = None
     fleet: Fleet | None = None
@@ -132,6 +139,7 @@ def run(rollout: Rollout, workdir: Path | None = None) -> dict[str, Any]:
         times = [at - manifest_at for (_, v), at in board.version_at.items() if v == 1]
         result: dict[str, Any] = {
             "agents": rollout.agents, "mode": rollout.mode, "workers": rollout.workers,
+            "broker_max_queued_messages": rollout.max_queued,
             "bundle_bytes": bundle.total_bytes, "chunks": len(bundle.chunk_messages()),
             "connect_s": round(connect_s, 2),
             "all_active": all_active, "activated": board.count(on_version(1)),
@@ -164,6 +172,8 @@ def run(rollout: Rollout, workdir: Path | None = None) -> dict[str, Any]:
         if origin is not None:
             origin.stop()
         broker.stop()
+        if own_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _sum_counters(counters: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -197,5 +207,6 @@ def _heartbeat_and_drop(rollout: Rollout, broker: Broker, board: StatusBoard, fl
         "mass_disconnect": {"dropped_agents": dropped, "all_wills_seen": wills,
                             "offline_statuses": board.count(offline), "seconds_to_all_wills": round(wills_s, 2),
                             "broker_cpu_s": round(after.cpu_s - idle.cpu_s, 2),
-                            "broker_rss_mb": round(after.rss_kb / 1024, 1)},
+                            "broker_rss_mb": round(after.rss_kb / 1024, 1),
+                            "broker_log_drop_notices": broker.log.read_text(errors="replace").count("being dropped")},
     }

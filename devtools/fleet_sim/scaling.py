@@ -1,62 +1,79 @@
 """The stated model that extrapolates the measured rollouts to fleets this machine cannot hold.
 
-Per agent, a rollout costs the broker its control messages (the manifest sent to it, its statuses
-sent to the status board) and, when MQTT carries the bundle, every chunk: broker egress is linear
-in the fleet::
+Each cost of a rollout is fitted, per delivery mode, as a part per agent plus a part per bundle
+byte delivered (least squares over the measured runs of that mode)::
 
-    broker_bytes(N) = N * per_agent_control                    (origin mode)
-    broker_bytes(N) = N * (bundle_bytes + per_agent_overhead)  (MQTT-only)
-    origin_bytes(N) = N * per_agent_origin                     (bundle + HTTP and range headers)
-    broker_cpu(N)   = N * per_agent_cpu
+    cost(N, B) = a * N + b * N * B        N agents, B bundle bytes
 
-Activation time: on one 2-core machine, delivery is bound by CPU (simulator, broker and origin
-share it), so the fleet-wide time grows with the bytes moved at the throughput measured at the
-largest run: ``t(N) = t_first + N * bundle_bytes / throughput``. Real stores download in parallel
-on their own hardware: there the origin's (or CDN's) and the broker's egress bandwidth bound it.
+- broker bytes out: per agent, the manifest sent to it and its statuses sent to the status board
+  (``a``); in MQTT-only delivery also every chunk (``b`` ~ 1);
+- broker CPU seconds: connections, subscriptions and packets per agent, and bytes pushed;
+- origin bytes out (origin mode): the bundle and its HTTP and range headers;
+- fleet-wide activation time on this machine: with every agent downloading at once, delivery is
+  bound by the 2 shared cores (simulator, broker and origin), so time grows with the agents and
+  the bytes moved. Real stores download in parallel on their own hardware: there the origin's (or
+  CDN's) and the broker's egress bandwidth bound it, not this figure.
+
+Runs of one mode with a single bundle size cannot separate ``a`` from ``b``: the cost is then per
+agent at that bundle size (origin mode, where the broker's part does not depend on the bundle).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 
-def per_agent(run: dict[str, Any]) -> dict[str, float]:
-    n = run["agents"]
-    figures = {"broker_bytes": run["broker"]["bytes_written"] / n, "broker_cpu_s": run["broker"]["cpu_s"] / n}
-    if "origin" in run:
-        figures["origin_bytes"] = run["origin"]["bytes_sent"] / n
-    return figures
+Metric = Callable[[dict[str, Any]], float]
 
-
-def throughput(run: dict[str, Any]) -> float:
-    """Bundle bytes activated per second of the rollout (after the first agent)."""
-    spread = run["fleet_wide_activation_s"] - run["per_agent_activation"]["first_s"]
-    return run["agents"] * run["bundle_bytes"] / max(spread, 1e-3)
+METRICS: dict[str, Metric] = {
+    "broker_bytes_out": lambda r: r["broker"]["bytes_written"],
+    "broker_cpu_s": lambda r: r["broker"]["cpu_s"],
+    "fleet_wide_activation_s_this_machine": lambda r: r["fleet_wide_activation_s"],
+    "origin_bytes_out": lambda r: r["origin"]["bytes_sent"],
+}
 
 
-def predict(run: dict[str, Any], agents: int, bundle_bytes: int) -> dict[str, Any]:
-    """A model point for ``agents`` and ``bundle_bytes`` from a measured ``run`` of the same mode."""
-    unit = per_agent(run)
-    mqtt = run["mode"] == "mqtt"
-    overhead = unit["broker_bytes"] - (run["bundle_bytes"] if mqtt else 0)
-    point: dict[str, Any] = {
-        "kind": "model", "mode": run["mode"], "agents": agents, "bundle_bytes": bundle_bytes,
-        "from_measured": {"agents": run["agents"], "bundle_bytes": run["bundle_bytes"]},
-        "broker_bytes_out": round(agents * ((bundle_bytes if mqtt else 0) + overhead)),
-        "broker_cpu_s": round(agents * unit["broker_cpu_s"] * (bundle_bytes / run["bundle_bytes"] if mqtt else 1), 1),
-        "fleet_wide_activation_s_this_machine": round(
-            run["per_agent_activation"]["first_s"] + agents * bundle_bytes / throughput(run), 1),
-    }
-    if "origin_bytes" in unit:
-        http_overhead = unit["origin_bytes"] - run["bundle_bytes"]
-        point["origin_bytes_out"] = round(agents * (bundle_bytes + http_overhead))
+def fit(runs: list[dict[str, Any]], metric: Metric) -> tuple[float, float]:
+    """(a, b) of ``metric`` over ``runs`` (one mode); b is 0 when every run had the same bundle."""
+    if len({r["bundle_bytes"] for r in runs}) < 2:
+        largest = max(runs, key=lambda r: r["agents"])
+        return metric(largest) / largest["agents"], 0.0
+    design = np.array([[r["agents"], r["agents"] * r["bundle_bytes"]] for r in runs], dtype=float)
+    values = np.array([metric(r) for r in runs], dtype=float)
+    (a, b), *_ = np.linalg.lstsq(design, values, rcond=None)
+    return float(a), float(b)
+
+
+def predict(runs: list[dict[str, Any]], agents: int, bundle_bytes: int) -> dict[str, Any]:
+    """A model point for ``agents`` and ``bundle_bytes`` from the measured ``runs`` of one mode."""
+    fitted_on = [{"agents": r["agents"], "bundle_bytes": r["bundle_bytes"]} for r in runs]
+    point: dict[str, Any] = {"kind": "model", "mode": runs[0]["mode"], "agents": agents, "bundle_bytes": bundle_bytes,
+                             "from_measured": fitted_on}
+    for name, metric in METRICS.items():
+        if name == "origin_bytes_out" and "origin" not in runs[0]:
+            continue
+        a, b = fit(runs, metric)
+        point[name] = round(a * agents + b * agents * bundle_bytes, 1 if "_s" in name else None)
     return point
 
 
+def coefficients(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The fitted (per agent, per agent-byte) of each metric, for the results file."""
+    out = {}
+    for name, metric in METRICS.items():
+        if name == "origin_bytes_out" and "origin" not in runs[0]:
+            continue
+        a, b = fit(runs, metric)
+        out[name] = {"per_agent": a, "per_bundle_byte_delivered": b}
+    return out
+
+
 def measured_point(run: dict[str, Any]) -> dict[str, Any]:
-    point = {"kind": "measured", "mode": run["mode"], "agents": run["agents"], "bundle_bytes": run["bundle_bytes"],
-             "broker_bytes_out": run["broker"]["bytes_written"], "broker_cpu_s": run["broker"]["cpu_s"],
-             "fleet_wide_activation_s_this_machine": run["fleet_wide_activation_s"]}
-    if "origin" in run:
-        point["origin_bytes_out"] = run["origin"]["bytes_sent"]
+    point: dict[str, Any] = {"kind": "measured", "mode": run["mode"], "agents": run["agents"],
+                             "bundle_bytes": run["bundle_bytes"]}
+    for name, metric in METRICS.items():
+        if name != "origin_bytes_out" or "origin" in run:
+            point[name] = metric(run)
     return point
