@@ -98,17 +98,20 @@ def main() -> None:
                              "scaled by the model to --model-mb; 0: the same bundle")
     parser.add_argument("--workers", type=int, default=2, help="simulation processes")
     parser.add_argument("--heartbeat-s", type=float, default=60, help="heartbeat window at the largest fleet")
+    parser.add_argument("--receive-maximum", type=int, default=None,
+                        help="agents announce this MQTT 5 Receive Maximum (default: none, as the agent)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="results file")
     parser.add_argument("--summarize-only", action="store_true", help="recompute the curve of the existing results")
     parser.add_argument("--heartbeat-only", action="store_true",
                         help="only the heartbeat scenario with a raised max_queued_messages, into the existing results")
     args = parser.parse_args()
     sizes = [int(s) for s in args.agents.split(",")]
     if args.summarize_only or args.heartbeat_only:  # into the existing results
-        earlier: dict[str, Any] = json.loads(RESULTS.read_text())
+        earlier: dict[str, Any] = json.loads(args.results.read_text())
         if args.heartbeat_only:
             earlier["heartbeat_raised_queue"] = heartbeat_raised_queue(max(sizes), args)
         summarize(earlier, earlier["runs"], max(r["agents"] for r in earlier["runs"]))
-        RESULTS.write_text(json.dumps(earlier, indent=1) + "\n")
+        args.results.write_text(json.dumps(earlier, indent=1) + "\n")
         print(json.dumps(earlier["done_when"]))
         return
     model_bytes = int(args.model_mb * MB)
@@ -117,6 +120,7 @@ def main() -> None:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "shortcut": "simulated agents verify the signature, the manifest, every chunk and file sha256 and "
                     "parse the catalog, but load no interpreter",
+        "receive_maximum": args.receive_maximum,
         "runs": [],
     }
     runs: list[dict[str, Any]] = results["runs"]
@@ -128,7 +132,7 @@ def main() -> None:
             heartbeat = args.heartbeat_s if (mode == "origin" and n == max(sizes)) else 0
             started = time.perf_counter()
             result = run(Rollout(agents=n, mode=mode, model_bytes=size, workers=args.workers,
-                                 heartbeat_s=heartbeat, timeout_s=1800))
+                                 heartbeat_s=heartbeat, timeout_s=1800, receive_maximum=args.receive_maximum))
             result["wall_s"] = round(time.perf_counter() - started, 1)
             runs.append(result)
             print(json.dumps(brief(result)), flush=True)
@@ -140,9 +144,9 @@ def main() -> None:
         r.pop("status_example", None)
     summarize(results, runs, max(sizes))
     print(json.dumps(results["done_when"]), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ class AgentSettings:
     channel: str = topics.STABLE
     keepalive: int = 30  # the agent's defaults (mqtt.keepalive, mqtt.status_interval_s)
     status_interval_s: float = 60.0
+    #: MQTT 5 Receive Maximum announced at CONNECT (the agent announces none: the broker's
+    #: max_inflight_messages, 20 by default, is the window); bench/README.md measures both.
+    receive_maximum: int | None = None
 
 
 @dataclass
@@ -129,6 +132,8 @@ class SimAgent:
         s = self.settings
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.MaximumPacketSize = MAX_PACKET_BYTES
+        if s.receive_maximum is not None:
+            props.ReceiveMaximum = s.receive_maximum
         will = aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True)
         client = aiomqtt.Client(s.host, s.port, identifier=self.device_id, protocol=aiomqtt.ProtocolVersion.V5,
                                 will=will, keepalive=s.keepalive, properties=props, timeout=120)

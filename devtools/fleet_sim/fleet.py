@@ -48,6 +48,7 @@ class WorkerSpec:
     keepalive: int = 30
     connect_concurrency: int = 64
     http_threads: int = 8
+    receive_maximum: int | None = None
 
 
 async def _serve(spec: WorkerSpec, conn: Connection) -> None:
@@ -55,7 +56,8 @@ async def _serve(spec: WorkerSpec, conn: Connection) -> None:
     tls = ssl.create_default_context(cafile=spec.ca_file) if spec.ca_file else None
     ctx = Context(tls, ThreadPoolExecutor(spec.http_threads), asyncio.Semaphore(spec.connect_concurrency))
     settings = AgentSettings(spec.host, spec.port, load_public_key(spec.public_key_pem), mode=spec.mode,
-                             keepalive=spec.keepalive, status_interval_s=spec.status_interval_s)
+                             keepalive=spec.keepalive, status_interval_s=spec.status_interval_s,
+                             receive_maximum=spec.receive_maximum)
     agents = [SimAgent(device, settings, ctx) for device in spec.device_ids]
     stop = asyncio.Event()
     tasks = [asyncio.create_task(agent.run(stop)) for agent in agents]

@@ -55,6 +55,7 @@ class Rollout:
     #: Mosquitto's max_queued_messages (its default: 1000). A subscriber to every status (the board,
     #: a fleet dashboard) gets a burst of one status per agent when half the fleet drops at once.
     max_queued: int = 1000
+    receive_maximum: int | None = None  # announced by each agent (MQTT 5); None: the broker's window (20)
 
 
 def start_broker(workdir: Path, max_queued: int = 1000) -> Broker:
@@ -121,7 +122,8 @@ def run(rollout: Rollout, workdir: Path | None = None) -> dict[str, Any]:
 
         def spec(devices: tuple[str, ...]) -> WorkerSpec:
             return WorkerSpec("127.0.0.1", broker.port, pem, rollout.mode, devices,
-                              str(origin.ca_file) if origin else None, rollout.status_interval_s)
+                              str(origin.ca_file) if origin else None, rollout.status_interval_s,
+                              receive_maximum=rollout.receive_maximum)
 
         started = time.perf_counter()
         fleet = Fleet(rollout.agents, rollout.workers, spec)
@@ -139,7 +141,7 @@ def run(rollout: Rollout, workdir: Path | None = None) -> dict[str, Any]:
         times = [at - manifest_at for (_, v), at in board.version_at.items() if v == 1]
         result: dict[str, Any] = {
             "agents": rollout.agents, "mode": rollout.mode, "workers": rollout.workers,
-            "broker_max_queued_messages": rollout.max_queued,
+            "broker_max_queued_messages": rollout.max_queued, "receive_maximum": rollout.receive_maximum,
             "bundle_bytes": bundle.total_bytes, "chunks": len(bundle.chunk_messages()),
             "connect_s": round(connect_s, 2),
             "all_active": all_active, "activated": board.count(on_version(1)),
