@@ -296,7 +296,7 @@ def _train_transformer(config: TrainConfig, run_dir: Path, table: EventTable, da
     num_items = len(table.item_ids)
     model, record = fit_transformer(data, num_items, config.dim, config.history_length, config.l2,
                                     config.learning_rate, config.batch_size, config.epochs, config.seed,
-                                    config.validation_share, distribution, run_dir, config.target)
+                                    config.validation_share, distribution, run_dir)
     catalog = Catalog(items=tuple(known), popular=tuple(popularity(table, num_items)))
     (run_dir / "catalog.json").write_bytes(catalog.to_bytes())
     model.save(run_dir / "model.keras")

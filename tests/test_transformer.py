@@ -54,7 +54,7 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     events = _planted_events(folder / "events.csv.gz")
     run = folder / "run"
     train(TrainConfig(events=str(events), model="transformer", dim=16, epochs=8, batch_size=128,
-                      learning_rate=5e-3, calibration_histories=256, target="any"), run)  # the next event
+                      learning_rate=5e-3, calibration_histories=256), run)
     return run
 
 
@@ -104,18 +104,6 @@ def test_the_trainer_builds_the_inputs_the_agent_builds(planted_run: Path) -> No
     row = int(np.flatnonzero((data.hist_items == items).all(axis=1) & (data.hist_gaps == gaps).all(axis=1)
                              & (data.hist_kinds == kinds).all(axis=1)).size)
     assert row >= 1, "the trainer's columns hold the agent's inputs for this history"
-
-
-def test_with_target_purchase_the_transformer_learns_the_purchases_only(planted_run: Path) -> None:
-    from cloud_trainer.data.events_io import KIND_CODES, read_events
-    from cloud_trainer.data.training_set import build_training_set
-    from cloud_trainer.models.transformer_training import targets_of
-
-    data = build_training_set(read_events(planted_run.parent / "events.csv.gz"), 8, sequence=True)
-    bought = targets_of(data, "purchase")
-    assert data.example_kind is not None and bought.example_kind is not None
-    assert 0 < len(bought) < len(data) and (bought.example_kind == KIND_CODES[EventKind.PURCHASE]).all()
-    assert len(targets_of(data, "any")) == len(data)
 
 
 def test_an_older_agent_refuses_the_sequence_contract_and_a_new_one_serves_both() -> None:

@@ -33,7 +33,6 @@ class TrainingSet:
     #: A sequence model's inputs (shared.sequence), built with ``sequence=True``: int32 [rows, L] each.
     hist_kinds: np.ndarray | None = None
     hist_gaps: np.ndarray | None = None
-    example_kind: np.ndarray | None = None  # int8 [examples]: the target event's kind code (events_io)
 
     def __len__(self) -> int:
         return len(self.example_target)
@@ -126,7 +125,6 @@ def build_training_set(table: EventTable, history_length: int, sample: int | Non
         example_time=times[first].astype(np.float64),
         hist_kinds=hist_kinds if sequence else None,
         hist_gaps=hist_gaps if sequence else None,
-        example_kind=kinds[first].astype(np.int8),
     )
 
 

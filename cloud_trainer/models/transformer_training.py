@@ -1,8 +1,6 @@
-"""Training ``--model transformer`` (:mod:`cloud_trainer.models.transformer`): next-purchase
-targets (``--target purchase``, the default; every event's item stays in the histories) or
-next-event ones (``--target any``), the two-tower model's loss and loop
-(:mod:`cloud_trainer.models.retrieval`: in-batch softmax with log-Q correction, tf.distribute),
-and early stopping on a validation window.
+"""Training ``--model transformer`` (:mod:`cloud_trainer.models.transformer`): next-event targets,
+the two-tower model's loss and loop (:mod:`cloud_trainer.models.retrieval`: in-batch softmax with
+log-Q correction, tf.distribute), and early stopping on a validation window.
 
 **Validation window.** As in tuning (:mod:`cloud_trainer.models.tuning`), the most recent
 ``validation_share`` of the training period is held out: examples whose target happened after the
@@ -23,12 +21,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cloud_trainer.data.events_io import KIND_CODES
 from cloud_trainer.data.training_set import TrainingSet, next_baskets
 from cloud_trainer.evaluation.metrics import recall_at
 from cloud_trainer.models.retrieval import RetrievalTask, fit, log_sampling_probability, training_batches
 from cloud_trainer.models.transformer import build_model
-from shared.events import EventKind
 from shared.sequence import SEQUENCE_INPUTS
 
 log = logging.getLogger(__name__)
@@ -57,7 +53,7 @@ def _split(data: TrainingSet, share: float, seed: int) -> tuple[TrainingSet, np.
     if before.all() or not before.any():
         return data, np.zeros(0, dtype=np.int64)
     train = replace(data, example_row=data.example_row[before], example_target=data.example_target[before],
-                    example_time=data.example_time[before], example_kind=None)
+                    example_time=data.example_time[before])
     rows = np.unique(data.example_row[~before])
     if len(rows) > VALIDATION_ROWS:
         rows = np.sort(np.random.default_rng(seed).choice(rows, VALIDATION_ROWS, replace=False))
@@ -69,26 +65,11 @@ def validation_recall(model: keras.Model, data: TrainingSet, rows: np.ndarray, t
     return recall_at(np.argsort(-scores, axis=1, kind="stable")[:, :20], targets, 20)
 
 
-def targets_of(data: TrainingSet, target: str) -> TrainingSet:
-    """The examples the model learns to predict: with ``target`` purchase, the purchases (when the
-    events have any: a log of views alone keeps every event), else every event."""
-    if target != "purchase" or data.example_kind is None:
-        return data
-    bought = data.example_kind == KIND_CODES[EventKind.PURCHASE]
-    if not bought.any():
-        log.warning("no purchase among the training targets: learning to predict every event")
-        return data
-    return replace(data, example_row=data.example_row[bought], example_target=data.example_target[bought],
-                   example_time=data.example_time[bought], example_kind=data.example_kind[bought])
-
-
 def fit_transformer(data: TrainingSet, num_items: int, dim: int, history_length: int, l2: float,
                     learning_rate: float, batch_size: int, epochs: int, seed: int, validation_share: float,
-                    strategy: tf.distribute.Strategy, run_dir: Path,
-                    target: str = "any") -> tuple[keras.Model, dict[str, object]]:
+                    strategy: tf.distribute.Strategy, run_dir: Path) -> tuple[keras.Model, dict[str, object]]:
     """The trained model (the best epoch's weights) and its record: loss and validation Recall@20
-    per epoch, the epoch kept. ``target``: what it learns to predict (:func:`targets_of`)."""
-    data = targets_of(data, target)
+    per epoch, the epoch kept."""
     train, rows = _split(data, validation_share, seed)
     targets = next_baskets(data, rows)
     with strategy.scope():
@@ -121,6 +102,5 @@ def fit_transformer(data: TrainingSet, num_items: int, dim: int, history_length:
         model.load_weights(checkpoint)
     record: dict[str, object] = {"loss": [round(x, 4) for x in losses], "validation_recall_at_20": recalls,
                                  "epoch_kept": best_epoch + 1 if best_epoch >= 0 else len(losses),
-                                 "validation_histories": len(rows),
-                                 "examples_learnt": len(data)}
+                                 "validation_histories": len(rows)}
     return model, record
