@@ -95,14 +95,15 @@ def main() -> int:
     parser.add_argument("--shops", default="generated,online-retail")
     parser.add_argument("--tune-budget", type=float, default=120.0)
     parser.add_argument("--max-users", type=int, default=5000)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--models", default="factorized,transformer")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "transformer_quality.json")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for shop in _shops(args.shops.split(","), args.datasets, work):
-            for model in ("factorized", "transformer"):
+            for model in args.models.split(","):
                 run = work / "runs" / f"{shop['shop'].replace(' ', '_')}-{model}"
                 extra = (["--tune-budget", str(args.tune_budget)] if model == "factorized"
                          else ["--epochs", str(args.epochs), "--dim", "64"])

@@ -1,4 +1,7 @@
-"""Training ``--model transformer`` (:mod:`cloud_trainer.models.transformer`): next-event targets,
+"""Training ``--model transformer`` (:mod:`cloud_trainer.models.transformer`): next-event targets
+(every event's item, whatever ``--target`` says: learning the next purchases only scored 0.032
+served Recall@20 on the generated shop against 0.233, as a purchase there follows the item's own
+view and cart, so the model learnt to return what was just carted; docs/evaluation.md),
 the two-tower model's loss and loop (:mod:`cloud_trainer.models.retrieval`: in-batch softmax with
 log-Q correction, tf.distribute), and early stopping on a validation window.
 
