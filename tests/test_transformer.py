@@ -138,3 +138,11 @@ def test_a_real_agent_serves_the_transformer_and_explains_b_by_a(transformer_age
     top = answer["items"][0]
     assert top["id"] == B, answer
     assert top["because"] is not None and top["because"]["id"] == A, top
+
+
+def test_evaluate_refuses_a_transformer_run_and_names_its_served_path(planted_run: Path) -> None:
+    from cloud_trainer.errors import EvaluationError
+    from cloud_trainer.evaluation.evaluate_run import evaluate_run
+
+    with pytest.raises(EvaluationError, match="bench/transformer_quality.py"):
+        evaluate_run(planted_run, planted_run.parent / "events.csv.gz", "2023-11-20")
