@@ -146,3 +146,21 @@ def test_evaluate_refuses_a_transformer_run_and_names_its_served_path(planted_ru
 
     with pytest.raises(EvaluationError, match="bench/transformer_quality.py"):
         evaluate_run(planted_run, planted_run.parent / "events.csv.gz", "2023-11-20")
+
+
+def test_a_sequence_graph_under_a_pooled_contract_fails_to_load(planted_bundle: Path) -> None:
+    """The contract version says how the agent drives the graph; a wrong one is a load error, not
+    a crash on the first shopper's request."""
+    from dataclasses import replace
+
+    from edge_agent.errors import ModelLoadError
+    from edge_agent.loaded_model import LoadedModel
+    from shared.catalog import parse_catalog
+
+    manifest = manifest_of(planted_bundle)
+    model_bytes = (planted_bundle / "model.tflite").read_bytes()
+    catalog = parse_catalog((planted_bundle / "catalog.json").read_bytes(), manifest.model.num_items)
+    assert LoadedModel(manifest, model_bytes, catalog).takes_sequence
+    pooled = replace(manifest, model=replace(manifest.model, contract_version=CONTRACT_VERSION))
+    with pytest.raises(ModelLoadError):
+        LoadedModel(pooled, model_bytes, catalog)
