@@ -80,12 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=Path, help="items table (item_id,title,category,price): titles in the catalogue; "
                    "items without events join the model through their side features")
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--model", choices=["factorized", "two-tower"], default="factorized",
+    p.add_argument("--model", choices=["factorized", "two-tower", "transformer"], default="factorized",
                    help="factorized: low-rank item-item model fitted in closed form, with trend and repeat terms "
-                        "(default); two-tower: Keras embeddings trained by gradient descent (see --softmax)")
+                        "(default); two-tower: Keras embeddings trained by gradient descent (see --softmax); "
+                        "transformer: causal self-attention over the last events, their kinds and time gaps "
+                        "(early stopping on --validation-share; needs agents of contract version 3)")
     p.add_argument("--rank", type=int, default=256, help="factorized: embedding size (a starting point when tuning)")
-    p.add_argument("--dim", type=int, default=32, help="two-tower: embedding size")
-    p.add_argument("--history-length", type=int, help="events the model sees (default: 200 factorized, 50 two-tower)")
+    p.add_argument("--dim", type=int, default=32, help="two-tower and transformer: embedding size")
+    p.add_argument("--history-length", type=int,
+                   help="events the model sees (default: 200 factorized, 50 two-tower and transformer)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--learning-rate", type=float, default=2e-3)
@@ -95,9 +98,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="two-tower: the loss; in-batch: the batch's target items are the candidates, with a log-Q "
                         "correction (any catalogue size; default); full: every item, exact (small catalogues)")
     p.add_argument("--distribute", choices=["none", "mirrored", "multi-worker"], default="none",
-                   help="two-tower: mirrored: tf.distribute.MirroredStrategy on this machine (every GPU, else the "
-                        "logical CPUs); multi-worker: tf.distribute.MultiWorkerMirroredStrategy across the hosts "
-                        "of the TF_CONFIG environment variable (docs/scale.md)")
+                   help="two-tower and transformer: mirrored: tf.distribute.MirroredStrategy on this machine "
+                        "(every GPU, else the logical CPUs); multi-worker: "
+                        "tf.distribute.MultiWorkerMirroredStrategy across the hosts of the TF_CONFIG environment "
+                        "variable (docs/scale.md)")
     p.add_argument("--cpu-devices", type=int, default=1,
                    help="split the CPU into this many logical devices (a strategy without GPUs, or to test one)")
     p.add_argument("--no-cold-start", dest="cold_start", action="store_false",

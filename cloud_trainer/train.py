@@ -43,11 +43,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-MODELS = ("factorized", "two-tower")
+MODELS = ("factorized", "two-tower", "transformer")
 #: The two-tower model's training loss (cloud_trainer.models.retrieval).
 SOFTMAXES = ("in-batch", "full")
 #: History length per model kind when not given (the factorized model counts repeats over more).
-HISTORY_LENGTH = {"factorized": 200, "two-tower": 50}
+HISTORY_LENGTH = {"factorized": 200, "two-tower": 50, "transformer": 50}
+#: Models trained by epochs in Keras (the others are fitted in closed form).
+EPOCH_MODELS = ("two-tower", "transformer")
 
 
 @dataclass
@@ -127,11 +129,14 @@ def _train(config: TrainConfig, run_dir: Path, distribution: tf.distribute.Strat
     assert config.history_length is not None
     # the closed-form model needs histories only to calibrate int8 and check the export
     data = build_training_set(table, config.history_length, seed=config.seed,
-                              sample=config.calibration_histories if config.model == "factorized" else None)
+                              sample=config.calibration_histories if config.model == "factorized" else None,
+                              sequence=config.model == "transformer")
     log.info("training set: %d examples from %d histories (%s), %d users, %d items", len(data), len(data.hist_items),
              "a sample, to calibrate" if config.model == "factorized" else "all", len(table.user_ids), num_items)
-    weights, model, loss = _fit(config, table, data, num_items, distribution, fleet)
     known, new = catalogue_items(metadata, table.item_ids)
+    if config.model == "transformer":  # items without events have no sequence to learn from
+        return _train_transformer(config, run_dir, table, data, distribution, place, started, known)
+    weights, model, loss = _fit(config, table, data, num_items, distribution, fleet)
     if not config.cold_start:
         new = []
     if new:
@@ -192,9 +197,9 @@ def _check(config: TrainConfig) -> None:
         raise ValueError("--fleet-aggregates trains the factorized model (the Gram matrix is what it needs)")
     if not config.events and not config.fleet_aggregates:
         raise ValueError("give --events, --fleet-aggregates or both")
-    if config.distribute != "none" and config.model != "two-tower":
-        raise ValueError(f"--distribute applies to the model trained by epochs (--model two-tower); the "
-                         f"{config.model} model is fitted in closed form")
+    if config.distribute != "none" and config.model not in EPOCH_MODELS:
+        raise ValueError(f"--distribute applies to the models trained by epochs (--model two-tower or "
+                         f"transformer); the {config.model} model is fitted in closed form")
 
 
 def _read(config: TrainConfig) -> tuple[EventTable, dict[str, CatalogItem]]:
@@ -241,11 +246,14 @@ def _fit(config: TrainConfig, table: EventTable, data: TrainingSet, num_items: i
 
 
 def _save_histories(config: TrainConfig, data: TrainingSet, run_dir: Path) -> None:
-    """A sample of real training histories with their next baskets: ``histories.npz``."""
+    """A sample of real training histories with their next baskets: ``histories.npz`` (with a
+    sequence model's kinds and gaps when the set has them)."""
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(len(data.hist_items), size=min(config.calibration_histories, len(data.hist_items)), replace=False)
+    sequence = {} if data.hist_kinds is None or data.hist_gaps is None else {
+        "kinds": data.hist_kinds[pick], "gaps": data.hist_gaps[pick]}
     np.savez(run_dir / "histories.npz", items=data.hist_items[pick], weights=data.hist_weights[pick],
-             targets=next_baskets(data, pick))
+             targets=next_baskets(data, pick), **sequence)
 
 
 def _candidate(config: TrainConfig) -> Candidate:
@@ -279,3 +287,29 @@ def _fit_two_tower(config: TrainConfig, data: TrainingSet, num_items: int,
         optimizer.build(model.trainable_variables)
     log.info("training on %d replica(s), %s softmax", strategy.num_replicas_in_sync, config.softmax)
     return model, fit(task, optimizer, batches, steps, config.epochs, strategy)
+
+
+def _train_transformer(config: TrainConfig, run_dir: Path, table: EventTable, data: TrainingSet,
+                       distribution: tf.distribute.Strategy, place: Placement, started: float,
+                       known: list[CatalogItem]) -> dict[str, object]:
+    """``--model transformer`` (:mod:`cloud_trainer.models.transformer_training`): the run directory
+    as for every model; no cold-start items (a new item has no embedding to attend to)."""
+    from cloud_trainer.models.transformer_training import fit_transformer
+
+    assert config.history_length is not None
+    num_items = len(table.item_ids)
+    model, record = fit_transformer(data, num_items, config.dim, config.history_length, config.l2,
+                                    config.learning_rate, config.batch_size, config.epochs, config.seed,
+                                    config.validation_share, distribution, run_dir)
+    catalog = Catalog(items=tuple(known), popular=tuple(popularity(table, num_items)))
+    (run_dir / "catalog.json").write_bytes(catalog.to_bytes())
+    model.save(run_dir / "model.keras")
+    _save_histories(config, data, run_dir)
+    metrics = {"events_read": table.report.rows, "events_kept": table.report.kept,
+               "events_skipped": dict(table.report.skipped), "users": len(table.user_ids), "items": num_items,
+               "new_items": 0, "examples": len(data), "model": config.model, **record,
+               "replicas": distribution.num_replicas_in_sync, "workers": place.workers, "chief": place.chief,
+               "train_seconds": round(time.monotonic() - started, 1)}
+    (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics

@@ -14,9 +14,12 @@ import numpy as np
 
 from edge_agent.errors import ModelLoadError, ModelOutputError
 from edge_agent.runtime import create_interpreter
+from shared import SEQUENCE_CONTRACT_VERSION
 from shared.bundle import Manifest
 from shared.catalog import Catalog
+from shared.events import EventKind
 from shared.recommendation import ALLOWED_INPUT, Scores
+from shared.sequence import KIND_CODES, SEQUENCE_INPUTS
 
 
 class LoadedModel:
@@ -34,7 +37,13 @@ class LoadedModel:
         self._interpreter = interpreter  # keeps the runner's interpreter alive
         self.explains = "contributions" in self._runner.get_output_details()
         # models of contract version 1 take no filter mask: their top K is filtered afterwards
-        self.filters_in_graph = ALLOWED_INPUT in self._runner.get_input_details()
+        graph_inputs = self._runner.get_input_details()
+        self.filters_in_graph = ALLOWED_INPUT in graph_inputs
+        # contract version 3: a sequence model takes each position's kind and time gap (shared.sequence)
+        self.takes_sequence = contract.contract_version == SEQUENCE_CONTRACT_VERSION
+        if self.takes_sequence and not {*SEQUENCE_INPUTS, ALLOWED_INPUT} <= set(graph_inputs):
+            raise ModelLoadError(f"a contract version {SEQUENCE_CONTRACT_VERSION} model must take "
+                                 f"{', '.join((*SEQUENCE_INPUTS, ALLOWED_INPUT))}; it takes {', '.join(graph_inputs)}")
         self._all_allowed = np.ones((1, contract.num_items), dtype=bool)
         self._lock = threading.Lock()  # a TFLite interpreter is not thread-safe
         self.self_test()
@@ -43,12 +52,20 @@ class LoadedModel:
     def version(self) -> int:
         return self.manifest.version
 
-    def score(self, items: Sequence[int], weights: Sequence[float], allowed: np.ndarray | None = None) -> Scores:
+    def score(self, items: Sequence[int], weights: Sequence[float], allowed: np.ndarray | None = None,
+              sequence: tuple[Sequence[int], Sequence[int]] | None = None) -> Scores:
         """Top-K item indices and scores, best first, for one padded history; only ``allowed``
-        items (bool [items]) when the model takes a filter mask and enough of them score."""
+        items (bool [items]) when the model takes a filter mask and enough of them score.
+        A sequence model reads ``sequence`` (kinds, gaps) in place of ``weights``."""
         n = self.manifest.model.history_length
-        inputs = {"history_items": np.asarray(items, dtype=np.int32).reshape(1, n),
-                  "history_weights": np.asarray(weights, dtype=np.float32).reshape(1, n)}
+        inputs: dict[str, np.ndarray] = {"history_items": np.asarray(items, dtype=np.int32).reshape(1, n)}
+        if self.takes_sequence:
+            if sequence is None:
+                raise ModelOutputError("a sequence model needs each position's kind and time gap")
+            inputs["history_kinds"] = np.asarray(sequence[0], dtype=np.int32).reshape(1, n)
+            inputs["history_gaps"] = np.asarray(sequence[1], dtype=np.int32).reshape(1, n)
+        else:
+            inputs["history_weights"] = np.asarray(weights, dtype=np.float32).reshape(1, n)
         if self.filters_in_graph:
             inputs[ALLOWED_INPUT] = self._all_allowed if allowed is None else allowed.reshape(1, -1)
         with self._lock:
@@ -64,8 +81,10 @@ class LoadedModel:
         contract = self.manifest.model
         items = [self.catalog.popular[0] if self.catalog.popular else 0] + [0] * (contract.history_length - 1)
         weights = [1.0] + [0.0] * (contract.history_length - 1)
+        sequence = ([KIND_CODES[EventKind.PURCHASE]] + [0] * (contract.history_length - 1),
+                    [0] * contract.history_length)
         try:
-            indices, scores, contributions = self.score(items, weights)
+            indices, scores, contributions = self.score(items, weights, sequence=sequence)
         except (ValueError, RuntimeError, KeyError) as e:  # ModelOutputError included
             raise ModelLoadError(f"model failed its self-test query: {e}") from e
         if (

@@ -78,10 +78,12 @@ def file_entry(data: bytes, chunk_size: int = CHUNK_SIZE) -> FileEntry:
 
 
 
-def check_contract(model: ModelContract, supported_variants: tuple[str, ...] = MODEL_VARIANTS) -> None:
-    if model.contract_version not in SUPPORTED_CONTRACT_VERSIONS:
+def check_contract(model: ModelContract, supported_variants: tuple[str, ...] = MODEL_VARIANTS,
+                   supported_versions: tuple[int, ...] = SUPPORTED_CONTRACT_VERSIONS) -> None:
+    """``supported_versions``: the contract versions this agent drives (an older agent: fewer)."""
+    if model.contract_version not in supported_versions:
         raise IncompatibleContract(
-            f"model contract version {model.contract_version} is not one of {SUPPORTED_CONTRACT_VERSIONS}"
+            f"model contract version {model.contract_version} is not one of {supported_versions}"
         )
     if model.variant not in supported_variants:
         raise IncompatibleContract(f"model variant {model.variant!r} is not one of {supported_variants}")

@@ -23,6 +23,7 @@ import numpy as np
 from shared.catalog import Catalog, CatalogItem
 from shared.errors import ScoringFailed
 from shared.events import EventKind, history_inputs
+from shared.sequence import sequence_inputs
 
 if TYPE_CHECKING:
     from shared.business_rules import AppliedRules
@@ -64,8 +65,11 @@ class Scorer(Protocol):
     @property
     def history_length(self) -> int: ...
 
-    def score(self, items: Sequence[int], weights: Sequence[float], allowed: np.ndarray | None = None) -> Scores:
-        """``allowed``: bool [items], the items this query may return; None allows all."""
+    def score(self, items: Sequence[int], weights: Sequence[float], allowed: np.ndarray | None = None,
+              sequence: tuple[Sequence[int], Sequence[int]] | None = None) -> Scores:
+        """``allowed``: bool [items], the items this query may return; None allows all.
+        ``sequence``: (kinds, gaps) of :func:`shared.sequence.sequence_inputs`, given only to a
+        scorer whose ``takes_sequence`` attribute is true (a model of contract version 3)."""
         ...
 
 
@@ -91,6 +95,11 @@ class RecommendationResult:
     model_version: int
     history_used: int
     model_failed: bool = False  # the model answered with garbage; popular items were served instead
+
+
+def _timed(events: Iterable[HistoryEvent], index_of: Mapping[str, int]) -> list[tuple[int, EventKind, float | None]]:
+    """(item index, kind, timestamp or None) of the events the model knows, in order."""
+    return [(index_of[e.item_id], e.kind, getattr(e, "timestamp", None)) for e in events if e.item_id in index_of]
 
 
 def _excluded(known: Sequence[tuple[int, EventKind]], exclude: Exclude, bought: Iterable[str],
@@ -181,12 +190,14 @@ def recommend(
     the basket's items).
     """
     index_of = scorer.item_index
-    known = [(index_of[e.item_id], e.kind) for e in history if e.item_id in index_of]
+    timed = _timed(history, index_of)
+    known = [(index, kind) for index, kind, _ in timed]
     catalog = scorer.catalog
     excluded = _excluded(known, exclude, bought, index_of) + [index_of[i] for i in banned if i in index_of]
     allowed = allowed_items(catalog, excluded if rules is None else rules.banned(excluded), category, available)
     if query is not None:
-        known = [(index_of[e.item_id], e.kind) for e in query if e.item_id in index_of]
+        timed = _timed(query, index_of)
+        known = [(index, kind) for index, kind, _ in timed]
     chosen: list[Recommendation] = []
     taken: set[int] = set()
     failed = False
@@ -195,7 +206,11 @@ def recommend(
     if known:
         items, weights = history_inputs(known, scorer.history_length)
         try:
-            answer = scorer.score(items, weights, allowed)
+            if getattr(scorer, "takes_sequence", False):  # a sequence model (shared.sequence)
+                _, kinds, gaps = sequence_inputs(timed, scorer.history_length)
+                answer = scorer.score(items, weights, allowed, sequence=(kinds, gaps))
+            else:
+                answer = scorer.score(items, weights, allowed)
             answer = answer if rules is None else rules.rerank(answer)
         except ScoringFailed:
             failed, known = True, []

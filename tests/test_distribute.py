@@ -89,6 +89,18 @@ def test_two_tower_trains_under_mirrored_strategy_on_two_logical_cpus(
     _assert_same_training(tmp_path / "mirrored", one_worker)
 
 
+def test_transformer_trains_under_mirrored_strategy_on_two_logical_cpus(prepared: Path, tmp_path: Path) -> None:
+    """The transformer uses the same strategy plumbing (models.transformer_training). Not compared
+    weight by weight with one device: its dropout draws differ per replica."""
+    run = tmp_path / "transformer"
+    mirrored = _train(prepared, run, "--model", "transformer", "--distribute", "mirrored", "--cpu-devices", "2")
+    assert mirrored.returncode == 0, mirrored.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model"] == "transformer" and metrics["replicas"] == 2
+    assert len(metrics["loss"]) == 2 and all(math.isfinite(v) for v in metrics["loss"])
+    assert metrics["loss"][1] < metrics["loss"][0]  # it learns
+
+
 def _free_ports(count: int) -> list[int]:
     """Ports nothing listens on at 127.0.0.1 (all held open until all are chosen, so they differ)."""
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]

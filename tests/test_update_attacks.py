@@ -33,7 +33,7 @@ from harness import (
     verify_installed,
     wait_for,
 )
-from shared import topics
+from shared import SUPPORTED_CONTRACT_VERSIONS, topics
 from shared.bundle import (
     CATALOG_FILE,
     ENVELOPE_FILE,
@@ -158,7 +158,7 @@ def test_expired_manifest(fleet: Fleet, tmp_path: Path) -> None:
 def test_bundle_for_another_fleet_or_contract(fleet: Fleet, tmp_path: Path, changes: object, reason: str) -> None:
     if changes == "contract_version":
         model = manifest_of(fleet.bundle).model
-        changes = {"model": replace(model, contract_version=model.contract_version + 1)}
+        changes = {"model": replace(model, contract_version=max(SUPPORTED_CONTRACT_VERSIONS) + 1)}  # a future one
     assert isinstance(changes, dict)
     mark = fleet.status.mark()
     fleet.announce(resigned(fleet.bundle, fleet.keys, tmp_path / "other", version=5002, **changes))

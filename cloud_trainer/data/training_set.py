@@ -15,6 +15,8 @@ import numpy as np
 
 from cloud_trainer.data.events_io import KINDS_BY_CODE, EventTable
 from shared.events import EVENT_WEIGHTS, RECENCY_DECAY
+from shared.sequence import KIND_CODES as SEQUENCE_KIND_CODES
+from shared.sequence import gap_buckets
 
 POPULARITY_HALF_LIFE_DAYS = 30.0
 #: History rows built at a time (their float64 temporaries are [rows, history_length]).
@@ -28,6 +30,9 @@ class TrainingSet:
     example_row: np.ndarray  # int32 [examples]: which history row
     example_target: np.ndarray  # int32 [examples]: the item to predict
     example_time: np.ndarray  # float64 [examples]: when the target happened
+    #: A sequence model's inputs (shared.sequence), built with ``sequence=True``: int32 [rows, L] each.
+    hist_kinds: np.ndarray | None = None
+    hist_gaps: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.example_target)
@@ -61,11 +66,27 @@ def _histories(items: np.ndarray, kinds: np.ndarray, starts: np.ndarray, firsts:
     return np.where(present, items[position], 0).astype(np.int32), (raw / total[:, None]).astype(np.float32)
 
 
+def _sequences(kinds: np.ndarray, times: np.ndarray, starts: np.ndarray, firsts: np.ndarray,
+               length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each prediction point's kinds and time-gap buckets as :func:`shared.sequence.sequence_inputs`
+    builds them (same positions as :func:`_histories`)."""
+    position = starts[:, None] - 1 - np.arange(length)[None, :]
+    present = position >= firsts[:, None]
+    position = np.where(present, position, 0)
+    codes = np.asarray([0] + [SEQUENCE_KIND_CODES[kind] for kind in KINDS_BY_CODE])
+    previous = position - 1
+    has_previous = present & (previous >= firsts[:, None])
+    gaps = gap_buckets(times[position] - times[np.maximum(previous, 0)])
+    return (np.where(present, codes[kinds[position] + 1], 0).astype(np.int32),
+            np.where(has_previous, gaps, 0).astype(np.int32))
+
+
 def build_training_set(table: EventTable, history_length: int, sample: int | None = None,
-                       seed: int = 0) -> TrainingSet:
+                       seed: int = 0, sequence: bool = False) -> TrainingSet:
     """Every prediction point's history and targets; with ``sample``, only that many prediction
     points drawn at random (seeded): what the closed-form model needs for calibration, whose
-    full set (points x ``history_length``) would outgrow memory on a big shop."""
+    full set (points x ``history_length``) would outgrow memory on a big shop. ``sequence``: also
+    each position's kind and time gap (a sequence model's inputs)."""
     order, basket, (basket_start, user_start) = _baskets(table)
     items, kinds, times = table.item[order], table.kind[order], table.timestamp[order]
     predicted = basket_start != user_start  # every basket after the user's first
@@ -87,16 +108,23 @@ def build_training_set(table: EventTable, history_length: int, sample: int | Non
         example_row = renumber[row_of_basket[basket[first]]]
     hist_items = np.empty((len(starts), history_length), dtype=np.int32)
     hist_weights = np.empty((len(starts), history_length), dtype=np.float32)
+    shape = (len(starts), history_length) if sequence else (0, history_length)
+    hist_kinds, hist_gaps = np.empty(shape, dtype=np.int32), np.empty(shape, dtype=np.int32)
     for lo in range(0, len(starts), HISTORY_CHUNK):  # bounded float64 temporaries
         chunk = slice(lo, lo + HISTORY_CHUNK)
         hist_items[chunk], hist_weights[chunk] = _histories(items, kinds, starts[chunk], firsts[chunk],
                                                             history_length)
+        if sequence:
+            hist_kinds[chunk], hist_gaps[chunk] = _sequences(kinds, times, starts[chunk], firsts[chunk],
+                                                             history_length)
     return TrainingSet(
         hist_items=hist_items,
         hist_weights=hist_weights,
         example_row=example_row.astype(np.int32),
         example_target=items[first].astype(np.int32),
         example_time=times[first].astype(np.float64),
+        hist_kinds=hist_kinds if sequence else None,
+        hist_gaps=hist_gaps if sequence else None,
     )
 
 

@@ -26,6 +26,7 @@ from cloud_trainer.delivery.litert import litert_runner
 from cloud_trainer.delivery.origin import with_origin
 from cloud_trainer.errors import AssortmentError, ParityError, QualityGateError
 from cloud_trainer.models.dot_product import ModelWeights, extract_weights
+from shared import SEQUENCE_CONTRACT_VERSION
 from shared.bundle import (
     CATALOG_FILE,
     CHUNK_SIZE,
@@ -103,7 +104,7 @@ class Exported:
     refused: dict[str, str]
 
 
-def export_checked(model: object, weights: ModelWeights, history_length: int, top_k: int, variant: str,
+def export_checked(model: object, weights: ModelWeights | None, history_length: int, top_k: int, variant: str,
                    calibration: tuple[np.ndarray, np.ndarray], histories: np.lib.npyio.NpzFile,
                    assortment: Assortment | None = None, explanations: bool = True,
                    force: bool = False) -> Exported:
@@ -126,15 +127,31 @@ def export_checked(model: object, weights: ModelWeights, history_length: int, to
     raise AssertionError("unreachable")
 
 
-def _export_one(model: object, weights: ModelWeights, history_length: int, top_k: int, variant: str,
+def sequence_histories(histories: np.lib.npyio.NpzFile) -> dict[str, np.ndarray] | None:
+    """A sequence model's sample histories' kinds and gaps by input name; None for a pooled model's."""
+    if "kinds" not in histories.files:
+        return None
+    return {"history_kinds": histories["kinds"], "history_gaps": histories["gaps"]}
+
+
+def _export_one(model: object, weights: ModelWeights | None, history_length: int, top_k: int, variant: str,
                 calibration: tuple[np.ndarray, np.ndarray], histories: np.lib.npyio.NpzFile,
                 assortment: Assortment | None, explanations: bool,
                 force: bool) -> tuple[bytes, ParityReport, QualityGate | None]:
     """The ``variant`` export with its parity check and quality gate; a failed one raises unless ``force``."""
     items, hist_weights = histories["items"], histories["weights"]
-    log.info("exporting %s TFLite model (%d items, top-%d in the graph)", variant, weights.num_items, top_k)
-    model_bytes = to_tflite(weights, history_length, top_k, variant, calibration, explanations)
-    parity = check_parity(model, model_bytes, variant, items, hist_weights, assortment)
+    sequence = sequence_histories(histories)
+    log.info("exporting %s TFLite %s model (top-%d in the graph)", variant, "pooled" if sequence is None else
+             "sequence", top_k)
+    if sequence is not None:  # --model transformer (contract version 3)
+        from cloud_trainer.delivery.export_sequence import sequence_to_tflite
+
+        model_bytes = sequence_to_tflite(model, history_length, top_k, variant,  # type: ignore[arg-type]
+                                         {"history_items": calibration[0], **sequence}, explanations)
+    else:
+        assert weights is not None
+        model_bytes = to_tflite(weights, history_length, top_k, variant, calibration, explanations)
+    parity = check_parity(model, model_bytes, variant, items, hist_weights, assortment, sequence)
     log.info(
         "parity vs Keras on %d real histories: top-10 overlap %.3f (min %.2f), max score error %.4f (max %.4f)",
         parity.histories, parity.mean_overlap_at_10, parity.min_overlap_at_10,
@@ -147,7 +164,8 @@ def _export_one(model: object, weights: ModelWeights, history_length: int, top_k
         )
     gate = None
     if "targets" in histories.files:  # runs from before the gate have no targets
-        gate = quality_gate(model, model_bytes, variant, items, hist_weights, histories["targets"], assortment)
+        gate = quality_gate(model, model_bytes, variant, items, hist_weights, histories["targets"], assortment,
+                            sequence)
         log.info("quality gate on %d real histories: Recall@20 Keras %.4f, %s %.4f (%.1f%% lower; at most %.0f%%)",
                  gate.histories, gate.float_recall_at_20, variant, gate.exported_recall_at_20,
                  100 * gate.relative_drop, 100 * gate.max_relative_drop)
@@ -164,8 +182,10 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
 
     for target in options.targets:  # device ids become topic levels (see shared.topics)
         check_name(target, "target device id")
-    model = keras.models.load_model(run_dir / "model.keras")
     config = json.loads((run_dir / "config.json").read_text())
+    if config.get("model") == "transformer":
+        return _build_sequence_bundle(run_dir, key_path, out_dir, options, config)
+    model = keras.models.load_model(run_dir / "model.keras")
     history_length = int(config["history_length"])
     weights = extract_weights(model)
     histories = np.load(run_dir / "histories.npz")
@@ -195,6 +215,34 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
     if assortment is not None and options.assortment is not None:
         training["assortment"] = {"file": options.assortment.name, **assortment.to_json()}
     return write_bundle(out_dir, exported.model_bytes, catalog_bytes, contract, key_path, options, training)
+
+
+def _build_sequence_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOptions,
+                           config: dict[str, object]) -> Manifest:
+    """A transformer run's bundle: contract version 3 (agents before it refuse the bundle)."""
+    import keras
+
+    import cloud_trainer.models.transformer  # noqa: F401  (registers the encoder layer for loading)
+
+    if options.assortment is not None:
+        raise AssortmentError("--assortment is not available for --model transformer yet")
+    model = keras.models.load_model(run_dir / "model.keras")
+    history_length = int(str(config["history_length"]))
+    histories = np.load(run_dir / "histories.npz")
+    num_items = int(model.get_layer("item_vectors").get_weights()[1].shape[0])
+    top_k = min(options.top_k, num_items)
+    exported = export_checked(model, None, history_length, top_k, options.variant,
+                              (histories["items"], histories["weights"]), histories, None, options.explanations,
+                              options.force)
+    contract = ModelContract(variant=exported.variant, signature=litert_runner(exported.model_bytes)[0],
+                             history_length=history_length, top_k=top_k, num_items=num_items,
+                             contract_version=SEQUENCE_CONTRACT_VERSION)
+    training: dict[str, object] = {"run": run_dir.name, "model": "transformer", "parity": exported.parity.to_json(),
+                                   "quality_gate": exported.gate.to_json() if exported.gate else None}
+    if exported.refused:
+        training["variants_refused"] = exported.refused
+    return write_bundle(out_dir, exported.model_bytes, (run_dir / "catalog.json").read_bytes(), contract, key_path,
+                        options, training)
 
 
 def write_bundle(

@@ -58,9 +58,14 @@ class ParityReport:
         return {**asdict(self), "ok": self.ok}
 
 
-def _queries(model: keras.Model, items: np.ndarray, weights: np.ndarray,
-             assortment: Assortment | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(the export's history items, its weights, the Keras scores of the items it ranks, rows kept)."""
+def _queries(model: keras.Model, items: np.ndarray, weights: np.ndarray, assortment: Assortment | None,
+             sequence: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(the export's history items, its weights, the Keras scores of the items it ranks, rows kept).
+    ``sequence``: a sequence model's other inputs by name (its Keras model takes no weights)."""
+    if sequence is not None:
+        inputs = {"history_items": items, **sequence}
+        return items, weights, np.asarray(model.predict(inputs, batch_size=256, verbose=0)), \
+            np.ones(len(items), dtype=bool)
     if assortment is None:
         return items, weights, np.asarray(model.predict([items, weights], batch_size=256, verbose=0)), \
             np.ones(len(items), dtype=bool)
@@ -69,16 +74,20 @@ def _queries(model: keras.Model, items: np.ndarray, weights: np.ndarray,
     return items, weights, scores[:, assortment.sold], rows
 
 
+def _row(sequence: dict[str, np.ndarray] | None, n: int) -> dict[str, np.ndarray]:
+    return {} if sequence is None else {name: column[n : n + 1] for name, column in sequence.items()}
+
+
 def check_parity(
     model: keras.Model, model_bytes: bytes, variant: str, items: np.ndarray, weights: np.ndarray,
-    assortment: Assortment | None = None,
+    assortment: Assortment | None = None, sequence: dict[str, np.ndarray] | None = None,
 ) -> ParityReport:
     """Compare TFLite (in LiteRT) against the Keras model on the given histories (run indices)."""
     _, runner = litert_runner(model_bytes)
-    items, weights, keras_scores, _ = _queries(model, items, weights, assortment)
+    items, weights, keras_scores, _ = _queries(model, items, weights, assortment, sequence)
     overlaps, errors = [], []
     for n in range(len(items)):
-        out = runner(history_items=items[n : n + 1], history_weights=weights[n : n + 1])
+        out = runner(items[n : n + 1], weights[n : n + 1], **_row(sequence, n))
         got_items, got_scores = out["item_indices"][0], out["scores"][0]
         expected = np.argsort(-keras_scores[n], kind="stable")[:10]
         overlaps.append(len(set(expected.tolist()) & set(got_items[:10].tolist())) / 10)
@@ -121,17 +130,17 @@ class QualityGate:
 
 def quality_gate(
     model: keras.Model, model_bytes: bytes, variant: str, items: np.ndarray, weights: np.ndarray, targets: np.ndarray,
-    assortment: Assortment | None = None,
+    assortment: Assortment | None = None, sequence: dict[str, np.ndarray] | None = None,
 ) -> QualityGate:
     """Compare Recall@20 of the Keras model and of the exported model (in LiteRT) on the same queries
     (run indices; a store's bundle: the store's items of each next basket are its targets)."""
     _, runner = litert_runner(model_bytes)
-    items, weights, keras_scores, rows = _queries(model, items, weights, assortment)
+    items, weights, keras_scores, rows = _queries(model, items, weights, assortment, sequence)
     if assortment is not None:
         targets = assortment.targets(targets[rows])
     keras_ranked = np.argsort(-keras_scores, axis=1, kind="stable")[:, :GATE_K]
     exported = np.stack([
-        runner(history_items=items[n : n + 1], history_weights=weights[n : n + 1])["item_indices"][0][:GATE_K]
+        runner(items[n : n + 1], weights[n : n + 1], **_row(sequence, n))["item_indices"][0][:GATE_K]
         for n in range(len(items))
     ])
     return QualityGate(variant, len(items), round(recall_at(keras_ranked, targets, GATE_K), 4),

@@ -19,12 +19,17 @@ class LiteRTModel:
         self._runner = self._interpreter.get_signature_runner(self.signature)
         (num_items,) = self._runner.get_input_details()[ALLOWED_INPUT]["shape"][1:]
         self._everything = np.ones((1, num_items), dtype=bool)
+        self._inputs = list(self._runner.get_input_details())
+        self.takes_sequence = "history_kinds" in self._inputs
 
-    def __call__(self, history_items: np.ndarray, history_weights: np.ndarray,
-                 item_allowed: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def __call__(self, history_items: np.ndarray, history_weights: np.ndarray | None = None,
+                 item_allowed: np.ndarray | None = None, **sequence: np.ndarray) -> dict[str, np.ndarray]:
+        """``sequence``: a sequence model's ``history_kinds`` and ``history_gaps`` (shared.sequence).
+        Inputs the graph does not take are left out (a sequence model has no weights)."""
         allowed = self._everything if item_allowed is None else item_allowed.reshape(1, -1)
-        out: dict[str, np.ndarray] = self._runner(history_items=history_items, history_weights=history_weights,
-                                                  **{ALLOWED_INPUT: allowed})
+        given = {"history_items": history_items, "history_weights": history_weights, **sequence,
+                 ALLOWED_INPUT: allowed}
+        out: dict[str, np.ndarray] = self._runner(**{name: given[name] for name in self._inputs})
         return out
 
 

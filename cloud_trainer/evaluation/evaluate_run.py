@@ -77,6 +77,9 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
     day = test_from or config.get("test_from")
     if not day:
         raise EvaluationError("give --test-from, or a run trained with --test-from")
+    if config.get("model") == "transformer":
+        raise EvaluationError("evaluate does not score a --model transformer run yet: bench/transformer_quality.py "
+                              "measures it through the served path")
     if run_dir is not None and config.get("test_from") != day:
         raise EvaluationError(f"the run was trained with test_from={config.get('test_from')!r}, not {day!r}: "
                               "its training data overlaps the test period")

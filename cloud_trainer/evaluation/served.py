@@ -30,6 +30,7 @@ PROGRESS_EVERY = 10_000
 class HistoryEvent(NamedTuple):
     item_id: str
     kind: EventKind
+    timestamp: float | None = None  # a sequence model's time gaps (shared.sequence)
 
 
 class ServedModel:
@@ -41,10 +42,14 @@ class ServedModel:
         self.item_index = catalog.index_of()
         self.history_length = history_length
         self.version = version
+        self.takes_sequence = self._model.takes_sequence  # a transformer's export (contract version 3)
 
-    def score(self, items: Sequence[int], weights: Sequence[float], allowed: np.ndarray | None = None) -> Scores:
+    def score(self, items: Sequence[int], weights: Sequence[float], allowed: np.ndarray | None = None,
+              sequence: tuple[Sequence[int], Sequence[int]] | None = None) -> Scores:
+        more = {} if sequence is None else {"history_kinds": np.asarray(sequence[0], dtype=np.int32)[None],
+                                            "history_gaps": np.asarray(sequence[1], dtype=np.int32)[None]}
         out = self._model(np.asarray(items, dtype=np.int32)[None], np.asarray(weights, dtype=np.float32)[None],
-                          allowed)
+                          allowed, **more)
         contributions = out.get("contributions")
         return Scores(out["item_indices"][0], out["scores"][0], None if contributions is None else contributions[0])
 
@@ -80,7 +85,8 @@ def stored_shoppers(train: EventTable, rows_per_user: Iterable[np.ndarray], now:
     """Each shopper as an agent with default settings holds them at time ``now`` (``rows``: their
     events in time order): :func:`kept_rows` as the history :func:`recommend` gets, and
     :func:`remembered_purchases`."""
-    return [StoredShopper([HistoryEvent(train.item_ids[train.item[r]], KINDS_BY_CODE[int(train.kind[r])])
+    return [StoredShopper([HistoryEvent(train.item_ids[train.item[r]], KINDS_BY_CODE[int(train.kind[r])],
+                                        float(train.timestamp[r]))
                            for r in kept_rows(train, rows, now)],
                           {train.item_ids[i] for i in remembered_purchases(train, rows, now)})
             for rows in rows_per_user]

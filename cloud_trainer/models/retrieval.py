@@ -98,9 +98,11 @@ def full_softmax(user: tf.Tensor, targets: tf.Tensor, item_vectors: tf.Tensor, i
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
 
 
-def training_batches(data: TrainingSet, batch_size: int, epochs: int, seed: int) -> tuple[tf.data.Dataset, int]:
+def training_batches(data: TrainingSet, batch_size: int, epochs: int, seed: int,
+                     columns: tuple[np.ndarray, ...] | None = None) -> tuple[tf.data.Dataset, int]:
     """(every epoch's batches in one stream, batches per epoch) of ``((history_items, history_weights),
-    target)``: int32 [B, L], float32 [B, L], int32 [B].
+    target)``: int32 [B, L], float32 [B, L], int32 [B]; ``columns``: other history columns in place
+    of those two (a sequence model's items, kinds and gaps).
 
     Epoch e is a permutation of the examples shuffled with seed ``seed + e`` and cut into full
     batches (the last ``len(data) % batch_size`` examples of each permutation wait for another
@@ -121,7 +123,8 @@ def training_batches(data: TrainingSet, batch_size: int, epochs: int, seed: int)
         stream = stream.concatenate(more)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    batches = (stream.map(lambda r, t: ((tf.gather(data.hist_items, r), tf.gather(data.hist_weights, r)), t),
+    inputs = (data.hist_items, data.hist_weights) if columns is None else columns
+    batches = (stream.map(lambda r, t: (tuple(tf.gather(c, r) for c in inputs), t),
                           num_parallel_calls=tf.data.AUTOTUNE)
                .prefetch(tf.data.AUTOTUNE)
                .with_options(options))

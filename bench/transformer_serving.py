@@ -1,0 +1,132 @@
+"""In-process serving cost of ``--model transformer`` at 100k items and L = 50.
+
+A transformer (2 blocks, 2 heads) with random weights over 100,000 items is exported int8 as
+``export`` builds it (:mod:`cloud_trainer.delivery.export_sequence`: the encoder's arithmetic in
+float, matmuls, gathers and top-K int8; explanations in the graph), bundled with contract version
+3, and loaded by the agent's own :class:`edge_agent.loaded_model.LoadedModel` on one interpreter
+thread. Timed: ``recommend()`` (the REST route's function) for random 50-event histories with
+timestamps, and the interpreter call alone; plus the file size and the Pi estimate of
+``devtools/model_cost.py``. The cost of scoring does not depend on what the weights hold.
+
+    nice python bench/transformer_serving.py [--dims 32,64] [--queries 2000]
+
+Writes ``bench/results/transformer_serving.json``. Not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.serving import percentiles  # noqa: E402
+from devtools.model_cost import model_cost  # noqa: E402
+from shared.events import EventKind  # noqa: E402
+
+N_ITEMS, HISTORY, TOP_K = 100_000, 50, 100
+
+
+class _Event:
+    __slots__ = ("item_id", "kind", "timestamp")
+
+    def __init__(self, item_id: str, kind: EventKind, timestamp: float) -> None:
+        self.item_id, self.kind, self.timestamp = item_id, kind, timestamp
+
+
+def _histories(rng: np.random.Generator, count: int) -> list[list[_Event]]:
+    kinds = list(EventKind)
+    out = []
+    for _ in range(count):
+        times = 1.7e9 + np.cumsum(rng.exponential(3600.0, HISTORY))
+        out.append([_Event(f"SKU-{int(rng.integers(N_ITEMS)):06d}", kinds[int(rng.integers(3))], float(t))
+                    for t in times])
+    return out
+
+
+def bench(dim: int, queries: int, work: Path) -> dict[str, object]:
+    import keras
+
+    from cloud_trainer.delivery.bundler import BundleOptions, write_bundle
+    from cloud_trainer.delivery.export_sequence import sequence_to_tflite
+    from cloud_trainer.delivery.litert import litert_runner
+    from cloud_trainer.models.transformer import build_model
+    from edge_agent.loaded_model import LoadedModel
+    from shared import SEQUENCE_CONTRACT_VERSION
+    from shared.bundle import ModelContract, parse_manifest
+    from shared.catalog import Catalog, CatalogItem
+    from shared.recommendation import recommend
+    from shared.sequence import sequence_inputs
+    from shared.signing import generate_private_key, private_key_pem
+
+    rng = np.random.default_rng(7)
+    keras.utils.set_random_seed(7)
+    model = build_model(N_ITEMS, dim, HISTORY)
+    catalog = Catalog(items=tuple(CatalogItem(id=f"SKU-{i:06d}", title=f"Item {i}") for i in range(N_ITEMS)),
+                      popular=tuple(range(200)))
+    index = catalog.index_of()
+    calibration = [sequence_inputs([(index[e.item_id], e.kind, e.timestamp) for e in h], HISTORY)
+                   for h in _histories(rng, 256)]
+    columns = {name: np.array([c[n] for c in calibration], dtype=np.int32)
+               for n, name in enumerate(("history_items", "history_kinds", "history_gaps"))}
+    started = time.monotonic()
+    model_bytes = sequence_to_tflite(model, HISTORY, TOP_K, "int8", columns)
+    export_s = time.monotonic() - started
+    key = work / f"signing-{dim}.key"
+    key.write_bytes(private_key_pem(generate_private_key()))
+    contract = ModelContract(variant="int8", signature=litert_runner(model_bytes)[0], history_length=HISTORY,
+                             top_k=TOP_K, num_items=N_ITEMS, contract_version=SEQUENCE_CONTRACT_VERSION)
+    manifest = write_bundle(work / f"bundle-{dim}", model_bytes, catalog.to_bytes(), contract, key,
+                            BundleOptions(version=1), {"synthetic": True})
+    loaded = LoadedModel(parse_manifest(manifest.to_json()), model_bytes, catalog, num_threads=1)
+    histories = _histories(rng, queries)
+    for h in histories[:50]:  # warm-up
+        recommend(loaded, h, 10)
+    served, graph = [], []
+    for h in histories:
+        t0 = time.perf_counter()
+        recommend(loaded, h, 10)
+        served.append((time.perf_counter() - t0) * 1000)
+        items, kinds, gaps = sequence_inputs([(index[e.item_id], e.kind, e.timestamp) for e in h], HISTORY)
+        t0 = time.perf_counter()
+        loaded.score(items, [], None, sequence=(kinds, gaps))
+        graph.append((time.perf_counter() - t0) * 1000)
+    cost = model_cost(model_bytes)
+    return {"items": N_ITEMS, "dim": dim, "history_length": HISTORY, "top_k": TOP_K, "variant": "int8",
+            "model_bytes": len(model_bytes), "export_seconds": round(export_s, 1),
+            "recommend_ms": percentiles(served), "interpreter_ms": percentiles(graph),
+            "pi_estimate_ms": cost["estimated_ms_if_memory_bound"],
+            "memory_traffic_bytes": cost["memory_traffic_bytes"],
+            "multiply_accumulates": cost["multiply_accumulates"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dims", default="32,64")
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "transformer_serving.json")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dim in (int(d) for d in args.dims.split(",")):
+            rows.append(bench(dim, args.queries, Path(tmp)))
+            print(json.dumps(rows[-1]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
