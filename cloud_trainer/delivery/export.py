@@ -191,10 +191,16 @@ def to_tflite(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    elif variant == "float16":
+    return convert(converter, variant)
+
+
+def convert(converter: tf.lite.TFLiteConverter, variant: str) -> bytes:
+    """The .tflite bytes of ``converter`` in ``variant``: float16 and float32 are set here, int8's
+    calibration is the caller's (it depends on the graph's inputs)."""
+    if variant == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif variant != "float32":
+    elif variant not in ("int8", "float32"):
         raise ValueError(f"unknown variant {variant!r}; use int8, float16 or float32")
     with warnings.catch_warnings():
         # int8 calibration runs TensorFlow's own deprecated tf.lite.Interpreter internally

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cloud_trainer.delivery.export import EXPLAINED_POSITIONS, FILTER_GAP, _blocked_top_k
+from cloud_trainer.delivery.export import EXPLAINED_POSITIONS, FILTER_GAP, _blocked_top_k, convert
 from cloud_trainer.models.transformer import encode, explain_positions
 from shared.recommendation import ALLOWED_INPUT
 from shared.sequence import SEQUENCE_INPUTS
@@ -93,11 +93,4 @@ def sequence_to_tflite(model: keras.Model, history_length: int, top_k: int, vari
             debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative,
                                                                  debug_options=options)
             return bytes(debugger.get_nondebug_quantized_model())
-    elif variant == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif variant != "float32":
-        raise ValueError(f"unknown variant {variant!r}; use int8, float16 or float32")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-        return bytes(converter.convert())
+    return convert(converter, variant)
