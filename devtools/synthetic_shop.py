@@ -15,6 +15,8 @@ seeded, from a stated model of shopping, and the trainer is checked on it beside
   probability ``rebuy`` only. With ``revisits`` off, a shopper never meets an item twice (like
   ratings turned into events: one event per item): a visit draws only among the items that
   shopper has not met on an earlier visit.
+- With ``sequential`` on, shoppers browse in ordered sessions instead, each view following from
+  the one before it (complements of the item viewed last): :mod:`devtools.session_shop`.
 - Titles name the item's category and taste in words, a word of its own for each category and
   taste (so side features carry signal); prices are lognormal around a price level per category.
 
@@ -76,6 +78,9 @@ class ShopSpec:
     rebuy: float = 0.03  # chance that an item bought before is bought again
     revisits: bool = True  # a shopper may view an item again on a later visit
     seed: int = 7
+    #: sessions in order instead of visits to a category: views follow the item viewed last
+    #: (its complements), see :mod:`devtools.session_shop`
+    sequential: bool = False
 
     def __post_init__(self) -> None:
         if min(self.users, self.items, self.tastes) < 1 or self.categories < self.tastes:
@@ -303,20 +308,28 @@ def _shoppers(spec: ShopSpec, shelves: _Shelves, first_user: int, users: int,
 
     taken_visit, rank, taken_item = _views(shelves, owner, when, category, wanted, target, group, rng)
 
-    # a session: views a minute apart, the cart 20 s and the purchase 40 s after the view
+    # a session: views a minute apart
     seconds = np.floor(when[taken_visit]).astype(np.int64) + 60 * rank
-    user = owner[taken_visit]
-    cart = rng.random(len(user)) < CART_RATE
-    purchase = cart & (rng.random(len(user)) < PURCHASE_RATE)
-    # the first purchase of an item always happens; a later one with probability rebuy
-    key = user[purchase] * len(shelves.order) + taken_item[purchase]
+    return with_purchases(owner[taken_visit], taken_item, seconds, first_user, len(shelves.order), spec.rebuy, rng)
+
+
+def with_purchases(user: np.ndarray, item: np.ndarray, seconds: np.ndarray, first_user: int, n_items: int,
+                   rebuy: float, rng: np.random.Generator, rates: tuple[float, float] = (CART_RATE, PURCHASE_RATE),
+                   ) -> tuple[np.ndarray, ...]:
+    """(user, item, kind, seconds) of views (``user``, ``item``, ``seconds``, in time order within a
+    shopper) with their carts (probability ``rates[0]`` a view, 20 s after it) and purchases
+    (``rates[1]`` a cart, 40 s after the view): the first purchase of an item always happens, a
+    later one with probability ``rebuy``."""
+    cart = rng.random(len(user)) < rates[0]
+    purchase = cart & (rng.random(len(user)) < rates[1])
+    key = user[purchase] * n_items + item[purchase]
     by_pair = np.argsort(key, kind="stable")  # views are in time order within a shopper
     again = np.empty(len(key), dtype=bool)
     again[by_pair] = np.r_[False, key[by_pair][1:] == key[by_pair][:-1]]
-    bought = np.flatnonzero(purchase)[~again | (rng.random(len(key)) < spec.rebuy)]
+    bought = np.flatnonzero(purchase)[~again | (rng.random(len(key)) < rebuy)]
     pick = np.r_[np.arange(len(user)), np.flatnonzero(cart), bought]
     kind = np.repeat(np.array([VIEW, CART, PURCHASE], dtype=np.int8), [len(user), int(cart.sum()), len(bought)])
-    return ((user[pick] + first_user).astype(np.int32), taken_item[pick].astype(np.int32), kind,
+    return ((user[pick] + first_user).astype(np.int32), item[pick].astype(np.int32), kind,
             (seconds[pick] + np.array([0, 20, 40])[kind]).astype(np.int32))
 
 
@@ -340,8 +353,12 @@ def generate(spec: ShopSpec) -> Shop:
     catalogue = _catalogue(spec, np.random.default_rng(spec.seed))
     shelves = _Shelves(catalogue, spec.categories)
     size = block_size(spec)
+    if spec.sequential:
+        from devtools.session_shop import session_shoppers as make
+    else:
+        make = _shoppers
     blocks: list[list[np.ndarray | None]] = [
-        list(_shoppers(spec, shelves, start, min(size, spec.users - start), np.random.default_rng([spec.seed, n])))
+        list(make(spec, shelves, start, min(size, spec.users - start), np.random.default_rng([spec.seed, n])))
         for n, start in enumerate(range(0, spec.users, size))]
     columns: list[np.ndarray] = []
     for n in range(4):  # one column at a time, each block's part let go once copied
