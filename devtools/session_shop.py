@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from devtools.synthetic_shop import with_purchases
+from devtools.synthetic_shop import visit_times, with_purchases
 
 if TYPE_CHECKING:
     from devtools.synthetic_shop import ShopSpec, _Shelves
@@ -94,20 +94,12 @@ def session_shoppers(spec: ShopSpec, shelves: _Shelves, first_user: int, users: 
     """(user, item, kind, seconds) of one block of shoppers, not yet in time order (the
     ``_shoppers`` of :mod:`devtools.synthetic_shop` for ``sequential`` shops)."""
     browsing = _Browsing(spec, shelves)
-    span = spec.days * 86400
     taste = rng.integers(0, spec.tastes, users)  # categories of taste t are t, t + tastes, ...
     in_taste = (spec.categories - taste + spec.tastes - 1) // spec.tastes
     liked = taste[:, None] + (rng.random((users, 3)) * in_taste[:, None]).astype(np.int64) * spec.tastes
     n_liked = rng.integers(1, 4, users)
 
-    visits = np.maximum(1, rng.lognormal(np.log(spec.visits_per_user), 0.8, users).astype(np.int64))
-    first = rng.uniform(0, span, users)
-    window = rng.uniform(0.2, 1.0, users) * span
-    owner = np.repeat(np.arange(users), visits)
-    when = first[owner] + rng.random(len(owner)) * window[owner]
-    order = np.lexsort((when, owner))
-    owner, when = owner[order], when[order]
-    owner, when = owner[when < span], when[when < span]
+    owner, when = visit_times(spec, users, rng)
     views = np.minimum(rng.geometric(1 / MEAN_VIEWS, len(owner)), MAX_VIEWS)
 
     # the steps: each shopper's views of all sessions, in order, contiguous

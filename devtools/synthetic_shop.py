@@ -265,10 +265,23 @@ def _views(shelves: _Shelves, owner: np.ndarray, when: np.ndarray, category: np.
     return tuple(column[order] for column in taken)
 
 
+def visit_times(spec: ShopSpec, users: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(shopper, seconds since START) of each visit within the period, by shopper then time: a
+    lognormal number of visits (median ``visits_per_user``) over a random part of the period."""
+    span = spec.days * 86400
+    visits = np.maximum(1, rng.lognormal(np.log(spec.visits_per_user), 0.8, users).astype(np.int64))
+    first = rng.uniform(0, span, users)
+    window = rng.uniform(0.2, 1.0, users) * span
+    owner = np.repeat(np.arange(users), visits)
+    when = first[owner] + rng.random(len(owner)) * window[owner]
+    order = np.lexsort((when, owner))
+    owner, when = owner[order], when[order]
+    return owner[when < span], when[when < span]
+
+
 def _shoppers(spec: ShopSpec, shelves: _Shelves, first_user: int, users: int,
               rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """(user, item, kind, seconds) of one block of shoppers, not yet in time order."""
-    span = spec.days * 86400
     tastes, per_taste = spec.tastes, -(-spec.categories // spec.tastes)
     # one to three liked tastes, distinct: the second skips the first, the third skips both
     n_liked = np.minimum(rng.integers(1, 4, users), tastes)
@@ -289,14 +302,7 @@ def _shoppers(spec: ShopSpec, shelves: _Shelves, first_user: int, users: int,
     preference = np.cumsum(preference, axis=2) / preference.sum(axis=2, keepdims=True)
     preference += np.arange(users * 3).reshape(users, 3, 1)
 
-    visits = np.maximum(1, rng.lognormal(np.log(spec.visits_per_user), 0.8, users).astype(np.int64))
-    first = rng.uniform(0, span, users)
-    window = rng.uniform(0.2, 1.0, users) * span
-    owner = np.repeat(np.arange(users), visits)
-    when = first[owner] + rng.random(len(owner)) * window[owner]
-    order = np.lexsort((when, owner))
-    owner, when = owner[order], when[order]
-    owner, when = owner[when < span], when[when < span]
+    owner, when = visit_times(spec, users, rng)
     slot = np.minimum((rng.random(len(owner))[:, None] >= mix[owner]).sum(axis=1), n_liked[owner] - 1)
     taste = liked[owner, slot]
     row = owner * 3 + slot
