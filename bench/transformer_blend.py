@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -70,12 +70,13 @@ def _blended(lists: list[tuple[tuple[list[str], np.ndarray, list[str]], ...]], i
     ranked = np.full((len(lists), 20), -1, dtype=np.int64)
     for row, ((f_ids, f_z, fill), (t_ids, t_z, _)) in enumerate(lists):
         score: dict[str, float] = {}
+        union = list(dict.fromkeys(f_ids + t_ids))  # ties keep the factorized list's order, then the other's
         for ids, z, weight in ((f_ids, f_z, 1 - a), (t_ids, t_z, a)):
             low = float(z.min()) if len(z) else 0.0
             mine = dict(zip(ids, z.tolist(), strict=True))
-            for item in set(f_ids) | set(t_ids):
+            for item in union:
                 score[item] = score.get(item, 0.0) + weight * mine.get(item, low)
-        chosen = sorted(score, key=lambda item: -score[item])[:20]
+        chosen = sorted(union, key=lambda item: -score[item])[:20]
         chosen += [item for item in fill if item not in score][: 20 - len(chosen)]
         served = [index[item] for item in chosen if item in index]
         ranked[row, : len(served)] = served
@@ -83,9 +84,10 @@ def _blended(lists: list[tuple[tuple[list[str], np.ndarray, list[str]], ...]], i
 
 
 def _figures(fact: ServedModel, trans: ServedModel, table: EventTable, cut: float, target: str,
-             max_users: int, catalogue: bool) -> dict[float, dict[str, dict[str, float]]]:
+             max_users: int, catalogue: bool) -> dict[float, dict[str, Any]]:
     """Per weight ``a``, both modes' metrics of the blend on the split at ``cut`` of ``table``
-    (with the factorized model's ``catalogue`` as the test split has it, or the period's items)."""
+    (with the factorized model's ``catalogue`` as the test split has it, or the period's items), and
+    per mode the Recall@20 of each shopper (``per_user``)."""
     from cloud_trainer.evaluation import metrics, splits
     from cloud_trainer.evaluation.evaluate_run import EXCLUDE_FOR
     from cloud_trainer.evaluation.served import stored_shoppers
@@ -97,8 +99,27 @@ def _figures(fact: ServedModel, trans: ServedModel, table: EventTable, cut: floa
     shoppers = stored_shoppers(data.train, data.history, now=cut)
     lists = {mode: [(_scored(fact, s, exclude), _scored(trans, s, exclude)) for s in shoppers]
              for mode, exclude in (("all", Exclude.NONE), ("new", EXCLUDE_FOR[target]))}
-    return {a: metrics.evaluate_ranked({mode: _blended(lists[mode], index, a) for mode in lists}, data)
+    ranked = {a: {mode: _blended(lists[mode], index, a) for mode in lists} for a in WEIGHTS}
+    return {a: {**metrics.evaluate_ranked(ranked[a], data),
+                "per_user": {mode: _recalls(ranked[a][mode], data.targets[mode]) for mode in lists}}
             for a in WEIGHTS}
+
+
+def _recalls(ranked: np.ndarray, targets: list[set[int]]) -> np.ndarray:
+    """Recall@20 per shopper with targets, as :func:`cloud_trainer.evaluation.metrics.recall_ndcg` counts it."""
+    return np.array([len(set(row[:20].tolist()) & wanted) / min(20, len(wanted))
+                     for row, wanted in zip(ranked, targets, strict=True) if wanted])
+
+
+def _paired(test: dict[float, dict[str, Any]], a: float, mode: str) -> dict[str, float]:
+    """The blend at ``a`` less each model alone (``a`` = 0: the factorized list as served; 1: the
+    transformer's scores alone), per shopper: mean and standard error of the difference."""
+    out = {}
+    for alone, name in ((0.0, "factorized"), (1.0, "transformer")):
+        d = test[a]["per_user"][mode] - test[alone]["per_user"][mode]
+        out[f"minus {name}"] = round(float(d.mean()), 4)
+        out[f"se(minus {name})"] = round(float(d.std(ddof=1) / np.sqrt(len(d))), 4) if len(d) > 1 else 0.0
+    return out
 
 
 def blend_rows(factorized: Path, transformer: Path, events: Path, day: str, target: str,
@@ -118,7 +139,8 @@ def blend_rows(factorized: Path, transformer: Path, events: Path, day: str, targ
     row: dict[str, object] = {"targets_learnt": "blend of the two", "validation_from": validation_cut}
     for mode in ("all", "new"):
         a = max(WEIGHTS, key=lambda w: (validation[w][mode]["recall@20"], -w))
-        row[mode] = {"a": a, **{k: test[a][mode][k] for k in ("recall@20", "se(recall@20)", "users")}}
+        row[mode] = {"a": a, **{k: test[a][mode][k] for k in ("recall@20", "se(recall@20)", "users")},
+                     **_paired(test, a, mode)}
         row[f"validation_recall_at_20_{mode}"] = {str(w): validation[w][mode]["recall@20"] for w in WEIGHTS}
         row[f"test_recall_at_20_{mode}_every_a (not used to choose)"] = {str(w): test[w][mode]["recall@20"]
                                                                           for w in WEIGHTS}

@@ -16,7 +16,9 @@ With ``--blend`` (both models run), a score blend is served too (:mod:`bench.tra
     nice python bench/transformer_quality.py [--shops session,retailrocket] [--blend] [--max-users 5000]
 
 Merges its rows into ``bench/results/transformer_quality.json`` (a shop and model run again
-replaces its rows; the others are kept) and prints a Markdown table of the file.
+replaces its rows; the others are kept) and prints a Markdown table of the file. Each row also has
+``next_purchase``: Recall@20 of the first test-period purchase alone (the step after the history).
+``--work DIR --reuse`` serves the runs kept in DIR again instead of training them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from cloud_trainer.data.events_io import EventTable
+    from cloud_trainer.evaluation.splits import Split
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -74,16 +83,38 @@ def served_quality(run: Path, events: Path, day: str, target: str, max_users: in
 
     served, exported = served_model(run)
     cut = splits.cut_time(day)
-    data = splits.sample_users(splits.split(read_events(events), cut, [i.id for i in served.catalog.items], target),
+    table = read_events(events)
+    data = splits.sample_users(splits.split(table, cut, [i.id for i in served.catalog.items], target),
                                max_users)
     shoppers = stored_shoppers(data.train, data.history, now=cut)
     started = time.monotonic()
     ranked = {"all": served_rankings(served, shoppers, 20),
               "new": served_rankings(served, shoppers, 20, EXCLUDE_FOR[target])}
     figures = metrics.evaluate_ranked(ranked, data)
+    first = _next_purchases(table, data, cut, target, {item.id: n for n, item in enumerate(served.catalog.items)})
     return {"variant": exported.variant, "model_bytes": len(exported.model_bytes),
             "history_length": served.history_length, "serve_seconds": round(time.monotonic() - started, 1),
-            **{mode: {k: figures[mode][k] for k in ("recall@20", "se(recall@20)", "users")} for mode in figures}}
+            **{mode: {k: figures[mode][k] for k in ("recall@20", "se(recall@20)", "users")} for mode in figures},
+            "next_purchase": {mode: {k: v for k, v in metrics.recall_ndcg(ranked[mode], first[mode]).items()
+                                     if k in ("recall@20", "se(recall@20)", "users")} for mode in ranked}}
+
+
+def _next_purchases(table: EventTable, data: Split, cut: float, target: str,
+                    index: dict[str, int]) -> dict[str, list[set[int]]]:
+    """Per mode and test shopper, the first item they bought in the test period (mode new: the
+    first not bought before), as a one-item target set: the step after the history."""
+    from cloud_trainer.evaluation import splits
+
+    test = np.flatnonzero((table.timestamp >= cut) & splits.is_target(table.kind, target))
+    bought: dict[str, list[int]] = {}
+    for row in test[np.argsort(table.timestamp[test], kind="stable")].tolist():
+        bought.setdefault(table.user_ids[table.user[row]], []).append(index.get(table.item_ids[table.item[row]], -1))
+    firsts: dict[str, list[set[int]]] = {"all": [], "new": []}
+    for user, before in zip(data.users, data.bought_before, strict=True):
+        items = [i for i in bought.get(user, []) if i >= 0]
+        firsts["all"].append(set(items[:1]))
+        firsts["new"].append(set([i for i in items if i not in before][:1]))
+    return firsts
 
 
 def _merged(path: Path, rows: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -110,9 +141,11 @@ def main() -> int:
     parser.add_argument("--models", default="factorized,transformer")
     parser.add_argument("--blend", action="store_true", help="serve a score blend of the two models too")
     parser.add_argument("--work", type=Path, help="keep the shops and runs here (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="serve the runs already in --work, not trained again")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "transformer_quality.json")
     args = parser.parse_args()
     rows: list[dict[str, object]] = []
+    earlier = {(r["shop"], r["model"]): r for r in _merged(args.out, [])}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         for shop in _shops(args.shops.split(","), args.datasets, work):
@@ -121,12 +154,15 @@ def main() -> int:
                 run = runs[model] = work / "runs" / f"{shop['shop'].replace(' ', '_')}-{model}"
                 extra = (["--tune-budget", str(args.tune_budget)] if model == "factorized"
                          else ["--epochs", str(args.epochs), "--dim", "64"])
-                print(f"== {shop['shop']}, {model}: training ...", flush=True)
-                started = time.monotonic()
-                cli("train", "--events", shop["events"], *(["--items", shop["items"]] if shop["items"] else []),
-                    "--out", str(run), "--test-from", shop["test_from"], "--target", shop["target"], "--model", model,
-                    *extra)
-                train_s = round(time.monotonic() - started, 1)
+                if args.reuse and (run / "model.keras").exists():  # served again; its training time as recorded
+                    train_s = earlier.get((shop["shop"], model), {}).get("train_seconds")
+                else:
+                    print(f"== {shop['shop']}, {model}: training ...", flush=True)
+                    started = time.monotonic()
+                    cli("train", "--events", shop["events"], *(["--items", shop["items"]] if shop["items"] else []),
+                        "--out", str(run), "--test-from", shop["test_from"], "--target", shop["target"],
+                        "--model", model, *extra)
+                    train_s = round(time.monotonic() - started, 1)
                 row = {"shop": shop["shop"], "model": model, "train_seconds": train_s,
                        **served_quality(run, Path(shop["events"]), shop["test_from"], shop["target"], args.max_users)}
                 if model == "transformer":
