@@ -29,6 +29,7 @@ visits for a wanted number of events. Measured here (2 cores, Parquet): 10M even
 shoppers and 200k items in 12 s at 0.57 GB peak RSS; 100M events in 4 min at 4.8 GB.
 
     python devtools/synthetic_shop.py --out data/synthetic    # events.csv.gz and items.csv
+    python devtools/synthetic_shop.py --out data/sessions --users 5000 --sequential true   # ordered sessions
     python devtools/synthetic_shop.py --out data/big --users 1000000 --items 200000 \\
         --categories 5000 --tastes 1000 --visits-per-user 2.3 --format parquet   # ~10M events
 """
@@ -477,4 +478,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devtools.session_shop, run as a script
     sys.exit(main())
