@@ -8,9 +8,17 @@ exclusions and popularity fill), on the test shoppers (a seeded sample of ``--ma
 Recall@20 with its standard error in mode all and mode new (exclude what they bought).
 ``cloud-trainer evaluate`` does not score a transformer run yet; this is its served path.
 
-    nice python bench/transformer_quality.py [--shops generated,online-retail] [--max-users 5000]
+Shops: ``generated`` (planted tastes, no order), ``session`` (the generated shop with ordered
+sessions, ``ShopSpec(sequential=True)``: views follow the complements of the item viewed last),
+``online-retail`` and ``retailrocket`` (the sample: 38 test shoppers, too few to conclude).
+With ``--blend`` (both models run), a score blend is served too (:mod:`bench.transformer_blend`).
 
-Writes ``bench/results/transformer_quality.json`` and prints a Markdown table.
+    nice python bench/transformer_quality.py [--shops session,retailrocket] [--blend] [--max-users 5000]
+
+Merges its rows into ``bench/results/transformer_quality.json`` (a shop and model run again
+replaces its rows; the others are kept) and prints a Markdown table of the file. Each row also has
+``next_purchase``: Recall@20 of the first test-period purchase alone (the step after the history).
+``--work DIR --reuse`` serves the runs kept in DIR again instead of training them.
 """
 
 from __future__ import annotations
@@ -22,12 +30,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from cloud_trainer.data.events_io import EventTable
+    from cloud_trainer.evaluation.splits import Split
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.transformer_blend import blend_rows, served_model  # noqa: E402
 from devtools.synthetic_shop import ShopSpec, write  # noqa: E402
 from devtools.trainer_cli import output as cli  # noqa: E402
+
+#: The session shop: about the generated shop's number of events (184k against 165k).
+SESSION_SHOP = ShopSpec(users=5000, sequential=True)
+TARGETS_LEARNT = {"factorized": "closed form", "transformer": "next event"}
 
 
 def _shops(names: list[str], datasets: Path, work: Path) -> list[dict[str, str]]:
@@ -35,6 +55,10 @@ def _shops(names: list[str], datasets: Path, work: Path) -> list[dict[str, str]]
     if "generated" in names:
         events, items = write(ShopSpec(), work / "generated")
         shops.append({"shop": "Generated shop", "events": str(events), "items": str(items),
+                      "test_from": "2024-06-01", "target": "purchase"})
+    if "session" in names:
+        events, items = write(SESSION_SHOP, work / "session")
+        shops.append({"shop": "Session shop", "events": str(events), "items": str(items),
                       "test_from": "2024-06-01", "target": "purchase"})
     if "online-retail" in names:
         cli("prepare", "online-retail", "--input", str(datasets / "online_retail" / "online_retail.csv.gz"),
@@ -52,40 +76,58 @@ def _shops(names: list[str], datasets: Path, work: Path) -> list[dict[str, str]]
 
 def served_quality(run: Path, events: Path, day: str, target: str, max_users: int) -> dict[str, object]:
     """Both modes' served Recall@20 of ``run``'s export, its variant and size."""
-    import keras
-    import numpy as np
-
-    import cloud_trainer.models.transformer  # noqa: F401  (registers the encoder layer)
     from cloud_trainer.data.events_io import read_events
-    from cloud_trainer.delivery.bundler import DEFAULT_TOP_K, export_checked
     from cloud_trainer.evaluation import metrics, splits
     from cloud_trainer.evaluation.evaluate_run import EXCLUDE_FOR
-    from cloud_trainer.evaluation.served import ServedModel, served_rankings, stored_shoppers
-    from cloud_trainer.models.dot_product import extract_weights
-    from shared.catalog import parse_catalog
+    from cloud_trainer.evaluation.served import served_rankings, stored_shoppers
 
-    config = json.loads((run / "config.json").read_text())
-    model = keras.models.load_model(run / "model.keras")
-    histories = np.load(run / "histories.npz")
-    sequence = config["model"] == "transformer"
-    weights = None if sequence else extract_weights(model)
-    num_items = int(model.get_layer("item_vectors").get_weights()[1].shape[0])
-    catalog = parse_catalog((run / "catalog.json").read_bytes(), num_items)
-    length = int(config["history_length"])
-    exported = export_checked(model, weights, length, min(DEFAULT_TOP_K, num_items), "auto",
-                              (histories["items"], histories["weights"]), histories)
-    served = ServedModel(exported.model_bytes, catalog, length)
+    served, exported = served_model(run)
     cut = splits.cut_time(day)
-    data = splits.sample_users(splits.split(read_events(events), cut, [i.id for i in catalog.items], target),
+    table = read_events(events)
+    data = splits.sample_users(splits.split(table, cut, [i.id for i in served.catalog.items], target),
                                max_users)
     shoppers = stored_shoppers(data.train, data.history, now=cut)
     started = time.monotonic()
     ranked = {"all": served_rankings(served, shoppers, 20),
               "new": served_rankings(served, shoppers, 20, EXCLUDE_FOR[target])}
     figures = metrics.evaluate_ranked(ranked, data)
-    return {"variant": exported.variant, "model_bytes": len(exported.model_bytes), "history_length": length,
-            "serve_seconds": round(time.monotonic() - started, 1),
-            **{mode: {k: figures[mode][k] for k in ("recall@20", "se(recall@20)", "users")} for mode in figures}}
+    first = _next_purchases(table, data, cut, target, {item.id: n for n, item in enumerate(served.catalog.items)})
+    return {"variant": exported.variant, "model_bytes": len(exported.model_bytes),
+            "history_length": served.history_length, "serve_seconds": round(time.monotonic() - started, 1),
+            **{mode: {k: figures[mode][k] for k in ("recall@20", "se(recall@20)", "users")} for mode in figures},
+            "next_purchase": {mode: {k: v for k, v in metrics.recall_ndcg(ranked[mode], first[mode]).items()
+                                     if k in ("recall@20", "se(recall@20)", "users")} for mode in ranked}}
+
+
+def _next_purchases(table: EventTable, data: Split, cut: float, target: str,
+                    index: dict[str, int]) -> dict[str, list[set[int]]]:
+    """Per mode and test shopper, the first item they bought in the test period (mode new: the
+    first not bought before), as a one-item target set: the step after the history."""
+    from cloud_trainer.evaluation import splits
+
+    test = np.flatnonzero((table.timestamp >= cut) & splits.is_target(table.kind, target))
+    bought: dict[str, list[int]] = {}
+    for row in test[np.argsort(table.timestamp[test], kind="stable")].tolist():
+        bought.setdefault(table.user_ids[table.user[row]], []).append(index.get(table.item_ids[table.item[row]], -1))
+    firsts: dict[str, list[set[int]]] = {"all": [], "new": []}
+    for user, before in zip(data.users, data.bought_before, strict=True):
+        items = [i for i in bought.get(user, []) if i >= 0]
+        firsts["all"].append(set(items[:1]))
+        firsts["new"].append(set([i for i in items if i not in before][:1]))
+    return firsts
+
+
+def _merged(path: Path, rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The rows of ``path`` but those of a (shop, model) in ``rows``, then ``rows``."""
+    old = json.loads(path.read_text()) if path.exists() else []
+    again = {(r["shop"], r["model"]) for r in rows}
+    return [r for r in old if (r["shop"], r["model"]) not in again] + rows
+
+
+def _cell(row: dict[str, object], mode: str) -> str:
+    figures = row[mode]
+    assert isinstance(figures, dict)
+    return f"{figures['recall@20']:.4f} ± {figures['se(recall@20)']:.4f}"
 
 
 def main() -> int:
@@ -97,38 +139,53 @@ def main() -> int:
     parser.add_argument("--max-users", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--models", default="factorized,transformer")
+    parser.add_argument("--blend", action="store_true", help="serve a score blend of the two models too")
+    parser.add_argument("--work", type=Path, help="keep the shops and runs here (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="serve the runs already in --work, not trained again")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "transformer_quality.json")
     args = parser.parse_args()
-    rows = []
+    rows: list[dict[str, object]] = []
+    earlier = {(r["shop"], r["model"]): r for r in _merged(args.out, [])}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
         for shop in _shops(args.shops.split(","), args.datasets, work):
+            runs = {}
             for model in args.models.split(","):
-                run = work / "runs" / f"{shop['shop'].replace(' ', '_')}-{model}"
+                run = runs[model] = work / "runs" / f"{shop['shop'].replace(' ', '_')}-{model}"
                 extra = (["--tune-budget", str(args.tune_budget)] if model == "factorized"
                          else ["--epochs", str(args.epochs), "--dim", "64"])
-                print(f"== {shop['shop']}, {model}: training ...", flush=True)
-                started = time.monotonic()
-                cli("train", "--events", shop["events"], *(["--items", shop["items"]] if shop["items"] else []),
-                    "--out", str(run), "--test-from", shop["test_from"], "--target", shop["target"], "--model", model,
-                    *extra)
-                train_s = round(time.monotonic() - started, 1)
+                if args.reuse and (run / "model.keras").exists():  # served again; its training time as recorded
+                    train_s = earlier.get((shop["shop"], model), {}).get("train_seconds")
+                else:
+                    print(f"== {shop['shop']}, {model}: training ...", flush=True)
+                    started = time.monotonic()
+                    cli("train", "--events", shop["events"], *(["--items", shop["items"]] if shop["items"] else []),
+                        "--out", str(run), "--test-from", shop["test_from"], "--target", shop["target"],
+                        "--model", model, *extra)
+                    train_s = round(time.monotonic() - started, 1)
                 row = {"shop": shop["shop"], "model": model, "train_seconds": train_s,
                        **served_quality(run, Path(shop["events"]), shop["test_from"], shop["target"], args.max_users)}
                 if model == "transformer":
                     trained = json.loads((run / "metrics.json").read_text())
                     row["epoch_kept"], row["validation_recall_at_20"] = (trained["epoch_kept"],
                                                                          trained["validation_recall_at_20"])
+                row["targets_learnt"] = TARGETS_LEARNT[model]
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+            if args.blend and {"factorized", "transformer"} <= runs.keys():
+                print(f"== {shop['shop']}: blend ...", flush=True)
+                rows.append({"shop": shop["shop"], "model": "blend",
+                             **blend_rows(runs["factorized"], runs["transformer"], Path(shop["events"]),
+                                          shop["test_from"], shop["target"], args.max_users)})
+                print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1))
-    print("| shop | model | served variant | Recall@20 all | Recall@20 new | train s | model bytes |")
+    merged = _merged(args.out, rows)
+    args.out.write_text(json.dumps(merged, indent=1))
+    print("| shop | model | targets learnt | served variant | Recall@20 all | Recall@20 new | train s |")
     print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        cell = {m: f"{r[m]['recall@20']:.4f} ± {r[m]['se(recall@20)']:.4f}" for m in ("all", "new")}  # type: ignore[index]
-        print(f"| {r['shop']} | {r['model']} | {r['variant']} | {cell['all']} | {cell['new']} | {r['train_seconds']} "
-              f"| {r['model_bytes']:,} |")
+    for r in merged:
+        print(f"| {r['shop']} | {r['model']} | {r.get('targets_learnt', '')} | {r.get('variant', '')} "
+              f"| {_cell(r, 'all')} | {_cell(r, 'new')} | {r.get('train_seconds', '')} |")
     return 0
 
 

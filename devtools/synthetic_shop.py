@@ -15,6 +15,8 @@ seeded, from a stated model of shopping, and the trainer is checked on it beside
   probability ``rebuy`` only. With ``revisits`` off, a shopper never meets an item twice (like
   ratings turned into events: one event per item): a visit draws only among the items that
   shopper has not met on an earlier visit.
+- With ``sequential`` on, shoppers browse in ordered sessions instead, each view following from
+  the one before it (complements of the item viewed last): :mod:`devtools.session_shop`.
 - Titles name the item's category and taste in words, a word of its own for each category and
   taste (so side features carry signal); prices are lognormal around a price level per category.
 
@@ -27,6 +29,7 @@ visits for a wanted number of events. Measured here (2 cores, Parquet): 10M even
 shoppers and 200k items in 12 s at 0.57 GB peak RSS; 100M events in 4 min at 4.8 GB.
 
     python devtools/synthetic_shop.py --out data/synthetic    # events.csv.gz and items.csv
+    python devtools/synthetic_shop.py --out data/sessions --users 5000 --sequential true   # ordered sessions
     python devtools/synthetic_shop.py --out data/big --users 1000000 --items 200000 \\
         --categories 5000 --tastes 1000 --visits-per-user 2.3 --format parquet   # ~10M events
 """
@@ -76,6 +79,9 @@ class ShopSpec:
     rebuy: float = 0.03  # chance that an item bought before is bought again
     revisits: bool = True  # a shopper may view an item again on a later visit
     seed: int = 7
+    #: sessions in order instead of visits to a category: views follow the item viewed last
+    #: (its complements), see :mod:`devtools.session_shop`
+    sequential: bool = False
 
     def __post_init__(self) -> None:
         if min(self.users, self.items, self.tastes) < 1 or self.categories < self.tastes:
@@ -260,10 +266,23 @@ def _views(shelves: _Shelves, owner: np.ndarray, when: np.ndarray, category: np.
     return tuple(column[order] for column in taken)
 
 
+def visit_times(spec: ShopSpec, users: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(shopper, seconds since START) of each visit within the period, by shopper then time: a
+    lognormal number of visits (median ``visits_per_user``) over a random part of the period."""
+    span = spec.days * 86400
+    visits = np.maximum(1, rng.lognormal(np.log(spec.visits_per_user), 0.8, users).astype(np.int64))
+    first = rng.uniform(0, span, users)
+    window = rng.uniform(0.2, 1.0, users) * span
+    owner = np.repeat(np.arange(users), visits)
+    when = first[owner] + rng.random(len(owner)) * window[owner]
+    order = np.lexsort((when, owner))
+    owner, when = owner[order], when[order]
+    return owner[when < span], when[when < span]
+
+
 def _shoppers(spec: ShopSpec, shelves: _Shelves, first_user: int, users: int,
               rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """(user, item, kind, seconds) of one block of shoppers, not yet in time order."""
-    span = spec.days * 86400
     tastes, per_taste = spec.tastes, -(-spec.categories // spec.tastes)
     # one to three liked tastes, distinct: the second skips the first, the third skips both
     n_liked = np.minimum(rng.integers(1, 4, users), tastes)
@@ -284,14 +303,7 @@ def _shoppers(spec: ShopSpec, shelves: _Shelves, first_user: int, users: int,
     preference = np.cumsum(preference, axis=2) / preference.sum(axis=2, keepdims=True)
     preference += np.arange(users * 3).reshape(users, 3, 1)
 
-    visits = np.maximum(1, rng.lognormal(np.log(spec.visits_per_user), 0.8, users).astype(np.int64))
-    first = rng.uniform(0, span, users)
-    window = rng.uniform(0.2, 1.0, users) * span
-    owner = np.repeat(np.arange(users), visits)
-    when = first[owner] + rng.random(len(owner)) * window[owner]
-    order = np.lexsort((when, owner))
-    owner, when = owner[order], when[order]
-    owner, when = owner[when < span], when[when < span]
+    owner, when = visit_times(spec, users, rng)
     slot = np.minimum((rng.random(len(owner))[:, None] >= mix[owner]).sum(axis=1), n_liked[owner] - 1)
     taste = liked[owner, slot]
     row = owner * 3 + slot
@@ -303,20 +315,28 @@ def _shoppers(spec: ShopSpec, shelves: _Shelves, first_user: int, users: int,
 
     taken_visit, rank, taken_item = _views(shelves, owner, when, category, wanted, target, group, rng)
 
-    # a session: views a minute apart, the cart 20 s and the purchase 40 s after the view
+    # a session: views a minute apart
     seconds = np.floor(when[taken_visit]).astype(np.int64) + 60 * rank
-    user = owner[taken_visit]
-    cart = rng.random(len(user)) < CART_RATE
-    purchase = cart & (rng.random(len(user)) < PURCHASE_RATE)
-    # the first purchase of an item always happens; a later one with probability rebuy
-    key = user[purchase] * len(shelves.order) + taken_item[purchase]
+    return with_purchases(owner[taken_visit], taken_item, seconds, first_user, len(shelves.order), spec.rebuy, rng)
+
+
+def with_purchases(user: np.ndarray, item: np.ndarray, seconds: np.ndarray, first_user: int, n_items: int,
+                   rebuy: float, rng: np.random.Generator, rates: tuple[float, float] = (CART_RATE, PURCHASE_RATE),
+                   ) -> tuple[np.ndarray, ...]:
+    """(user, item, kind, seconds) of views (``user``, ``item``, ``seconds``, in time order within a
+    shopper) with their carts (probability ``rates[0]`` a view, 20 s after it) and purchases
+    (``rates[1]`` a cart, 40 s after the view): the first purchase of an item always happens, a
+    later one with probability ``rebuy``."""
+    cart = rng.random(len(user)) < rates[0]
+    purchase = cart & (rng.random(len(user)) < rates[1])
+    key = user[purchase] * n_items + item[purchase]
     by_pair = np.argsort(key, kind="stable")  # views are in time order within a shopper
     again = np.empty(len(key), dtype=bool)
     again[by_pair] = np.r_[False, key[by_pair][1:] == key[by_pair][:-1]]
-    bought = np.flatnonzero(purchase)[~again | (rng.random(len(key)) < spec.rebuy)]
+    bought = np.flatnonzero(purchase)[~again | (rng.random(len(key)) < rebuy)]
     pick = np.r_[np.arange(len(user)), np.flatnonzero(cart), bought]
     kind = np.repeat(np.array([VIEW, CART, PURCHASE], dtype=np.int8), [len(user), int(cart.sum()), len(bought)])
-    return ((user[pick] + first_user).astype(np.int32), taken_item[pick].astype(np.int32), kind,
+    return ((user[pick] + first_user).astype(np.int32), item[pick].astype(np.int32), kind,
             (seconds[pick] + np.array([0, 20, 40])[kind]).astype(np.int32))
 
 
@@ -340,8 +360,12 @@ def generate(spec: ShopSpec) -> Shop:
     catalogue = _catalogue(spec, np.random.default_rng(spec.seed))
     shelves = _Shelves(catalogue, spec.categories)
     size = block_size(spec)
+    if spec.sequential:
+        from devtools.session_shop import session_shoppers as make
+    else:
+        make = _shoppers
     blocks: list[list[np.ndarray | None]] = [
-        list(_shoppers(spec, shelves, start, min(size, spec.users - start), np.random.default_rng([spec.seed, n])))
+        list(make(spec, shelves, start, min(size, spec.users - start), np.random.default_rng([spec.seed, n])))
         for n, start in enumerate(range(0, spec.users, size))]
     columns: list[np.ndarray] = []
     for n in range(4):  # one column at a time, each block's part let go once copied
@@ -454,4 +478,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devtools.session_shop, run as a script
     sys.exit(main())

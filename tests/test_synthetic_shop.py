@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cloud_trainer.data.events_io import read_events, read_items
-from devtools.synthetic_shop import CART, PURCHASE, VIEW, Shop, ShopSpec, _accept, generate, sized, write
+from devtools.session_shop import _Browsing
+from devtools.synthetic_shop import CART, PURCHASE, VIEW, Shop, ShopSpec, _accept, _Shelves, generate, sized, write
 
 SMALL = ShopSpec(users=1500, items=1200, categories=60, tastes=12, seed=3)
 
@@ -119,3 +120,33 @@ def test_sized_finds_the_visits_for_a_number_of_events() -> None:
     shop = generate(spec)
     assert len(shop) == pytest.approx(200_000, rel=0.05)
     assert len(np.unique(shop.user)) == pytest.approx(20_000, rel=0.05)  # shoppers seen in the events
+
+
+SESSIONS = ShopSpec(users=1500, items=1200, categories=60, tastes=12, seed=3, sequential=True)
+
+
+def test_a_sequential_shop_buys_the_complements_of_the_item_viewed_last() -> None:
+    """Order carries information: a purchase's item is a complement of the item viewed just before
+    its view far above chance, and the item viewed last predicts it better than the whole history."""
+    shop = generate(SESSIONS)
+    successors = _Browsing(SESSIONS, _Shelves(shop.catalogue, SESSIONS.categories)).successors
+    assert np.array_equal(generate(SESSIONS).item, shop.item)  # seeded
+    assert not np.array_equal(shop.item[:1000], generate(SMALL).item[:1000])  # the option changes the shop
+    views, purchases = (int((shop.kind == k).sum()) for k in (VIEW, PURCHASE))
+    assert purchases / views < 0.08  # many views, few purchases
+    view = np.flatnonzero(shop.kind == VIEW)
+    order = view[np.lexsort((shop.seconds[view], shop.user[view]))]  # views by shopper, in time order
+    at = {(u, t): n for n, (u, t) in enumerate(zip(shop.user[order].tolist(), shop.seconds[order].tolist(),
+                                                   strict=True))}
+    last = earlier = total = 0
+    for p in np.flatnonzero(shop.kind == PURCHASE).tolist():
+        n = at[(int(shop.user[p]), int(shop.seconds[p]) - 40)]  # the purchased item's own view
+        mine = order[max(n - 20, 0):n][shop.user[order[max(n - 20, 0):n]] == shop.user[p]]
+        if len(mine) < 2:
+            continue
+        total += 1
+        last += int(shop.item[p] in successors[shop.item[mine[-1]]])
+        earlier += int(shop.item[p] in successors[shop.item[mine[0]]])  # up to 20 views earlier
+    chance = successors.shape[1] / SESSIONS.items
+    assert total > 500 and last / total > 100 * chance and last / total > 0.4
+    assert last > 2 * earlier  # the item viewed last, not any item of the history
