@@ -94,6 +94,13 @@ def test_real_responses_match_the_document(agent: AgentProcess) -> None:
         ("post", "/v1/events", None, [{"user_id": user, "item_id": "22423", "event": "view", "timestamp": 1e9}], 200),
         ("post", "/v1/events", None, {"events": [{"user_id": user, "item_id": "x", "event": "like"}]}, 400),
         ("post", "/v1/events", None, {"user_id": "a/b", "item_id": "x", "event": "view"}, 400),
+        # an outcome event's price and timestamp are checked as documented, though it uses neither
+        ("post", "/v1/events", None, {"user_id": user, "item_id": "x", "event": "click",
+                                      "request_id": "XQcSDT-G7m277", "price": {}}, 400),
+        ("post", "/v1/events", None, {"user_id": user, "item_id": "x", "event": "impression",
+                                      "request_id": "XQcSDT-G7m277", "timestamp": "yesterday"}, 400),
+        ("post", "/v1/events", None, {"user_id": user, "item_id": "x", "event": "click",
+                                      "request_id": "XQcSDT-G7m277", "price": 2.5, "timestamp": 1e9}, 200),
         ("post", "/v1/events", None, b"[" + b"1," * 600_000 + b"1]", 413),
         ("get", "/v1/recommendations", f"/v1/recommendations?user_id={quoted}&k=7&exclude=purchased", None, 200),
         ("get", "/v1/recommendations", "/v1/recommendations?user_id=nobody&k=3", None, 200),

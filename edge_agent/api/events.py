@@ -20,7 +20,7 @@ from edge_agent.api.params import json_body
 from edge_agent.api.services import services
 from edge_agent.errors import ApiError
 from shared.errors import EventError
-from shared.events import Event, EventKind, parse_event, parse_identifier
+from shared.events import Event, EventKind, parse_event, parse_identifier, parse_timestamp
 from shared.outcomes import OutcomeKind, is_request_id
 
 MAX_EVENTS_PER_REQUEST = 1000
@@ -84,6 +84,12 @@ def _event(n: int, raw: object) -> tuple[Event | OutcomeEvent, float | None]:
         if not is_request_id(raw.get("request_id")):
             raise ApiError(400, "invalid_event", f"events[{n}]: a {kind} needs the request_id of the "
                                                  "recommendation response that showed the item")
+        _price(n, raw)  # the documented fields are checked alike on every event, though an outcome uses neither
+        if "timestamp" in raw:
+            try:
+                parse_timestamp(raw["timestamp"])
+            except EventError as e:
+                raise ApiError(400, "invalid_event", f"events[{n}]: {e}") from None
         return OutcomeEvent(user_id, item_id, OutcomeKind(kind), raw["request_id"]), None
     try:
         event = parse_event(user_id, item_id, raw.get("event"), raw.get("timestamp", time.time()))
