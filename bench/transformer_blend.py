@@ -13,7 +13,6 @@ it), never on the test period; the test figures at every ``a`` are kept too, mar
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,25 +31,12 @@ WEIGHTS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
 
 @functools.lru_cache(maxsize=4)
 def served_model(run: Path) -> tuple[ServedModel, Exported]:
-    """``run``'s export as ``export`` builds it (``auto``), loaded as the agent loads a bundle."""
-    import keras
+    """``run``'s export as ``export`` builds it (``auto``), loaded as the agent loads a bundle
+    (:func:`cloud_trainer.evaluation.served.load_run`, as ``cloud-trainer evaluate`` loads it)."""
+    from cloud_trainer.evaluation.served import load_run
 
-    import cloud_trainer.models.transformer  # noqa: F401  (registers the encoder layer)
-    from cloud_trainer.delivery.bundler import DEFAULT_TOP_K, export_checked
-    from cloud_trainer.evaluation.served import ServedModel
-    from cloud_trainer.models.dot_product import extract_weights
-    from shared.catalog import parse_catalog
-
-    config = json.loads((run / "config.json").read_text())
-    model = keras.models.load_model(run / "model.keras")
-    histories = np.load(run / "histories.npz")
-    weights = None if config["model"] == "transformer" else extract_weights(model)
-    num_items = int(model.get_layer("item_vectors").get_weights()[1].shape[0])
-    catalog = parse_catalog((run / "catalog.json").read_bytes(), num_items)
-    length = int(config["history_length"])
-    exported = export_checked(model, weights, length, min(DEFAULT_TOP_K, num_items), "auto",
-                              (histories["items"], histories["weights"]), histories)
-    return ServedModel(exported.model_bytes, catalog, length), exported
+    loaded = load_run(run)
+    return loaded.served, loaded.exported
 
 
 def _scored(model: ServedModel, shopper: StoredShopper, exclude: Exclude) -> tuple[list[str], np.ndarray, list[str]]:
@@ -89,8 +75,7 @@ def _figures(fact: ServedModel, trans: ServedModel, table: EventTable, cut: floa
     (with the factorized model's ``catalogue`` as the test split has it, or the period's items), and
     per mode the Recall@20 of each shopper (``per_user``)."""
     from cloud_trainer.evaluation import metrics, splits
-    from cloud_trainer.evaluation.evaluate_run import EXCLUDE_FOR
-    from cloud_trainer.evaluation.served import stored_shoppers
+    from cloud_trainer.evaluation.served import EXCLUDE_FOR, stored_shoppers
     from shared.recommendation import Exclude
 
     ids = [i.id for i in fact.catalog.items] if catalogue else None

@@ -6,7 +6,8 @@ or float16 where int8 fails a gate), loaded in LiteRT behind the agent's own rec
 function (:mod:`cloud_trainer.evaluation.served`: the agent's event cap, purchase memory,
 exclusions and popularity fill), on the test shoppers (a seeded sample of ``--max-users``):
 Recall@20 with its standard error in mode all and mode new (exclude what they bought).
-``cloud-trainer evaluate`` does not score a transformer run yet; this is its served path.
+``cloud-trainer evaluate --run RUN`` scores a transformer run through the same served path
+(:func:`cloud_trainer.evaluation.served.load_run` and :func:`~cloud_trainer.evaluation.served.served_modes`).
 
 Shops: ``generated`` (planted tastes, no order), ``session`` (the generated shop with ordered
 sessions, ``ShopSpec(sequential=True)``: views follow the complements of the item viewed last),
@@ -78,8 +79,7 @@ def served_quality(run: Path, events: Path, day: str, target: str, max_users: in
     """Both modes' served Recall@20 of ``run``'s export, its variant and size."""
     from cloud_trainer.data.events_io import read_events
     from cloud_trainer.evaluation import metrics, splits
-    from cloud_trainer.evaluation.evaluate_run import EXCLUDE_FOR
-    from cloud_trainer.evaluation.served import served_rankings, stored_shoppers
+    from cloud_trainer.evaluation.served import served_modes, stored_shoppers
 
     served, exported = served_model(run)
     cut = splits.cut_time(day)
@@ -88,8 +88,7 @@ def served_quality(run: Path, events: Path, day: str, target: str, max_users: in
                                max_users)
     shoppers = stored_shoppers(data.train, data.history, now=cut)
     started = time.monotonic()
-    ranked = {"all": served_rankings(served, shoppers, 20),
-              "new": served_rankings(served, shoppers, 20, EXCLUDE_FOR[target])}
+    ranked = served_modes(served, shoppers, 20, target)
     figures = metrics.evaluate_ranked(ranked, data)
     first = _next_purchases(table, data, cut, target, {item.id: n for n, item in enumerate(served.catalog.items)})
     return {"variant": exported.variant, "model_bytes": len(exported.model_bytes),

@@ -10,8 +10,7 @@ import numpy as np
 
 from cloud_trainer.data.events_io import KINDS_BY_CODE, read_events
 from cloud_trainer.evaluation import splits
-from cloud_trainer.evaluation.evaluate_run import EXCLUDE_FOR
-from cloud_trainer.evaluation.served import ServedModel, served_rankings, stored_shoppers
+from cloud_trainer.evaluation.served import EXCLUDE_FOR, ServedModel, served_rankings, stored_shoppers
 from devtools.processes import AgentProcess
 from harness import get_json, manifest_of, post_events
 from shared.bundle import CATALOG_FILE, MODEL_FILE

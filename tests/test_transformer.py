@@ -25,8 +25,10 @@ A, B = "P001", "P002"
 START = 1_700_000_000.0
 
 
-def _planted_events(path: Path, users: int = 600, items: int = 40, seed: int = 5) -> Path:
-    """A shop of ``items`` items where each shopper has 4-12 events 30 s apart (a session a day);
+def _planted_events(path: Path, users: int = 600, items: int = 40, seed: int = 5, start_days: int = 30,
+                    new_day: float = 0.1) -> Path:
+    """A shop of ``items`` items where each shopper has 4-12 events 30 s apart (a session a day; after
+    each event another day begins with probability ``new_day``), starting within ``start_days`` days;
     A is common (one event in six), and every A is followed by B."""
     rng = np.random.default_rng(seed)
     others = [f"P{n:03d}" for n in range(items) if f"P{n:03d}" not in (A, B)]
@@ -34,14 +36,14 @@ def _planted_events(path: Path, users: int = 600, items: int = 40, seed: int = 5
         out = csv.writer(f)
         out.writerow(["user_id", "item_id", "event", "timestamp"])
         for user in range(users):
-            when = START + rng.integers(0, 30) * 86400.0
+            when = START + rng.integers(0, start_days) * 86400.0
             previous = None
             for _ in range(int(rng.integers(4, 13))):
                 item = B if previous == A else (A if rng.random() < 1 / 6 else others[rng.integers(len(others))])
                 kind = "purchase" if rng.random() < 0.2 else "view"
                 out.writerow([f"U{user:04d}", item, kind, int(when)])
                 previous, when = item, when + 30.0
-                if rng.random() < 0.1:
+                if rng.random() < new_day:
                     when += 86400.0  # another day, another session
     return path
 
@@ -140,12 +142,51 @@ def test_a_real_agent_serves_the_transformer_and_explains_b_by_a(transformer_age
     assert top["because"] is not None and top["because"]["id"] == A, top
 
 
-def test_evaluate_refuses_a_transformer_run_and_names_its_served_path(planted_run: Path) -> None:
-    from cloud_trainer.errors import EvaluationError
-    from cloud_trainer.evaluation.evaluate_run import evaluate_run
+#: The planted shop of :func:`planted_split_run`: about 80 shoppers bought before and after this day.
+TEST_FROM = "2023-11-17"
 
-    with pytest.raises(EvaluationError, match="bench/transformer_quality.py"):
-        evaluate_run(planted_run, planted_run.parent / "events.csv.gz", "2023-11-20")
+
+@pytest.fixture(scope="module")
+def planted_split_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A transformer trained with ``--test-from`` on a planted shop whose shoppers come back over a
+    few days (so that many buy on both sides of TEST_FROM)."""
+    from cloud_trainer.train import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("planted-split")
+    events = _planted_events(folder / "events.csv.gz", start_days=4, new_day=0.3)
+    run = folder / "run"
+    train(TrainConfig(events=str(events), model="transformer", dim=16, epochs=4, batch_size=128,
+                      learning_rate=5e-3, calibration_histories=256, test_from=TEST_FROM), run)
+    return run
+
+
+def test_evaluate_scores_a_transformer_run_as_served_beside_the_baselines(planted_split_run: Path) -> None:
+    """``cloud-trainer evaluate`` (the CLI, its own process) scores the export as served in both
+    modes and the scenes, beside the baselines, says in one line each what it leaves out, and its
+    figure is the one ``bench/transformer_quality.py`` measures through the same served path."""
+    from bench.transformer_quality import served_quality
+    from devtools.trainer_cli import run as trainer
+
+    events = planted_split_run.parent / "events.csv.gz"
+    done = trainer("evaluate", "--run", str(planted_split_run), "--events", str(events))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "not computed for a transformer run" in done.stdout  # the notes, in the printed tables
+    evaluation = json.loads((planted_split_run / "evaluation.json").read_text())
+    served = evaluation["served_row"]
+    assert served in ("model (int8, LiteRT, as served)", "model (float16, LiteRT, as served)")
+    assert {served, "popularity", "repeat-purchase"} <= evaluation.keys(), evaluation.keys()
+    assert "model (float, Keras)" not in evaluation and not evaluation["cold_start"]
+    assert len(evaluation["notes"]) == 2 and all("transformer" in note for note in evaluation["notes"])
+    assert evaluation["scenes"][f"related: {served}"]["queries"] > 0  # the scenes, served as for every model
+    report = (planted_split_run / "report" / "report.md").read_text()
+    assert served in report and "Not computed for this run" in report and "## The shop's other pages" in report
+    bench = served_quality(planted_split_run, events, TEST_FROM, "purchase", max_users=5000)
+    assert bench["variant"] in served
+    for mode in ("all", "new"):
+        figures = evaluation[served][mode]
+        assert figures["users"] == bench[mode]["users"] > 20
+        assert figures["recall@20"] == bench[mode]["recall@20"]
+        assert 0.0 < figures["recall@20"] <= 1.0
 
 
 def test_a_sequence_graph_under_a_pooled_contract_fails_to_load(planted_bundle: Path) -> None:

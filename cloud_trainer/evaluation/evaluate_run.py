@@ -10,6 +10,10 @@ Then the cold-start section: shoppers who bought items that had no training even
 items"), ranked over the whole catalogue of the run (trained items plus the new items it
 knows from side features), beside the same model without the new items, and the new items
 ranked on their own with each kind of side feature left out (float model).
+
+A transformer run (``--model transformer``) is scored the same way as served (its export takes
+the event kinds and time gaps the agent builds); the float row and the cold-start section do not
+apply to it and the report says so in a note (:data:`TRANSFORMER_NOTES`).
 """
 
 from __future__ import annotations
@@ -25,11 +29,9 @@ from cloud_trainer.errors import EvaluationError
 from cloud_trainer.evaluation import metrics, splits
 from cloud_trainer.evaluation.baselines import BASELINES
 from cloud_trainer.evaluation.report import NOT_COMPUTED, Report, write_report
-from cloud_trainer.evaluation.served import ServedModel, served_rankings, stored_shoppers
+from cloud_trainer.evaluation.served import load_run, served_modes, served_rankings, stored_shoppers
 from cloud_trainer.models.side_features import SideFeatureSettings, extend_with_cold_items
-from shared.catalog import parse_catalog
 from shared.events import history_inputs
-from shared.recommendation import Exclude
 
 
 def served_row(variant: str) -> str:
@@ -67,8 +69,13 @@ def model_histories(train: EventTable, history: list[np.ndarray], history_length
 #: Places ranked for the cold-start figures (Recall@20 and the among-new-items Recall@10 and @20).
 COLD_START_K = 20
 
-#: The agent's exclusion that leaves out what mode new's targets exclude, per target.
-EXCLUDE_FOR = {"purchase": Exclude.PURCHASED, "any": Exclude.SEEN}
+#: What is not scored for a transformer run, and why (one line each, in the log and the report).
+TRANSFORMER_NOTES = (
+    "model (float, Keras): not computed for a transformer run: its Keras model takes the event kinds and "
+    "time gaps too; the served rows are its figures",
+    "cold start: not computed for a transformer run: it has no cold-start items (an item without training "
+    "events has no embedding to attend to)",
+)
 
 
 def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
@@ -77,9 +84,6 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
     day = test_from or config.get("test_from")
     if not day:
         raise EvaluationError("give --test-from, or a run trained with --test-from")
-    if config.get("model") == "transformer":
-        raise EvaluationError("evaluate does not score a --model transformer run yet: bench/transformer_quality.py "
-                              "measures it through the served path")
     if run_dir is not None and config.get("test_from") != day:
         raise EvaluationError(f"the run was trained with test_from={config.get('test_from')!r}, not {day!r}: "
                               "its training data overlaps the test period")
@@ -108,10 +112,14 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
         log.info("more than %d test users: evaluating a seeded sample of %d (seed %d) of the %d",
                  splits.MAX_TEST_USERS, len(data.users), splits.SAMPLE_SEED, test_users["total"])
     report = Report()
+    if model is not None and model.weights is None:  # a transformer
+        report.notes += TRANSFORMER_NOTES
+        for note in TRANSFORMER_NOTES:
+            log.info("%s", note)
     if model is not None:
         _evaluate_model(model, data, splits.cut_time(day), report)
         if not foreign:
-            _evaluate_cold_start(model, table, splits.cut_time(day), report)
+            _evaluate_cold_start(model, table, splits.cut_time(day), report)  # not for a transformer
             from cloud_trainer.evaluation.scenes import evaluate_scenes
 
             report.scenes = evaluate_scenes(model.served, model.variant, table, splits.cut_time(day), data.target)
@@ -120,7 +128,8 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
         (run_dir / "evaluation.json").write_text(json.dumps(
             {"test_from": day, "target": data.target, "test_users": test_users,
              "served_row": served_row(model.variant) if model else None, **report.rows,
-             "cold_start": report.cold_start, "among_new_items": report.among_new, "scenes": report.scenes},
+             "cold_start": report.cold_start, "among_new_items": report.among_new, "scenes": report.scenes,
+             "notes": report.notes},
             indent=1))
         log.info("report: %s", write_report(run_dir, report, day))
     return report
@@ -143,23 +152,13 @@ class _RunModel:
     """A run's model: float (Keras) over its whole catalogue, and the export as agents run it."""
 
     def __init__(self, run_dir: Path, config: dict[str, object], variant: str) -> None:
-        import keras
-
-        from cloud_trainer.delivery.bundler import DEFAULT_TOP_K, export_checked
-        from cloud_trainer.models.dot_product import extract_weights
-
         self.history_length = int(config["history_length"])  # type: ignore[call-overload]
-        self.keras = keras.models.load_model(run_dir / "model.keras")
-        self.weights = extract_weights(self.keras)
-        catalog = parse_catalog((run_dir / "catalog.json").read_bytes(), self.weights.num_items)
-        self.items = list(catalog.items)
-        calibration = np.load(run_dir / "histories.npz")
-        self.top_k = min(DEFAULT_TOP_K, self.weights.num_items)
         # the variant export would bundle, with its checks: what agents would run
-        exported = export_checked(self.keras, self.weights, self.history_length, self.top_k, variant,
-                                  (calibration["items"], calibration["weights"]), calibration)
-        self.variant = exported.variant
-        self.served = ServedModel(exported.model_bytes, catalog, self.history_length)
+        loaded = load_run(run_dir, variant)
+        self.keras, self.weights, self.top_k = loaded.keras, loaded.weights, loaded.top_k  # weights None: transformer
+        self.items = list(loaded.served.catalog.items)
+        self.variant = loaded.exported.variant
+        self.served = loaded.served
         self.to_train: np.ndarray | None = None  # model item -> training item (-1: none), see align
         self.from_train: np.ndarray | None = None
 
@@ -208,19 +207,21 @@ class _RunModel:
 def _evaluate_model(model: _RunModel, data: splits.Split, cut: float, report: Report) -> None:
     if model.to_train is None and [item.id for item in model.items[: data.num_items]] != data.train.item_ids:
         raise EvaluationError("the run's items are not the training period's items of these events")
-    report.rows["model (float, Keras)"] = metrics.evaluate(model.float_scorer(model.inputs(data.train, data.history)),
-                                                            data)
+    if model.weights is not None:  # a transformer has no float row (TRANSFORMER_NOTES)
+        report.rows["model (float, Keras)"] = metrics.evaluate(
+            model.float_scorer(model.inputs(data.train, data.history)), data)
     # what the agent serves: its catalogue (new items too), the REST route's history, exclusions
     shoppers = stored_shoppers(data.train, data.history, now=cut)
+    ranked = served_modes(model.served, shoppers, model.top_k, data.target)
     report.rows[served_row(model.variant)] = metrics.evaluate_ranked(
-        {"all": model.to_training_items(served_rankings(model.served, shoppers, model.top_k)),
-         "new": model.to_training_items(served_rankings(model.served, shoppers, model.top_k,
-                                                        EXCLUDE_FOR[data.target]))}, data)
+        {mode: model.to_training_items(lists) for mode, lists in ranked.items()}, data)
 
 
 def _evaluate_cold_start(model: _RunModel, table: EventTable, cut: float, report: Report) -> None:
     from cloud_trainer.models.dot_product import model_from_weights
 
+    if model.weights is None:  # a transformer: no cold-start items (TRANSFORMER_NOTES)
+        return
     items = model.items
     data = splits.cold_start_split(table, cut, [item.id for item in items])
     if not data.users:

@@ -28,6 +28,7 @@ class Report:
     cold_start: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> cold_start_metrics
     among_new: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> among_new_items
     scenes: dict[str, dict[str, float]] = field(default_factory=dict)  # scene: name -> evaluate_scenes row
+    notes: list[str] = field(default_factory=list)  # one line each: what was not computed for this run, and why
 
     def table(self) -> str:
         columns = ([f"recall@{k}" for k in RECALL_AT] + ["se(recall@20)"] + [f"ndcg@{k}" for k in NDCG_AT]
@@ -45,7 +46,8 @@ class Report:
 
     def text(self) -> str:
         """Every table: both modes, then the cold-start ones."""
-        return "\n".join([self.table(), *self.cold_start_tables()]).rstrip() + "\n"
+        notes = [f"note: {note}" for note in self.notes]
+        return "\n".join([self.table(), *self.cold_start_tables(), *notes]).rstrip() + "\n"
 
     def cold_start_tables(self) -> list[str]:
         lines = []
@@ -170,6 +172,8 @@ def write_report(run_dir: Path, report: Report, test_from: str) -> Path:
         lines += ["## Training data", "", *data, ""]
     lines += _tuning(run_dir)
     lines += ["## Metrics", "", report.table(), ""]
+    if report.notes:
+        lines += ["Not computed for this run:", "", *[f"- {note}" for note in report.notes], ""]
     if report.cold_start:
         lines += [
             "## New items (cold start)",
@@ -183,6 +187,8 @@ def write_report(run_dir: Path, report: Report, test_from: str) -> Path:
             "",
             *report.cold_start_tables(),
         ]
+    elif report.scenes:  # no cold-start figures (a transformer run, or none bought a new item): the scenes alone
+        lines += ["## The shop's other pages", "", *report.cold_start_tables()]
     lines += ["## Recall@K", "", "![Recall@K](recall_at_k.png)", ""]
     lines += ["## Training loss", ""]
     if loss:

@@ -3,26 +3,36 @@ function the agent's REST route calls (:func:`shared.recommendation.recommend`),
 agent holds of a shopper (its event cap, purchase memory and retention age), the same
 exclusions, category filter and popularity fill.
 
-``cloud-trainer evaluate`` scores the int8 model through this, so its table is the list an app
-gets from ``GET /v1/recommendations`` (a test compares the two over real HTTP).
+``cloud-trainer evaluate`` scores the int8 model through this (:func:`load_run`: a run's export
+as ``export`` builds it, any model, the transformer too; ``bench/transformer_quality.py`` serves
+through the same), so its table is the list an app gets from ``GET /v1/recommendations`` (a test
+compares the two over real HTTP).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from cloud_trainer.data.events_io import KIND_CODES, KINDS_BY_CODE, EventTable
 from cloud_trainer.delivery.litert import LiteRTModel
-from shared.catalog import Catalog
+from shared.catalog import Catalog, parse_catalog
 from shared.events import REMEMBERED_PURCHASES_PER_USER, RETENTION_DAYS, STORED_EVENTS_PER_USER, EventKind
 from shared.recommendation import Exclude, Scores, recommend
 
+if TYPE_CHECKING:
+    from cloud_trainer.delivery.bundler import Exported
+    from cloud_trainer.models.dot_product import ModelWeights
+
 log = logging.getLogger(__name__)
+#: The agent's exclusion that leaves out what mode new's targets exclude, per target.
+EXCLUDE_FOR = {"purchase": Exclude.PURCHASED, "any": Exclude.SEEN}
 #: Shoppers between progress lines of :func:`served_rankings`.
 PROGRESS_EVERY = 10_000
 
@@ -52,6 +62,39 @@ class ServedModel:
                           allowed, **more)
         contributions = out.get("contributions")
         return Scores(out["item_indices"][0], out["scores"][0], None if contributions is None else contributions[0])
+
+
+@dataclass
+class ServedRun:
+    """A run's model: the float Keras model, and its export as agents run it."""
+
+    keras: Any  # the float Keras model
+    weights: ModelWeights | None  # a pooled model's weights; None for a transformer (a sequence model)
+    exported: Exported  # the variant ``export`` bundles, with its checks
+    served: ServedModel
+    top_k: int  # of the exported graph
+
+
+def load_run(run: Path, variant: str = "auto") -> ServedRun:
+    """``run``'s export as ``export`` builds it (``variant``; ``auto``: int8, or the next variant where
+    int8 fails its checks), loaded as the agent loads a bundle; any model of ``train``."""
+    import keras
+
+    import cloud_trainer.models.transformer  # noqa: F401  (registers the encoder layer for loading)
+    from cloud_trainer.delivery.bundler import DEFAULT_TOP_K, export_checked
+    from cloud_trainer.models.dot_product import extract_weights
+
+    config = json.loads((run / "config.json").read_text())
+    model = keras.models.load_model(run / "model.keras")
+    weights = None if config.get("model") == "transformer" else extract_weights(model)
+    num_items = int(model.get_layer("item_vectors").get_weights()[1].shape[0])
+    catalog = parse_catalog((run / "catalog.json").read_bytes(), num_items)
+    length = int(config["history_length"])
+    histories = np.load(run / "histories.npz")
+    top_k = min(DEFAULT_TOP_K, num_items)
+    exported = export_checked(model, weights, length, top_k, variant, (histories["items"], histories["weights"]),
+                              histories)
+    return ServedRun(model, weights, exported, ServedModel(exported.model_bytes, catalog, length), top_k)
 
 
 @dataclass
@@ -104,3 +147,8 @@ def served_rankings(model: ServedModel, shoppers: Sequence[StoredShopper], k: in
         served = [model.item_index[r.item.id] for r in answer.items]
         ranked[row, : len(served)] = served
     return ranked
+
+
+def served_modes(model: ServedModel, shoppers: Sequence[StoredShopper], k: int, target: str) -> dict[str, np.ndarray]:
+    """:func:`served_rankings` of both modes: all, and new (what ``target`` counts as bought excluded)."""
+    return {"all": served_rankings(model, shoppers, k), "new": served_rankings(model, shoppers, k, EXCLUDE_FOR[target])}
