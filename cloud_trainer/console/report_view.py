@@ -24,7 +24,7 @@ BUNDLE_DIR = "bundle"  # where ``cloud-trainer export`` puts a run's bundle by d
 #: Columns of the metric tables, as the Markdown report has them.
 COLUMNS = ("recall@10", "recall@20", "recall@50", "se(recall@20)", "ndcg@10", "ndcg@20", "coverage@20", "users")
 #: The keys of evaluation.json that are not rows.
-NOT_ROWS = {"test_from", "target", "test_users", "served_row", "cold_start", "among_new_items"}
+NOT_ROWS = {"test_from", "target", "test_users", "served_row", "cold_start", "among_new_items", "scenes", "notes"}
 #: Line colours of the plots (colour-blind friendly, Okabe-Ito).
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 WIDTH, HEIGHT, MARGIN = 520, 300, 48
