@@ -105,6 +105,8 @@ def test_real_responses_match_the_document(agent: AgentProcess) -> None:
         ("get", "/v1/recommendations", f"/v1/recommendations?user_id={quoted}&k=7&exclude=purchased", None, 200),
         ("get", "/v1/recommendations", "/v1/recommendations?user_id=nobody&k=3", None, 200),
         ("get", "/v1/recommendations", "/v1/recommendations?user_id=u&k=100000", None, 400),
+        ("get", "/v1/recommendations", "/v1/recommendations?user_id=u&=false", None, 400),  # a nameless parameter
+        ("get", "/v1/recommendations", "/v1/recommendations?user_id=u&kk=3", None, 400),  # a typo
         ("get", "/v1/users/{user_id}/history", f"/v1/users/{quoted}/history", None, 200),
         ("delete", "/v1/users/{user_id}", f"/v1/users/{quoted}", None, 200),
         ("get", "/v1/openapi.json", None, None, 200),

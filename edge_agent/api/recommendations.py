@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from flask import Blueprint
 
-from edge_agent.api.params import arg, identifier, int_arg, text_arg
+from edge_agent.api.params import arg, identifier, int_arg, only_args, text_arg
 from edge_agent.api.served_list import serve
 from edge_agent.api.services import services
 from edge_agent.errors import ApiError
@@ -29,6 +29,7 @@ def _exclude() -> Exclude:
 
 @blueprint.get("/v1/recommendations")
 def recommendations() -> Any:
+    only_args("user_id", "k", "exclude", "category")
     found = services()
     user_id = identifier(arg("user_id") or "", "user_id")
     k = int_arg("k", 10, 1, found.max_k)
