@@ -130,6 +130,7 @@ def build_bundle(work: Path, n_items: int = N_ITEMS, dim: int = DIM, history: in
 # -- scoring -----------------------------------------------------------------------------------
 
 def bench_scoring(work: Path, queries: int) -> dict[str, object]:
+    from edge_agent.history_records import StoredEvent
     from edge_agent.loaded_model import LoadedModel
     from shared.recommendation import Exclude, recommend
 
@@ -148,19 +149,13 @@ def bench_scoring(work: Path, queries: int) -> dict[str, object]:
         top = np.argpartition(-scores, TOP_K)[:TOP_K]
         return top[np.argsort(-scores[top])]
 
-    class Shopper:  # a stored event, as the history store returns it
-        __slots__ = ("item_id", "kind")
-
-        def __init__(self, item_id: str, kind: EventKind) -> None:
-            self.item_id, self.kind = item_id, kind
-
     rng = np.random.default_rng(11)
     histories = random_histories(rng, queries)
     litert_ms, plain_ms, numpy_ms, full_ms, overlap = [], [], [], [], []
     filtered_ms: dict[str, list[float]] = {"exclude_purchased": [], "category": []}
     for n, history in enumerate(histories):
         items, weights = history_inputs(history, HISTORY)
-        events = [Shopper(model.catalog.items[i].id, k) for i, k in history]
+        events = [StoredEvent(model.catalog.items[i].id, k, 0.0) for i, k in history]  # as the store returns them
         tp = time.perf_counter()
         plain.score(items, weights)
         t0 = time.perf_counter()

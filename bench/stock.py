@@ -33,20 +33,13 @@ sys.path.insert(0, str(ROOT))
 from bench.serving import HISTORY, N_ITEMS, build_bundle, percentiles, random_histories  # noqa: E402
 from shared.bundle import CATALOG_FILE, ENVELOPE_FILE, MODEL_FILE, parse_manifest  # noqa: E402
 from shared.catalog import parse_catalog  # noqa: E402
-from shared.events import EventKind  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "stock.json"
 OUT_OF_STOCK, LOCAL_PRICES, BATCH = 0.30, 0.05, 10_000
 
 
-class Stored:  # a stored event, as the history store returns it
-    __slots__ = ("item_id", "kind")
-
-    def __init__(self, item_id: str, kind: EventKind) -> None:
-        self.item_id, self.kind = item_id, kind
-
-
 def bench_stock(work: Path, queries: int) -> dict[str, object]:
+    from edge_agent.history_records import StoredEvent
     from edge_agent.loaded_model import LoadedModel
     from edge_agent.stock_store import StockEntry, StockStore
     from shared.recommendation import Exclude, recommend
@@ -75,7 +68,7 @@ def bench_stock(work: Path, queries: int) -> dict[str, object]:
     plain_ms, stock_ms, both_ms = [], [], []
     served_out_of_stock = fills = 0
     for n, history in enumerate(random_histories(rng, queries)):
-        events = [Stored(model.catalog.items[i].id, k) for i, k in history]
+        events = [StoredEvent(model.catalog.items[i].id, k, 0.0) for i, k in history]  # as the store returns them
         t0 = time.perf_counter()
         recommend(model, events, 10)
         t1 = time.perf_counter()

@@ -12,9 +12,12 @@ Recall@20 with its standard error in mode all and mode new (exclude what they bo
 Shops: ``generated`` (planted tastes, no order), ``session`` (the generated shop with ordered
 sessions, ``ShopSpec(sequential=True)``: views follow the complements of the item viewed last),
 ``online-retail`` and ``retailrocket`` (the sample: 38 test shoppers, too few to conclude).
-With ``--blend`` (both models run), a score blend is served too (:mod:`bench.transformer_blend`).
+``--models`` may add ``blend`` (``--model blend``: both models in one graph, the transformer's weight
+chosen on the validation window of the training period, :mod:`cloud_trainer.models.blend`); with
+the factorized model run too, the blend's row has its per-shopper difference from it (mean and
+standard error, the same test shoppers).
 
-    nice python bench/transformer_quality.py [--shops session,retailrocket] [--blend] [--max-users 5000]
+    nice python bench/transformer_quality.py [--shops session,retailrocket] [--models factorized,blend]
 
 Merges its rows into ``bench/results/transformer_quality.json`` (a shop and model run again
 replaces its rows; the others are kept) and prints a Markdown table of the file. Each row also has
@@ -25,6 +28,7 @@ replaces its rows; the others are kept) and prints a Markdown table of the file.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -37,18 +41,29 @@ import numpy as np
 
 if TYPE_CHECKING:
     from cloud_trainer.data.events_io import EventTable
+    from cloud_trainer.delivery.bundler import Exported
+    from cloud_trainer.evaluation.served import ServedModel
     from cloud_trainer.evaluation.splits import Split
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.transformer_blend import blend_rows, served_model  # noqa: E402
 from devtools.synthetic_shop import ShopSpec, write  # noqa: E402
 from devtools.trainer_cli import output as cli  # noqa: E402
 
 #: The session shop: about the generated shop's number of events (184k against 165k).
 SESSION_SHOP = ShopSpec(users=5000, sequential=True)
-TARGETS_LEARNT = {"factorized": "closed form", "transformer": "next event"}
+TARGETS_LEARNT = {"factorized": "closed form", "transformer": "next event", "blend": "both, weight on validation"}
+
+
+@functools.lru_cache(maxsize=4)
+def served_model(run: Path) -> tuple[ServedModel, Exported]:
+    """``run``'s export as ``export`` builds it (``auto``), loaded as the agent loads a bundle
+    (:func:`cloud_trainer.evaluation.served.load_run`, as ``cloud-trainer evaluate`` loads it)."""
+    from cloud_trainer.evaluation.served import load_run
+
+    loaded = load_run(run)
+    return loaded.served, loaded.exported
 
 
 def _shops(names: list[str], datasets: Path, work: Path) -> list[dict[str, str]]:
@@ -90,6 +105,9 @@ def served_quality(run: Path, events: Path, day: str, target: str, max_users: in
     started = time.monotonic()
     ranked = served_modes(served, shoppers, 20, target)
     figures = metrics.evaluate_ranked(ranked, data)
+    _PER_SHOPPER[run] = {mode: np.array([len(set(row[:20].tolist()) & wanted) / min(20, len(wanted))
+                                         for row, wanted in zip(ranked[mode], data.targets[mode], strict=True)
+                                         if wanted]) for mode in ranked}
     first = _next_purchases(table, data, cut, target, {item.id: n for n, item in enumerate(served.catalog.items)})
     return {"variant": exported.variant, "model_bytes": len(exported.model_bytes),
             "history_length": served.history_length, "serve_seconds": round(time.monotonic() - started, 1),
@@ -129,6 +147,19 @@ def _cell(row: dict[str, object], mode: str) -> str:
     return f"{figures['recall@20']:.4f} ± {figures['se(recall@20)']:.4f}"
 
 
+#: Per run served: each test shopper's Recall@20 per mode (for the paired differences).
+_PER_SHOPPER: dict[Path, dict[str, np.ndarray]] = {}
+
+
+def _paired(run: Path, baseline: Path) -> dict[str, dict[str, float]]:
+    """Per mode: ``run``'s Recall@20 less ``baseline``'s, shopper by shopper (the same sample)."""
+    out = {}
+    for mode in ("all", "new"):
+        d = _PER_SHOPPER[run][mode] - _PER_SHOPPER[baseline][mode]
+        out[mode] = {"mean": round(float(d.mean()), 4), "se": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4)}
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", type=Path, default=Path(os.environ.get("EDGE_REC_DATASETS",
@@ -138,7 +169,6 @@ def main() -> int:
     parser.add_argument("--max-users", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--models", default="factorized,transformer")
-    parser.add_argument("--blend", action="store_true", help="serve a score blend of the two models too")
     parser.add_argument("--work", type=Path, help="keep the shops and runs here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="serve the runs already in --work, not trained again")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "transformer_quality.json")
@@ -151,16 +181,17 @@ def main() -> int:
             runs = {}
             for model in args.models.split(","):
                 run = runs[model] = work / "runs" / f"{shop['shop'].replace(' ', '_')}-{model}"
-                extra = (["--tune-budget", str(args.tune_budget)] if model == "factorized"
-                         else ["--epochs", str(args.epochs), "--dim", "64"])
-                if args.reuse and (run / "model.keras").exists():  # served again; its training time as recorded
+                extra = {"factorized": ["--tune-budget", str(args.tune_budget)],
+                         "transformer": ["--epochs", str(args.epochs), "--dim", "64"]}
+                extra["blend"] = extra["factorized"] + extra["transformer"]
+                if args.reuse and (run / "config.json").exists():  # served again; its training time as recorded
                     train_s = earlier.get((shop["shop"], model), {}).get("train_seconds")
                 else:
                     print(f"== {shop['shop']}, {model}: training ...", flush=True)
                     started = time.monotonic()
                     cli("train", "--events", shop["events"], *(["--items", shop["items"]] if shop["items"] else []),
                         "--out", str(run), "--test-from", shop["test_from"], "--target", shop["target"],
-                        "--model", model, *extra)
+                        "--model", model, *extra[model])
                     train_s = round(time.monotonic() - started, 1)
                 row = {"shop": shop["shop"], "model": model, "train_seconds": train_s,
                        **served_quality(run, Path(shop["events"]), shop["test_from"], shop["target"], args.max_users)}
@@ -168,15 +199,14 @@ def main() -> int:
                     trained = json.loads((run / "metrics.json").read_text())
                     row["epoch_kept"], row["validation_recall_at_20"] = (trained["epoch_kept"],
                                                                          trained["validation_recall_at_20"])
+                if model == "blend":
+                    blend = json.loads((run / "blend.json").read_text())
+                    row["a"], row["validation"] = blend["a"], blend["recall"]
+                    if "factorized" in runs and runs["factorized"] in _PER_SHOPPER:
+                        row["minus factorized"] = _paired(run, runs["factorized"])
                 row["targets_learnt"] = TARGETS_LEARNT[model]
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-            if args.blend and {"factorized", "transformer"} <= runs.keys():
-                print(f"== {shop['shop']}: blend ...", flush=True)
-                rows.append({"shop": shop["shop"], "model": "blend",
-                             **blend_rows(runs["factorized"], runs["transformer"], Path(shop["events"]),
-                                          shop["test_from"], shop["target"], args.max_users)})
-                print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     merged = _merged(args.out, rows)
     args.out.write_text(json.dumps(merged, indent=1))

@@ -7,8 +7,11 @@ float, matmuls, gathers and top-K int8; explanations in the graph), bundled with
 thread. Timed: ``recommend()`` (the REST route's function) for random 50-event histories with
 timestamps, and the interpreter call alone; plus the file size and the Pi estimate of
 ``devtools/model_cost.py``. The cost of scoring does not depend on what the weights hold.
+``--blend-rank R`` adds rows for ``--model blend`` (:mod:`cloud_trainer.delivery.export_blend`):
+each transformer with a random factorized model of rank R over the same items (200 events,
+distinct pooling, repeat term), weight 0.5, histories of 200 events.
 
-    nice python bench/transformer_serving.py [--dims 32,64] [--queries 2000]
+    nice python bench/transformer_serving.py [--dims 32,64] [--queries 2000] [--blend-rank 256]
 
 Writes ``bench/results/transformer_serving.json``. Not a test: nothing here asserts a time.
 """
@@ -37,6 +40,7 @@ from devtools.model_cost import model_cost  # noqa: E402
 from shared.events import EventKind  # noqa: E402
 
 N_ITEMS, HISTORY, TOP_K = 100_000, 50, 100
+BLEND_HISTORY = 200  # the factorized model's default
 
 
 class _Event:
@@ -46,17 +50,33 @@ class _Event:
         self.item_id, self.kind, self.timestamp = item_id, kind, timestamp
 
 
-def _histories(rng: np.random.Generator, count: int) -> list[list[_Event]]:
+def _histories(rng: np.random.Generator, count: int, length: int = HISTORY) -> list[list[_Event]]:
     kinds = list(EventKind)
     out = []
     for _ in range(count):
-        times = 1.7e9 + np.cumsum(rng.exponential(3600.0, HISTORY))
+        times = 1.7e9 + np.cumsum(rng.exponential(3600.0, length))
         out.append([_Event(f"SKU-{int(rng.integers(N_ITEMS)):06d}", kinds[int(rng.integers(3))], float(t))
                     for t in times])
     return out
 
 
-def bench(dim: int, queries: int, work: Path) -> dict[str, object]:
+def _blend_bytes(model: object, rank: int, calibration: dict[str, np.ndarray]) -> bytes:
+    """A blend of ``model`` (the transformer) and a random factorized model of ``rank``, int8."""
+    from cloud_trainer.delivery.export_blend import blend_to_tflite
+    from cloud_trainer.models.blend import BlendWeights, TransformerWeights
+    from cloud_trainer.models.dot_product import ModelWeights
+
+    rng = np.random.default_rng(11)
+    table = (rng.standard_normal((N_ITEMS, rank)) / np.sqrt(rank)).astype(np.float32)
+    factorized = ModelWeights(table, np.eye(rank, dtype=np.float32), np.zeros(rank, np.float32),
+                              np.ascontiguousarray(table.T), rng.standard_normal(N_ITEMS).astype(np.float32),
+                              pooling="distinct", repeat_weight=0.5, recency=0.99)
+    weights = BlendWeights(factorized, TransformerWeights.of(model, np.arange(N_ITEMS)), 0.5,  # type: ignore[arg-type]
+                           BLEND_HISTORY)
+    return blend_to_tflite(weights, TOP_K, "int8", calibration)
+
+
+def bench(dim: int, queries: int, work: Path, blend_rank: int = 0) -> dict[str, object]:
     import keras
 
     from cloud_trainer.delivery.bundler import BundleOptions, write_bundle
@@ -77,21 +97,23 @@ def bench(dim: int, queries: int, work: Path) -> dict[str, object]:
     catalog = Catalog(items=tuple(CatalogItem(id=f"SKU-{i:06d}", title=f"Item {i}") for i in range(N_ITEMS)),
                       popular=tuple(range(200)))
     index = catalog.index_of()
-    calibration = [sequence_inputs([(index[e.item_id], e.kind, e.timestamp) for e in h], HISTORY)
-                   for h in _histories(rng, 256)]
+    length = BLEND_HISTORY if blend_rank else HISTORY
+    calibration = [sequence_inputs([(index[e.item_id], e.kind, e.timestamp) for e in h], length)
+                   for h in _histories(rng, 256, length)]
     columns = {name: np.array([c[n] for c in calibration], dtype=np.int32)
                for n, name in enumerate(("history_items", "history_kinds", "history_gaps"))}
     started = time.monotonic()
-    model_bytes = sequence_to_tflite(model, HISTORY, TOP_K, "int8", columns)
+    model_bytes = (_blend_bytes(model, blend_rank, columns) if blend_rank
+                   else sequence_to_tflite(model, HISTORY, TOP_K, "int8", columns))
     export_s = time.monotonic() - started
     key = work / f"signing-{dim}.key"
     key.write_bytes(private_key_pem(generate_private_key()))
-    contract = ModelContract(variant="int8", signature=litert_runner(model_bytes)[0], history_length=HISTORY,
+    contract = ModelContract(variant="int8", signature=litert_runner(model_bytes)[0], history_length=length,
                              top_k=TOP_K, num_items=N_ITEMS, contract_version=SEQUENCE_CONTRACT_VERSION)
-    manifest = write_bundle(work / f"bundle-{dim}", model_bytes, catalog.to_bytes(), contract, key,
+    manifest = write_bundle(work / f"bundle-{dim}-{blend_rank}", model_bytes, catalog.to_bytes(), contract, key,
                             BundleOptions(version=1), {"synthetic": True})
     loaded = LoadedModel(parse_manifest(manifest.to_json()), model_bytes, catalog, num_threads=1)
-    histories = _histories(rng, queries)
+    histories = _histories(rng, queries, length)
     for h in histories[:50]:  # warm-up
         recommend(loaded, h, 10)
     served, graph = [], []
@@ -99,12 +121,13 @@ def bench(dim: int, queries: int, work: Path) -> dict[str, object]:
         t0 = time.perf_counter()
         recommend(loaded, h, 10)
         served.append((time.perf_counter() - t0) * 1000)
-        items, kinds, gaps = sequence_inputs([(index[e.item_id], e.kind, e.timestamp) for e in h], HISTORY)
+        items, kinds, gaps = sequence_inputs([(index[e.item_id], e.kind, e.timestamp) for e in h], length)
         t0 = time.perf_counter()
         loaded.score(items, [], None, sequence=(kinds, gaps))
         graph.append((time.perf_counter() - t0) * 1000)
     cost = model_cost(model_bytes)
-    return {"items": N_ITEMS, "dim": dim, "history_length": HISTORY, "top_k": TOP_K, "variant": "int8",
+    return {"model": f"blend (factorized rank {blend_rank})" if blend_rank else "transformer",
+            "items": N_ITEMS, "dim": dim, "history_length": length, "top_k": TOP_K, "variant": "int8",
             "model_bytes": len(model_bytes), "export_seconds": round(export_s, 1),
             "recommend_ms": percentiles(served), "interpreter_ms": percentiles(graph),
             "pi_estimate_ms": cost["estimated_ms_if_memory_bound"],
@@ -116,13 +139,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dims", default="32,64")
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--blend-rank", type=int, default=0,
+                        help="also time a blend with a factorized model of this rank")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "transformer_serving.json")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dim in (int(d) for d in args.dims.split(",")):
-            rows.append(bench(dim, args.queries, Path(tmp)))
-            print(json.dumps(rows[-1]), flush=True)
+            for rank in (0, args.blend_rank) if args.blend_rank else (0,):
+                rows.append(bench(dim, args.queries, Path(tmp), rank))
+                print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
     return 0

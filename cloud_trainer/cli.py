@@ -80,15 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=Path, help="items table (item_id,title,category,price): titles in the catalogue; "
                    "items without events join the model through their side features")
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--model", choices=["factorized", "two-tower", "transformer"], default="factorized",
+    p.add_argument("--model", choices=["factorized", "two-tower", "transformer", "blend"], default="factorized",
                    help="factorized: low-rank item-item model fitted in closed form, with trend and repeat terms "
                         "(default); two-tower: Keras embeddings trained by gradient descent (see --softmax); "
                         "transformer: causal self-attention over the last events, their kinds and time gaps "
-                        "(early stopping on --validation-share; needs agents of contract version 3)")
+                        "(early stopping on --validation-share; needs agents of contract version 3); "
+                        "blend: the factorized model and the transformer in one graph, the transformer's weight "
+                        "chosen on the validation window (contract version 3)")
     p.add_argument("--rank", type=int, default=256, help="factorized: embedding size (a starting point when tuning)")
-    p.add_argument("--dim", type=int, default=32, help="two-tower and transformer: embedding size")
+    p.add_argument("--dim", type=int, default=32, help="two-tower and transformer (also a blend's): embedding size")
     p.add_argument("--history-length", type=int,
-                   help="events the model sees (default: 200 factorized, 50 two-tower and transformer)")
+                   help="events the model sees (default: 200 factorized, 50 two-tower and transformer; "
+                        "blend: the factorized model's, its transformer reads 50)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--learning-rate", type=float, default=2e-3)

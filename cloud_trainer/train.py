@@ -43,13 +43,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-MODELS = ("factorized", "two-tower", "transformer")
+MODELS = ("factorized", "two-tower", "transformer", "blend")
 #: The two-tower model's training loss (cloud_trainer.models.retrieval).
 SOFTMAXES = ("in-batch", "full")
 #: History length per model kind when not given (the factorized model counts repeats over more).
-HISTORY_LENGTH = {"factorized": 200, "two-tower": 50, "transformer": 50}
-#: Models trained by epochs in Keras (the others are fitted in closed form).
-EPOCH_MODELS = ("two-tower", "transformer")
+HISTORY_LENGTH = {"factorized": 200, "two-tower": 50, "transformer": 50, "blend": 200}
+#: Models trained by epochs in Keras (the others are fitted in closed form); the blend trains a transformer.
+EPOCH_MODELS = ("two-tower", "transformer", "blend")
 
 
 @dataclass
@@ -110,12 +110,17 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
             from cloud_trainer.fleet_training import train_alone
 
             return train_alone(config, out, started)
+        if config.model == "blend":
+            from cloud_trainer.blend_training import train_blend
+
+            return train_blend(config, out, distribution, place, started)
         return _train(config, out, distribution, place, started)
 
 
 def _train(config: TrainConfig, run_dir: Path, distribution: tf.distribute.Strategy, place: Placement,
-           started: float) -> dict[str, object]:
-    table, metadata = _read(config)
+           started: float, read: tuple[EventTable, dict[str, CatalogItem]] | None = None) -> dict[str, object]:
+    """One model's run directory (``read``: the events and items, when already read)."""
+    table, metadata = read or _read(config)
     fleet = None
     if config.fleet_aggregates:  # the events' Gram plus the fleet's (cloud_trainer.fleet_training)
         from cloud_trainer import fleet_training
@@ -198,7 +203,7 @@ def _check(config: TrainConfig) -> None:
     if not config.events and not config.fleet_aggregates:
         raise ValueError("give --events, --fleet-aggregates or both")
     if config.distribute != "none" and config.model not in EPOCH_MODELS:
-        raise ValueError(f"--distribute applies to the models trained by epochs (--model two-tower or "
+        raise ValueError(f"--distribute applies to the models trained by epochs (--model two-tower, blend or "
                          f"transformer); the {config.model} model is fitted in closed form")
 
 

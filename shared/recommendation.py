@@ -65,11 +65,16 @@ class Scorer(Protocol):
     @property
     def history_length(self) -> int: ...
 
+    @property
+    def takes_sequence(self) -> bool:
+        """True for a model of contract version 3: it reads each position's kind and time gap."""
+        ...
+
     def score(self, items: Sequence[int], weights: Sequence[float], allowed: np.ndarray | None = None,
               sequence: tuple[Sequence[int], Sequence[int]] | None = None) -> Scores:
         """``allowed``: bool [items], the items this query may return; None allows all.
         ``sequence``: (kinds, gaps) of :func:`shared.sequence.sequence_inputs`, given only to a
-        scorer whose ``takes_sequence`` attribute is true (a model of contract version 3)."""
+        scorer whose ``takes_sequence`` is true (a model of contract version 3)."""
         ...
 
 
@@ -79,6 +84,11 @@ class HistoryEvent(Protocol):
 
     @property
     def kind(self) -> EventKind: ...
+
+    @property
+    def timestamp(self) -> float | None:
+        """When it happened (epoch seconds); None where no time applies (a scene's query items)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +109,7 @@ class RecommendationResult:
 
 def _timed(events: Iterable[HistoryEvent], index_of: Mapping[str, int]) -> list[tuple[int, EventKind, float | None]]:
     """(item index, kind, timestamp or None) of the events the model knows, in order."""
-    return [(index_of[e.item_id], e.kind, getattr(e, "timestamp", None)) for e in events if e.item_id in index_of]
+    return [(index_of[e.item_id], e.kind, e.timestamp) for e in events if e.item_id in index_of]
 
 
 def _excluded(known: Sequence[tuple[int, EventKind]], exclude: Exclude, bought: Iterable[str],
@@ -206,7 +216,7 @@ def recommend(
     if known:
         items, weights = history_inputs(known, scorer.history_length)
         try:
-            if getattr(scorer, "takes_sequence", False):  # a sequence model (shared.sequence)
+            if scorer.takes_sequence:  # a sequence model (shared.sequence)
                 _, kinds, gaps = sequence_inputs(timed, scorer.history_length)
                 answer = scorer.score(items, weights, allowed, sequence=(kinds, gaps))
             else:

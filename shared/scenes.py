@@ -32,6 +32,7 @@ from shared.recommendation import Exclude, HistoryEvent, RecommendationResult, S
 class _Event(NamedTuple):
     item_id: str
     kind: EventKind
+    timestamp: float | None = None  # a query's items have no time
 
 
 def related(scorer: Scorer, item_id: str, k: int, history: Sequence[HistoryEvent] = (),

@@ -121,7 +121,7 @@ class StoreScorer:
         self.catalog = Catalog(items=(CatalogItem("b"), CatalogItem("c")), popular=(1, 0),
                                history_only=(CatalogItem("a", "sold elsewhere"),))
         self.item_index = self.catalog.index_of()
-        self.version, self.history_length = 3, 4
+        self.version, self.history_length, self.takes_sequence = 3, 4, False
         self.inputs: list[list[int]] = []
 
     def score(self, items: list[int], weights: list[float], allowed: np.ndarray | None = None) -> Scores:
@@ -135,7 +135,7 @@ class StoreScorer:
 @pytest.mark.parametrize("exclude", list(Exclude))
 def test_an_item_sold_elsewhere_counts_in_the_history_and_may_explain(exclude: Exclude) -> None:
     class Ev:
-        item_id, kind = "a", EventKind.PURCHASE
+        item_id, kind, timestamp = "a", EventKind.PURCHASE, None
 
     scorer = StoreScorer()
     result = recommend(scorer, [Ev()], 2, exclude)

@@ -33,7 +33,7 @@ CATALOG = Catalog(items=tuple(CatalogItem(i, i, "toys" if i < "e" else "food") f
 class FixedScorer:
     """Returns its top ``top_k`` allowed items by fixed scores (like the graph: the mask applies first)."""
 
-    catalog, version, history_length = CATALOG, 1, 10
+    catalog, version, history_length, takes_sequence = CATALOG, 1, 10, False
     item_index = {i: n for n, i in enumerate(IDS)}
 
     def __init__(self, top_k: int = 5) -> None:
@@ -46,7 +46,7 @@ class FixedScorer:
 
 
 class Bought:
-    item_id, kind = "h", EventKind.PURCHASE
+    item_id, kind, timestamp = "h", EventKind.PURCHASE, None
 
 
 def served(*rules: Rule, k: int = 3, exclude: Exclude = Exclude.NONE, category: str | None = None,
@@ -129,7 +129,7 @@ def test_block_is_the_same_in_graph_mask_as_an_exclusion(int8_bundle: Path) -> N
     manifest = manifest_of(int8_bundle)
     catalog = parse_catalog((int8_bundle / CATALOG_FILE).read_bytes(), manifest.model.num_items)
     model = LoadedModel(manifest, (int8_bundle / MODEL_FILE).read_bytes(), catalog)
-    history = [type("E", (), {"item_id": catalog.items[i].id, "kind": EventKind.VIEW})() for i in (3, 5, 8)]
+    history = [type("E", (), {"item_id": catalog.items[i].id, "kind": EventKind.VIEW, "timestamp": None})() for i in (3, 5, 8)]
     plain = recommend(model, history, 10)
     blocked = [r.item.id for r in plain.items[:4]]
     document = RulesDocument(Header(SCHEMA, "default", 1, "2025-01-01T00:00:00Z", "2026-01-01T00:00:00Z"),

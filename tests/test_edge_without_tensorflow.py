@@ -25,7 +25,7 @@ model = load_bundle(manifest, files, num_threads=1)
 class E:
     def __init__(self, item_id):
         from shared.events import EventKind
-        self.item_id, self.kind = item_id, EventKind.PURCHASE
+        self.item_id, self.kind, self.timestamp = item_id, EventKind.PURCHASE, None
 
 result = recommend(model, [E(model.catalog.items[3].id)], 5)
 assert len(result.items) == 5 and not result.fallback

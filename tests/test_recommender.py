@@ -16,6 +16,7 @@ from shared.recommendation import Exclude, Scores, recommend
 class Ev:
     item_id: str
     kind: EventKind
+    timestamp: float | None = None
 
 
 class FixedScorer:
@@ -34,6 +35,7 @@ class FixedScorer:
         self.item_index = self.catalog.index_of()
         self.version = 9
         self.history_length = 4
+        self.takes_sequence = False
         self.calls: list[tuple[list[int], list[float]]] = []
         self.masks: list[np.ndarray | None] = []
 

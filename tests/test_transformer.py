@@ -25,7 +25,7 @@ A, B = "P001", "P002"
 START = 1_700_000_000.0
 
 
-def _planted_events(path: Path, users: int = 600, items: int = 40, seed: int = 5, start_days: int = 30,
+def planted_events(path: Path, users: int = 600, items: int = 40, seed: int = 5, start_days: int = 30,
                     new_day: float = 0.1) -> Path:
     """A shop of ``items`` items where each shopper has 4-12 events 30 s apart (a session a day; after
     each event another day begins with probability ``new_day``), starting within ``start_days`` days;
@@ -53,7 +53,7 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cloud_trainer.train import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("planted")
-    events = _planted_events(folder / "events.csv.gz")
+    events = planted_events(folder / "events.csv.gz")
     run = folder / "run"
     train(TrainConfig(events=str(events), model="transformer", dim=16, epochs=8, batch_size=128,
                       learning_rate=5e-3, calibration_histories=256), run)
@@ -153,7 +153,7 @@ def planted_split_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cloud_trainer.train import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("planted-split")
-    events = _planted_events(folder / "events.csv.gz", start_days=4, new_day=0.3)
+    events = planted_events(folder / "events.csv.gz", start_days=4, new_day=0.3)
     run = folder / "run"
     train(TrainConfig(events=str(events), model="transformer", dim=16, epochs=4, batch_size=128,
                       learning_rate=5e-3, calibration_histories=256, test_from=TEST_FROM), run)
@@ -170,7 +170,7 @@ def test_evaluate_scores_a_transformer_run_as_served_beside_the_baselines(plante
     events = planted_split_run.parent / "events.csv.gz"
     done = trainer("evaluate", "--run", str(planted_split_run), "--events", str(events))
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert "not computed for a transformer run" in done.stdout  # the notes, in the printed tables
+    assert "not computed for a transformer or blend run" in done.stdout  # the notes, in the printed tables
     evaluation = json.loads((planted_split_run / "evaluation.json").read_text())
     served = evaluation["served_row"]
     assert served in ("model (int8, LiteRT, as served)", "model (float16, LiteRT, as served)")

@@ -85,7 +85,7 @@ def test_the_validation_ranking_is_the_served_one(synthetic_shop: tuple[Path, Pa
     events, items = synthetic_shop
     table = train_period(read_events(events), cut_time(TEST_FROM))
     validation = tuning.validation_window(table, read_items(items)[0], 0.1)
-    scorer = tuning._Scorer(validation, 7)
+    scorer = tuning.ValidationScorer(validation, 7)
     weights = scorer.weights(tuning.Candidate(rank=32, history_length=50, repeat_weight=0.3, recency=recency))
     assert weights.num_items == len(validation.known) + len(validation.new) > len(validation.known)
     n = 300

@@ -25,6 +25,7 @@ from cloud_trainer.delivery.gates import ParityReport, QualityGate, check_parity
 from cloud_trainer.delivery.litert import litert_runner
 from cloud_trainer.delivery.origin import with_origin
 from cloud_trainer.errors import AssortmentError, ParityError, QualityGateError
+from cloud_trainer.models.blend import BlendReference
 from cloud_trainer.models.dot_product import ModelWeights, extract_weights
 from shared import SEQUENCE_CONTRACT_VERSION
 from shared.bundle import (
@@ -48,6 +49,8 @@ DEFAULT_TOP_K = 100
 
 #: ``auto`` tries these in turn and bundles the first that passes the parity check and the quality gate.
 AUTO_VARIANTS = ("int8", "float16")
+#: Models whose bundles are of contract version 3 (shared.sequence inputs).
+SEQUENCE_MODELS = ("transformer", "blend")
 
 
 @dataclass
@@ -143,7 +146,12 @@ def _export_one(model: object, weights: ModelWeights | None, history_length: int
     sequence = sequence_histories(histories)
     log.info("exporting %s TFLite %s model (top-%d in the graph)", variant, "pooled" if sequence is None else
              "sequence", top_k)
-    if sequence is not None:  # --model transformer (contract version 3)
+    if isinstance(model, BlendReference):  # --model blend (contract version 3)
+        from cloud_trainer.delivery.export_blend import blend_to_tflite
+
+        model_bytes = blend_to_tflite(model.weights, top_k, variant, {"history_items": calibration[0], **sequence},
+                                      explanations)
+    elif sequence is not None:  # --model transformer (contract version 3)
         from cloud_trainer.delivery.export_sequence import sequence_to_tflite
 
         model_bytes = sequence_to_tflite(model, history_length, top_k, variant,  # type: ignore[arg-type]
@@ -183,7 +191,7 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
     for target in options.targets:  # device ids become topic levels (see shared.topics)
         check_name(target, "target device id")
     config = json.loads((run_dir / "config.json").read_text())
-    if config.get("model") == "transformer":
+    if config.get("model") in SEQUENCE_MODELS:
         return _build_sequence_bundle(run_dir, key_path, out_dir, options, config)
     model = keras.models.load_model(run_dir / "model.keras")
     history_length = int(config["history_length"])
@@ -217,19 +225,31 @@ def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOp
     return write_bundle(out_dir, exported.model_bytes, catalog_bytes, contract, key_path, options, training)
 
 
-def _build_sequence_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOptions,
-                           config: dict[str, object]) -> Manifest:
-    """A transformer run's bundle: contract version 3 (agents before it refuse the bundle)."""
+def sequence_model(run_dir: Path, config: dict[str, object]) -> tuple[object, int]:
+    """(a sequence run's float model, items it ranks): the transformer's Keras model, or the
+    blend's float reference (:class:`~cloud_trainer.models.blend.BlendReference`)."""
     import keras
 
     import cloud_trainer.models.transformer  # noqa: F401  (registers the encoder layer for loading)
 
-    if options.assortment is not None:
-        raise AssortmentError("--assortment is not available for --model transformer yet")
+    if config.get("model") == "blend":
+        from cloud_trainer.blend_training import load_blend
+
+        blend = load_blend(run_dir)
+        return BlendReference(blend), blend.num_items
     model = keras.models.load_model(run_dir / "model.keras")
+    return model, int(model.get_layer("item_vectors").get_weights()[1].shape[0])
+
+
+def _build_sequence_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOptions,
+                           config: dict[str, object]) -> Manifest:
+    """A transformer's or a blend's bundle: contract version 3 (agents before it refuse the bundle)."""
+    kind = str(config.get("model"))
+    if options.assortment is not None:
+        raise AssortmentError(f"--assortment is not available for --model {kind} yet")
+    model, num_items = sequence_model(run_dir, config)
     history_length = int(str(config["history_length"]))
     histories = np.load(run_dir / "histories.npz")
-    num_items = int(model.get_layer("item_vectors").get_weights()[1].shape[0])
     top_k = min(options.top_k, num_items)
     exported = export_checked(model, None, history_length, top_k, options.variant,
                               (histories["items"], histories["weights"]), histories, None, options.explanations,
@@ -237,8 +257,10 @@ def _build_sequence_bundle(run_dir: Path, key_path: Path, out_dir: Path, options
     contract = ModelContract(variant=exported.variant, signature=litert_runner(exported.model_bytes)[0],
                              history_length=history_length, top_k=top_k, num_items=num_items,
                              contract_version=SEQUENCE_CONTRACT_VERSION)
-    training: dict[str, object] = {"run": run_dir.name, "model": "transformer", "parity": exported.parity.to_json(),
+    training: dict[str, object] = {"run": run_dir.name, "model": kind, "parity": exported.parity.to_json(),
                                    "quality_gate": exported.gate.to_json() if exported.gate else None}
+    if isinstance(model, BlendReference):
+        training["blend_weight"] = model.weights.a
     if exported.refused:
         training["variants_refused"] = exported.refused
     return write_bundle(out_dir, exported.model_bytes, (run_dir / "catalog.json").read_bytes(), contract, key_path,

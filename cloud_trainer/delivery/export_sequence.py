@@ -72,8 +72,15 @@ def sequence_to_tflite(model: keras.Model, history_length: int, top_k: int, vari
                        calibration: dict[str, np.ndarray], explanations: bool = True) -> bytes:
     """The .tflite bytes; ``calibration``: real histories by input name ([n, L] each)."""
     module = _recommend_module(model, history_length, top_k, explanations)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.recommend.get_concrete_function()], module)
     num_items = int(model.get_layer("item_vectors").get_weights()[1].shape[0])
+    return sequence_module_to_tflite(module, num_items, variant, calibration)
+
+
+def sequence_module_to_tflite(module: tf.Module, num_items: int, variant: str, calibration: dict[str, np.ndarray],
+                              float_ops: tuple[str, ...] = FLOAT_OPS) -> bytes:
+    """The .tflite bytes of a sequence model's ``module.recommend`` (contract version 3 inputs);
+    int8 keeps ``float_ops`` in float."""
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.recommend.get_concrete_function()], module)
     if variant == "int8":
         everything = np.ones((1, num_items), dtype=bool)
         rng = np.random.default_rng(0)
@@ -87,7 +94,7 @@ def sequence_to_tflite(model: keras.Model, history_length: int, top_k: int, vari
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(FLOAT_OPS))
+        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(float_ops))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
             debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative,

@@ -69,12 +69,13 @@ def model_histories(train: EventTable, history: list[np.ndarray], history_length
 #: Places ranked for the cold-start figures (Recall@20 and the among-new-items Recall@10 and @20).
 COLD_START_K = 20
 
-#: What is not scored for a transformer run, and why (one line each, in the log and the report).
+#: What is not scored for a sequence model's run (transformer, blend), and why (one line each, in
+#: the log and the report).
 TRANSFORMER_NOTES = (
-    "model (float, Keras): not computed for a transformer run: its Keras model takes the event kinds and "
-    "time gaps too; the served rows are its figures",
-    "cold start: not computed for a transformer run: it has no cold-start items (an item without training "
-    "events has no embedding to attend to)",
+    "model (float, Keras): not computed for a transformer or blend run: its float model takes the event kinds "
+    "and time gaps too; the served rows are its figures",
+    "cold start: not computed for a transformer or blend run: a transformer has no cold-start items (an item "
+    "without training events has no embedding to attend to); a blend scores them with its factorized part only",
 )
 
 
@@ -112,7 +113,7 @@ def evaluate_run(run_dir: Path | None, events: Path, test_from: str | None,
         log.info("more than %d test users: evaluating a seeded sample of %d (seed %d) of the %d",
                  splits.MAX_TEST_USERS, len(data.users), splits.SAMPLE_SEED, test_users["total"])
     report = Report()
-    if model is not None and model.weights is None:  # a transformer
+    if model is not None and model.weights is None:  # a sequence model: transformer or blend
         report.notes += TRANSFORMER_NOTES
         for note in TRANSFORMER_NOTES:
             log.info("%s", note)

@@ -68,8 +68,8 @@ class ServedModel:
 class ServedRun:
     """A run's model: the float Keras model, and its export as agents run it."""
 
-    keras: Any  # the float Keras model
-    weights: ModelWeights | None  # a pooled model's weights; None for a transformer (a sequence model)
+    keras: Any  # the float Keras model (a blend's: its float reference, cloud_trainer.models.blend)
+    weights: ModelWeights | None  # a pooled model's weights; None for a sequence model (transformer, blend)
     exported: Exported  # the variant ``export`` bundles, with its checks
     served: ServedModel
     top_k: int  # of the exported graph
@@ -80,14 +80,17 @@ def load_run(run: Path, variant: str = "auto") -> ServedRun:
     int8 fails its checks), loaded as the agent loads a bundle; any model of ``train``."""
     import keras
 
-    import cloud_trainer.models.transformer  # noqa: F401  (registers the encoder layer for loading)
-    from cloud_trainer.delivery.bundler import DEFAULT_TOP_K, export_checked
+    from cloud_trainer.delivery.bundler import DEFAULT_TOP_K, SEQUENCE_MODELS, export_checked, sequence_model
     from cloud_trainer.models.dot_product import extract_weights
 
     config = json.loads((run / "config.json").read_text())
-    model = keras.models.load_model(run / "model.keras")
-    weights = None if config.get("model") == "transformer" else extract_weights(model)
-    num_items = int(model.get_layer("item_vectors").get_weights()[1].shape[0])
+    weights = None
+    if config.get("model") in SEQUENCE_MODELS:
+        model, num_items = sequence_model(run, config)
+    else:
+        model = keras.models.load_model(run / "model.keras")
+        weights = extract_weights(model)
+        num_items = weights.num_items
     catalog = parse_catalog((run / "catalog.json").read_bytes(), num_items)
     length = int(config["history_length"])
     histories = np.load(run / "histories.npz")

@@ -135,29 +135,39 @@ def served_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[n
     batch = metrics.users_per_batch(n)
     out = {name: np.empty((len(histories), min(k, n)), dtype=np.int64) for name in exclusions}
     for first in range(0, len(histories), batch):
-        chunk = [rows[-history_length:] for rows in histories[first : first + batch]]
-        owner = np.repeat(np.arange(len(chunk)), [len(rows) for rows in chunk])
-        age = np.concatenate([np.arange(len(rows))[::-1] for rows in chunk]).astype(np.float64)
-        rows = np.concatenate(chunk)
-        pairs, inverse, counts = np.unique(owner * n + train.item[rows], return_inverse=True, return_counts=True)
-        user, item = pairs // n, pairs % n
-        coefficient = np.bincount(inverse, weights=weights.recency**age, minlength=len(pairs)) / counts
-        starts = np.searchsorted(user, np.arange(len(chunk)))
-        held = np.bincount(user, minlength=len(chunk)) > 0  # an agent holding nothing pools nothing
-        pooled = np.zeros((len(chunk), weights.history_embedding.shape[1]), dtype=np.float32)
-        if held.any():
-            pooled[held] = np.add.reduceat(weights.history_embedding[item].astype(np.float64) * coefficient[:, None],
-                                           starts[held], axis=0)
+        pooled, (user, item, counts) = pooled_histories(weights, train, histories[first : first + batch],
+                                                        history_length)
         scores = pooled @ weights.item_vectors + weights.item_bias
         scores[user, item] += weights.repeat_weight * counts
         for name, excluded in exclusions.items():
             ranked = scores
             if excluded is not None:
-                banned = excluded[first : first + len(chunk)]
+                banned = excluded[first : first + len(pooled)]
                 ranked = scores.copy()
                 ranked[np.repeat(np.arange(len(banned)), [len(b) for b in banned]), np.concatenate(banned)] = -np.inf
-            out[name][first : first + len(chunk)] = metrics.top_k(ranked, min(k, n))
+            out[name][first : first + len(pooled)] = metrics.top_k(ranked, min(k, n))
     return out
+
+
+def pooled_histories(weights: ModelWeights, train: EventTable, histories: Sequence[np.ndarray],
+                     history_length: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(pooled history vectors [shoppers, D] of :func:`served_top_k`, and the (shopper, item,
+    occurrences) of each distinct item of the histories: the repeat term's counts)."""
+    n = weights.num_items
+    chunk = [rows[-history_length:] for rows in histories]
+    owner = np.repeat(np.arange(len(chunk)), [len(rows) for rows in chunk])
+    age = np.concatenate([np.arange(len(rows))[::-1] for rows in chunk] or [[]]).astype(np.float64)
+    rows = np.concatenate(chunk or [[]]).astype(np.int64)
+    pairs, inverse, counts = np.unique(owner * n + train.item[rows], return_inverse=True, return_counts=True)
+    user, item = pairs // n, pairs % n
+    coefficient = np.bincount(inverse, weights=weights.recency**age, minlength=len(pairs)) / counts
+    starts = np.searchsorted(user, np.arange(len(chunk)))
+    held = np.bincount(user, minlength=len(chunk)) > 0  # an agent holding nothing pools nothing
+    pooled = np.zeros((len(chunk), weights.history_embedding.shape[1]), dtype=np.float32)
+    if held.any():
+        pooled[held] = np.add.reduceat(weights.history_embedding[item].astype(np.float64) * coefficient[:, None],
+                                       starts[held], axis=0)
+    return pooled, (user, item, counts)
 
 
 @dataclass
@@ -198,7 +208,7 @@ class TuningResult:
                 "trials": [trial.to_json() for trial in self.trials]}
 
 
-class _Scorer:
+class ValidationScorer:
     """Validation figures of a candidate, with the fits it needs cached."""
 
     def __init__(self, validation: Validation, seed: int) -> None:
@@ -283,7 +293,7 @@ def tune(table: EventTable, metadata: dict[str, CatalogItem], start: Candidate, 
     num_items = len(validation.train.item_ids)
     progress(f"tuning {', '.join(searched)} on the validation window from {day}: {users} shoppers{sampled}, "
              f"{num_items} items (+{len(validation.new)} new); budget {budget_s:g} s")
-    score = _Scorer(validation, seed)
+    score = ValidationScorer(validation, seed)
     tried: dict[Candidate, Trial] = {}
 
     def run(candidate: Candidate) -> Trial:
