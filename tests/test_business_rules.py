@@ -129,7 +129,8 @@ def test_block_is_the_same_in_graph_mask_as_an_exclusion(int8_bundle: Path) -> N
     manifest = manifest_of(int8_bundle)
     catalog = parse_catalog((int8_bundle / CATALOG_FILE).read_bytes(), manifest.model.num_items)
     model = LoadedModel(manifest, (int8_bundle / MODEL_FILE).read_bytes(), catalog)
-    history = [type("E", (), {"item_id": catalog.items[i].id, "kind": EventKind.VIEW, "timestamp": None})() for i in (3, 5, 8)]
+    history = [type("E", (), {"item_id": catalog.items[i].id, "kind": EventKind.VIEW, "timestamp": None})()
+               for i in (3, 5, 8)]
     plain = recommend(model, history, 10)
     blocked = [r.item.id for r in plain.items[:4]]
     document = RulesDocument(Header(SCHEMA, "default", 1, "2025-01-01T00:00:00Z", "2026-01-01T00:00:00Z"),
