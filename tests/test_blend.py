@@ -5,6 +5,7 @@ through the gates, served and explained by a real agent, and scored by ``cloud-t
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -30,13 +31,28 @@ def blend_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+def _with_weight(run: Path, a: float, folder: Path) -> Path:
+    """A copy of ``run`` as if its validation window had chosen ``a``."""
+    copy = folder / f"run-{a}"
+    shutil.copytree(run, copy)
+    blend = json.loads((copy / "blend.json").read_text())
+    (copy / "blend.json").write_text(json.dumps({**blend, "a": a}))
+    return copy
+
+
 @pytest.fixture(scope="module")
-def blend_bundle(blend_run: Path, keys: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mixed_run(blend_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The planted run with both models in the mix (its own choice may leave one: the test below)."""
+    return _with_weight(blend_run, 0.4, tmp_path_factory.mktemp("mixed"))
+
+
+@pytest.fixture(scope="module")
+def blend_bundle(mixed_run: Path, keys: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cloud_trainer.delivery.bundler import BundleOptions, build_bundle
     from shared.topics import CHANNELS
 
     out = tmp_path_factory.mktemp("blend-bundle")
-    build_bundle(blend_run, keys / "signing.key", out, BundleOptions(variant="auto", version=3000, channels=CHANNELS))
+    build_bundle(mixed_run, keys / "signing.key", out, BundleOptions(variant="auto", version=3000, channels=CHANNELS))
     return out
 
 
@@ -140,7 +156,7 @@ def test_the_blend_exports_through_the_gates_under_the_sequence_contract(blend_b
     assert manifest.model.contract_version == SEQUENCE_CONTRACT_VERSION
     assert manifest.model.variant == "int8" or (manifest.model.variant == "float16"
                                                 and "int8" in manifest.training["variants_refused"])
-    assert manifest.training["model"] == "blend" and isinstance(manifest.training["blend_weight"], float)
+    assert manifest.training["model"] == "blend" and manifest.training["blend_weight"] == 0.4
     parity, gate = manifest.training["parity"], manifest.training["quality_gate"]
     assert isinstance(parity, dict) and parity["ok"] and isinstance(gate, dict) and gate["ok"]
 
@@ -157,13 +173,27 @@ def test_a_real_agent_serves_the_blend_and_explains_b_by_a(blend_agent: AgentPro
     assert top["because"] is not None and top["because"]["id"] == A, top
 
 
-def test_evaluate_scores_a_blend_run_as_served(blend_run: Path) -> None:
+@pytest.mark.parametrize(("a", "part"), [(0.0, "factorized"), (1.0, "transformer")])
+def test_a_weight_that_leaves_one_model_bundles_that_model_alone(blend_run: Path, keys: Path, tmp_path: Path,
+                                                                  a: float, part: str) -> None:
+    """The same ranking as the blend's graph at that weight, without the other model's cost."""
+    from cloud_trainer.delivery.bundler import BundleOptions, build_bundle
+    from shared import CONTRACT_VERSION
+
+    manifest = build_bundle(_with_weight(blend_run, a, tmp_path), keys / "signing.key", tmp_path / "bundle",
+                            BundleOptions(variant="auto", version=1))
+    assert manifest.training["run"] == part
+    version = CONTRACT_VERSION if part == "factorized" else SEQUENCE_CONTRACT_VERSION
+    assert manifest.model.contract_version == version
+
+
+def test_evaluate_scores_a_blend_run_as_served(blend_run: Path, mixed_run: Path) -> None:
     from devtools.trainer_cli import run as trainer
 
     events = blend_run.parent / "events.csv.gz"
-    done = trainer("evaluate", "--run", str(blend_run), "--events", str(events))
+    done = trainer("evaluate", "--run", str(mixed_run), "--events", str(events))
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    evaluation = json.loads((blend_run / "evaluation.json").read_text())
+    evaluation = json.loads((mixed_run / "evaluation.json").read_text())
     served = evaluation["served_row"]
     for mode in ("all", "new"):
         assert evaluation[served][mode]["users"] > 20 and 0.0 < evaluation[served][mode]["recall@20"] <= 1.0

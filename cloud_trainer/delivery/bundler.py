@@ -185,8 +185,22 @@ def _export_one(model: object, weights: ModelWeights | None, history_length: int
     return model_bytes, parity, gate
 
 
+def served_run(run_dir: Path) -> Path:
+    """The run whose model serves ``run_dir``: itself, or for a blend whose weight is 0 or 1 the one
+    model that weight leaves (the same ranking as the blend's graph, without the other model's cost)."""
+    blend = run_dir / "blend.json"
+    if not blend.exists():
+        return run_dir
+    a = float(json.loads(blend.read_text())["a"])
+    return run_dir / "factorized" if a == 0.0 else run_dir / "transformer" if a == 1.0 else run_dir
+
+
 def build_bundle(run_dir: Path, key_path: Path, out_dir: Path, options: BundleOptions) -> Manifest:
     import keras
+
+    if served_run(run_dir) != run_dir:
+        log.info("the blend's weight leaves one model: bundling %s alone", served_run(run_dir).name)
+        return build_bundle(served_run(run_dir), key_path, out_dir, options)
 
     for target in options.targets:  # device ids become topic levels (see shared.topics)
         check_name(target, "target device id")

@@ -80,9 +80,16 @@ def load_run(run: Path, variant: str = "auto") -> ServedRun:
     int8 fails its checks), loaded as the agent loads a bundle; any model of ``train``."""
     import keras
 
-    from cloud_trainer.delivery.bundler import DEFAULT_TOP_K, SEQUENCE_MODELS, export_checked, sequence_model
+    from cloud_trainer.delivery.bundler import (
+        DEFAULT_TOP_K,
+        SEQUENCE_MODELS,
+        export_checked,
+        sequence_model,
+        served_run,
+    )
     from cloud_trainer.models.dot_product import extract_weights
 
+    run = served_run(run)  # a blend of weight 0 or 1: the model it leaves
     config = json.loads((run / "config.json").read_text())
     weights = None
     if config.get("model") in SEQUENCE_MODELS:
