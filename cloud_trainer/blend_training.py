@@ -65,7 +65,8 @@ def train_blend(config: TrainConfig, run_dir: Path, distribution: tf.distribute.
                                                    indent=1))
     (run_dir / "catalog.json").write_bytes((run_dir / "factorized" / "catalog.json").read_bytes())
     data = build_training_set(table, length, seed=config.seed, sample=config.calibration_histories, sequence=True)
-    blend_config = replace(config, history_length=length)
+    # the run's settings: the factorized part's as its tuning chose them (``--settings-from`` reads these)
+    blend_config = replace(factorized, model="blend", history_length=length, distribute=config.distribute)
     train._save_histories(blend_config, data, run_dir)
     summary = {"model": "blend", "a": choice.a, "users": len(table.user_ids), "items": metrics["factorized"]["items"],
                "new_items": metrics["factorized"]["new_items"], "parts": metrics,

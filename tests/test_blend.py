@@ -197,3 +197,5 @@ def test_evaluate_scores_a_blend_run_as_served(blend_run: Path, mixed_run: Path)
     served = evaluation["served_row"]
     for mode in ("all", "new"):
         assert evaluation[served][mode]["users"] > 20 and 0.0 < evaluation[served][mode]["recall@20"] <= 1.0
+    report = (mixed_run / "report" / "report.md").read_text()
+    assert "The blend's weight" in report and "| 0.4 |" in report and "Settings chosen on the validation" in report

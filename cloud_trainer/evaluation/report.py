@@ -142,6 +142,21 @@ def _tuning(run_dir: Path) -> list[str]:
     return lines
 
 
+def _blend(run_dir: Path) -> list[str]:
+    """A blend run's weight choice (cloud_trainer.models.blend_choice) and its factorized part's settings search."""
+    path = run_dir / "blend.json"
+    if not path.exists():
+        return []
+    blend = json.loads(path.read_text())
+    lines = ["## The blend's weight, chosen on the validation window", "",
+             f"The transformer's weight a = {blend['a']} ({blend['stopped_by']}; {blend['shoppers']} shoppers of the "
+             f"training events from {blend['validation_from']} on, the factorized model refitted on the events "
+             "before). Validation Recall@20 at each weight:", "",
+             "| a | all | new | objective |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {r['all']} | {r['new']} | {r['objective']} |" for a, r in blend["recall"].items()]
+    return [*lines, "", *_tuning(run_dir / "factorized")]
+
+
 def write_report(run_dir: Path, report: Report, test_from: str) -> Path:
     """Write ``run_dir/report/`` and return the Markdown file's path."""
     folder = run_dir / REPORT_DIR
@@ -170,7 +185,7 @@ def write_report(run_dir: Path, report: Report, test_from: str) -> Path:
             ("events_read", "events_kept", "events_skipped", "users", "items", "examples") if key in metrics]
     if data:
         lines += ["## Training data", "", *data, ""]
-    lines += _tuning(run_dir)
+    lines += _tuning(run_dir) + _blend(run_dir)
     lines += ["## Metrics", "", report.table(), ""]
     if report.notes:
         lines += ["Not computed for this run:", "", *[f"- {note}" for note in report.notes], ""]
