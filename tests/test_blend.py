@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_transformer import TEST_FROM, A, B, planted_events
+from test_transformer import TEST_FROM, planted_events, serves_b_because_a
 
 from devtools.processes import AgentProcess, Broker
-from harness import get_json, manifest_of, post_events, serving_agent
+from harness import manifest_of, serving_agent
 from shared import SEQUENCE_CONTRACT_VERSION
 
 
@@ -162,15 +162,7 @@ def test_the_blend_exports_through_the_gates_under_the_sequence_contract(blend_b
 
 
 def test_a_real_agent_serves_the_blend_and_explains_b_by_a(blend_agent: AgentProcess) -> None:
-    agent = blend_agent
-    status, body = post_events(agent, [{"user_id": "shopper", "item_id": "P010", "event": "view"},
-                                       {"user_id": "shopper", "item_id": A, "event": "view"}])
-    assert status == 200 and body["accepted"] == 2
-    status, answer = get_json(agent, "/v1/recommendations?user_id=shopper&k=5&exclude=seen")
-    assert status == 200 and answer["fallback"] is False and answer["model_version"] == 3000
-    top = answer["items"][0]
-    assert top["id"] == B, answer
-    assert top["because"] is not None and top["because"]["id"] == A, top
+    serves_b_because_a(blend_agent, 3000, "&exclude=seen")  # seen: the repeat term would return A itself
 
 
 @pytest.mark.parametrize(("a", "part"), [(0.0, "factorized"), (1.0, "transformer")])

@@ -129,17 +129,21 @@ def test_transformer_trains_with_early_stopping_and_exports_int8_through_the_gat
     assert isinstance(parity, dict) and parity["ok"] and isinstance(gate, dict) and gate["ok"]
 
 
-def test_a_real_agent_serves_the_transformer_and_explains_b_by_a(transformer_agent: AgentProcess) -> None:
-    agent = transformer_agent
+def serves_b_because_a(agent: AgentProcess, version: int, query: str = "") -> None:
+    """A shopper who viewed another item, then A, is served B first, explained by A."""
     status, body = post_events(agent, [{"user_id": "shopper", "item_id": "P010", "event": "view"},
                                        {"user_id": "shopper", "item_id": A, "event": "view"}])
     assert status == 200 and body["accepted"] == 2
-    status, answer = get_json(agent, "/v1/recommendations?user_id=shopper&k=5")
-    assert status == 200 and answer["fallback"] is False and answer["model_version"] == 2000
+    status, answer = get_json(agent, f"/v1/recommendations?user_id=shopper&k=5{query}")
+    assert status == 200 and answer["fallback"] is False and answer["model_version"] == version
     assert len(answer["items"]) == 5 and all(isinstance(item["score"], float) for item in answer["items"])
     top = answer["items"][0]
     assert top["id"] == B, answer
     assert top["because"] is not None and top["because"]["id"] == A, top
+
+
+def test_a_real_agent_serves_the_transformer_and_explains_b_by_a(transformer_agent: AgentProcess) -> None:
+    serves_b_because_a(transformer_agent, 2000)
 
 
 #: The planted shop of :func:`planted_split_run`: about 80 shoppers bought before and after this day.
