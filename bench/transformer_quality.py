@@ -41,7 +41,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from cloud_trainer.data.events_io import EventTable
-    from cloud_trainer.delivery.bundler import Exported
+    from cloud_trainer.delivery.run_export import Exported
     from cloud_trainer.evaluation.served import ServedModel
     from cloud_trainer.evaluation.splits import Split
 

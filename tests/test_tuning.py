@@ -11,6 +11,7 @@ import pytest
 
 from cloud_trainer.data.events_io import read_events
 from cloud_trainer.models import tuning
+from cloud_trainer.models.served_ranking import served_top_k
 from cloud_trainer.train import TrainConfig, train
 
 TEST_FROM = "2024-06-01"  # the generated shop runs from 2024-01-01 for 180 days
@@ -89,7 +90,7 @@ def test_the_validation_ranking_is_the_served_one(synthetic_shop: tuple[Path, Pa
     weights = scorer.weights(tuning.Candidate(rank=32, history_length=50, repeat_weight=0.3, recency=recency))
     assert weights.num_items == len(validation.known) + len(validation.new) > len(validation.known)
     n = 300
-    fast = tuning.served_top_k(weights, validation.train, scorer.kept[:n], 50, {"new": scorer.excluded[:n]})["new"]
+    fast = served_top_k(weights, validation.train, scorer.kept[:n], 50, {"new": scorer.excluded[:n]})["new"]
     model_bytes = to_tflite(weights, 50, 100, "float32", (np.zeros((1, 50), np.int32), np.zeros((1, 50), np.float32)))
     catalog = Catalog(items=(*validation.known, *validation.new), popular=tuple(range(20)))
     shoppers = stored_shoppers(validation.train, validation.data.history[:n], now=validation.start)

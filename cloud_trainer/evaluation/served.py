@@ -27,7 +27,7 @@ from shared.events import REMEMBERED_PURCHASES_PER_USER, RETENTION_DAYS, STORED_
 from shared.recommendation import Exclude, Scores, recommend
 
 if TYPE_CHECKING:
-    from cloud_trainer.delivery.bundler import Exported
+    from cloud_trainer.delivery.run_export import Exported
     from cloud_trainer.models.dot_product import ModelWeights
 
 log = logging.getLogger(__name__)
@@ -80,13 +80,8 @@ def load_run(run: Path, variant: str = "auto") -> ServedRun:
     int8 fails its checks), loaded as the agent loads a bundle; any model of ``train``."""
     import keras
 
-    from cloud_trainer.delivery.bundler import (
-        DEFAULT_TOP_K,
-        SEQUENCE_MODELS,
-        export_checked,
-        sequence_model,
-        served_run,
-    )
+    from cloud_trainer.delivery.bundler import DEFAULT_TOP_K
+    from cloud_trainer.delivery.run_export import SEQUENCE_MODELS, export_checked, sequence_model, served_run
     from cloud_trainer.models.dot_product import extract_weights
 
     run = served_run(run)  # a blend of weight 0 or 1: the model it leaves

@@ -23,15 +23,14 @@ import numpy as np
 from cloud_trainer.data.events_io import KINDS_BY_CODE, EventTable
 from cloud_trainer.evaluation import metrics, splits
 from cloud_trainer.models.blend import BATCH, BLEND_WEIGHTS, SD_FLOOR, TransformerWeights, augmented
+from cloud_trainer.models.served_ranking import K, pooled_histories
 from cloud_trainer.models.transformer import encode
 from cloud_trainer.models.tuning import (
     MAX_VALIDATION_SHOPPERS,
     MIN_SHOPPERS,
     Candidate,
-    K,
     Validation,
     ValidationScorer,
-    pooled_histories,
     validation_window,
 )
 from shared.catalog import CatalogItem

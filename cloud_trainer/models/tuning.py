@@ -38,6 +38,7 @@ from cloud_trainer.evaluation import metrics, splits
 from cloud_trainer.evaluation.served import kept_rows, remembered_purchases
 from cloud_trainer.models.dot_product import ModelWeights
 from cloud_trainer.models.factorized import FactorizedSettings, Spectrum, assemble, factors_from_spectrum, item_spectrum
+from cloud_trainer.models.served_ranking import K, served_top_k
 from cloud_trainer.models.side_features import SideFeatureSettings, catalogue_items, extend_with_cold_items
 from shared.catalog import CatalogItem
 from shared.events import EventKind
@@ -60,7 +61,6 @@ SEARCH_SPACE: dict[str, tuple[float, ...]] = {
 }
 #: Settings whose change needs a new eigendecomposition (lambda only re-weights the eigenpairs).
 REFIT = ("rank", "view_weight", "cart_weight")
-K = 20
 #: Gram spectra kept (N x (r + 16) floats each; each costs a few passes over the events to make),
 #: and as many factorizations (a randomized SVD each; they differ by lambda).
 CACHED_FITS = 4
@@ -121,53 +121,6 @@ def validation_window(table: EventTable, metadata: dict[str, CatalogItem], share
     known, new = catalogue_items(metadata, train.item_ids)
     data = splits.catalogue_split(table, start, [*train.item_ids, *(item.id for item in new)], target)
     return Validation(data, known, new, start, target)
-
-
-def served_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[np.ndarray], history_length: int,
-                 exclusions: dict[str, Sequence[np.ndarray] | None], k: int = K) -> dict[str, np.ndarray]:
-    """Per name in ``exclusions``, [shoppers, k] catalogue indices as the agent ranks them (float),
-    all from one scoring pass: the distinct items of the last ``history_length`` events
-    (``histories``: rows as the agent holds them, oldest first) pooled once each with the mean of
-    ``recency**p`` over their positions p (0 = the latest), plus ``repeat_weight`` x their counts,
-    without that exclusion's items (None: nothing excluded).
-    Shoppers are scored in batches of :func:`metrics.users_per_batch` (memory: not shoppers x items)."""
-    n = weights.num_items
-    batch = metrics.users_per_batch(n)
-    out = {name: np.empty((len(histories), min(k, n)), dtype=np.int64) for name in exclusions}
-    for first in range(0, len(histories), batch):
-        pooled, (user, item, counts) = pooled_histories(weights, train, histories[first : first + batch],
-                                                        history_length)
-        scores = pooled @ weights.item_vectors + weights.item_bias
-        scores[user, item] += weights.repeat_weight * counts
-        for name, excluded in exclusions.items():
-            ranked = scores
-            if excluded is not None:
-                banned = excluded[first : first + len(pooled)]
-                ranked = scores.copy()
-                ranked[np.repeat(np.arange(len(banned)), [len(b) for b in banned]), np.concatenate(banned)] = -np.inf
-            out[name][first : first + len(pooled)] = metrics.top_k(ranked, min(k, n))
-    return out
-
-
-def pooled_histories(weights: ModelWeights, train: EventTable, histories: Sequence[np.ndarray],
-                     history_length: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(pooled history vectors [shoppers, D] of :func:`served_top_k`, and the (shopper, item,
-    occurrences) of each distinct item of the histories: the repeat term's counts)."""
-    n = weights.num_items
-    chunk = [rows[-history_length:] for rows in histories]
-    owner = np.repeat(np.arange(len(chunk)), [len(rows) for rows in chunk])
-    age = np.concatenate([np.arange(len(rows))[::-1] for rows in chunk] or [[]]).astype(np.float64)
-    rows = np.concatenate(chunk or [[]]).astype(np.int64)
-    pairs, inverse, counts = np.unique(owner * n + train.item[rows], return_inverse=True, return_counts=True)
-    user, item = pairs // n, pairs % n
-    coefficient = np.bincount(inverse, weights=weights.recency**age, minlength=len(pairs)) / counts
-    starts = np.searchsorted(user, np.arange(len(chunk)))
-    held = np.bincount(user, minlength=len(chunk)) > 0  # an agent holding nothing pools nothing
-    pooled = np.zeros((len(chunk), weights.history_embedding.shape[1]), dtype=np.float32)
-    if held.any():
-        pooled[held] = np.add.reduceat(weights.history_embedding[item].astype(np.float64) * coefficient[:, None],
-                                       starts[held], axis=0)
-    return pooled, (user, item, counts)
 
 
 @dataclass
