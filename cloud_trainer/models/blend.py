@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 #: The weights of the transformer the choice tries (0: the factorized model alone; 1: the transformer's scores).
 BLEND_WEIGHTS = tuple(round(float(a), 2) for a in np.linspace(0.0, 1.0, 11))
-#: Floor of a standard deviation (a shopper whose scores are all alike).
-SD_FLOOR = 1e-6
+#: Floor of a score variance (a shopper whose scores are all alike).
+VARIANCE_FLOOR = 1e-6
 BATCH = 256
 
 
@@ -118,6 +118,11 @@ class BlendWeights:
         return max(self.factorized_length, self.transformer.length)
 
 
+def _sd(v: tf.Tensor, covariance: tf.Tensor) -> tf.Tensor:
+    """[B, 1]: the standard deviation over the items of the scores ``v . [vector, bias]``."""
+    return tf.sqrt(tf.maximum(tf.reduce_sum(tf.matmul(v, covariance) * v, axis=1, keepdims=True), VARIANCE_FLOOR))
+
+
 class BlendGraph:
     """The blend's arithmetic on constants, shared by the float reference and the exported graph."""
 
@@ -153,9 +158,7 @@ class BlendGraph:
         u_t = tf.matmul(hidden, self.t_w) + self.t_b
         ones = tf.ones_like(u_f[:, :1])
         v_f, v_t = tf.concat([u_f, ones], axis=1), tf.concat([u_t, ones], axis=1)
-        sd_f = tf.sqrt(tf.maximum(tf.reduce_sum(tf.matmul(v_f, self.c_f) * v_f, axis=1, keepdims=True), SD_FLOOR))
-        sd_t = tf.sqrt(tf.maximum(tf.reduce_sum(tf.matmul(v_t, self.c_t) * v_t, axis=1, keepdims=True), SD_FLOOR))
-        scale_f, scale_t = (1.0 - w.a) / sd_f, w.a / sd_t  # [B, 1]
+        scale_f, scale_t = (1.0 - w.a) / _sd(v_f, self.c_f), w.a / _sd(v_t, self.c_t)  # [B, 1]
         return {"u_f": u_f, "u_t": u_t, "repeat": w.factorized.repeat_weight * scale_f[:, 0], "counts": counts,
                 "coefficients": coefficients, "h": h, "scale_f": scale_f, "scale_t": scale_t, "shares": shares,
                 "residual": residual, "x0": x0}

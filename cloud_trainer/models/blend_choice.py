@@ -22,7 +22,7 @@ import numpy as np
 
 from cloud_trainer.data.events_io import KINDS_BY_CODE, EventTable
 from cloud_trainer.evaluation import metrics, splits
-from cloud_trainer.models.blend import BATCH, BLEND_WEIGHTS, SD_FLOOR, TransformerWeights, augmented
+from cloud_trainer.models.blend import BATCH, BLEND_WEIGHTS, VARIANCE_FLOOR, TransformerWeights, augmented
 from cloud_trainer.models.served_ranking import K, pooled_histories
 from cloud_trainer.models.transformer import encode
 from cloud_trainer.models.tuning import (
@@ -58,14 +58,13 @@ class BlendChoice:
 def _scaled(users: np.ndarray, covariance: np.ndarray) -> np.ndarray:
     """``[u, 1] / sd`` per shopper: the user rows whose dot with the item rows are scores over sd."""
     v = np.concatenate([users, np.ones((len(users), 1), dtype=users.dtype)], axis=1).astype(np.float64)
-    sd = np.sqrt(np.maximum(np.einsum("bi,ij,bj->b", v, covariance, v), SD_FLOOR))
+    sd = np.sqrt(np.maximum(np.einsum("bi,ij,bj->b", v, covariance, v), VARIANCE_FLOOR))
     return v / sd[:, None]
 
 
 def transformer_users(weights: TransformerWeights, train: EventTable, histories: list[np.ndarray]) -> np.ndarray:
     """[shoppers, D_t]: the transformer's user vectors of the histories (rows of ``train``, oldest
     first; item indices are the catalogue's that ``weights`` is over), built as the agent builds them."""
-
     columns = [sequence_inputs([(int(train.item[r]), KINDS_BY_CODE[int(train.kind[r])], float(train.timestamp[r]))
                                 for r in rows], weights.length) for rows in histories]
     items, kinds, gaps = (np.asarray([c[n] for c in columns], dtype=np.int32).reshape(len(columns), weights.length)
