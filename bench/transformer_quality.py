@@ -10,7 +10,8 @@ Recall@20 with its standard error in mode all and mode new (exclude what they bo
 (:func:`cloud_trainer.evaluation.served.load_run` and :func:`~cloud_trainer.evaluation.served.served_modes`).
 
 Shops: ``generated`` (planted tastes, no order), ``session`` (the generated shop with ordered
-sessions, ``ShopSpec(sequential=True)``: views follow the complements of the item viewed last),
+sessions, ``ShopSpec(sequential=True)``: views follow the complements of the item viewed last;
+``session-large``: the same with 20,000 shoppers, for half the standard errors),
 ``online-retail`` and ``retailrocket`` (the sample: 38 test shoppers, too few to conclude).
 ``--models`` may add ``blend`` (``--model blend``: both models in one graph, the transformer's weight
 chosen on the validation window of the training period, :mod:`cloud_trainer.models.blend`); with
@@ -53,6 +54,7 @@ from devtools.trainer_cli import output as cli  # noqa: E402
 
 #: The session shop: about the generated shop's number of events (184k against 165k).
 SESSION_SHOP = ShopSpec(users=5000, sequential=True)
+SESSION_LARGE = ShopSpec(users=20_000, sequential=True)
 TARGETS_LEARNT = {"factorized": "closed form", "transformer": "next event", "blend": "both, weight on validation"}
 
 
@@ -75,6 +77,10 @@ def _shops(names: list[str], datasets: Path, work: Path) -> list[dict[str, str]]
     if "session" in names:
         events, items = write(SESSION_SHOP, work / "session")
         shops.append({"shop": "Session shop", "events": str(events), "items": str(items),
+                      "test_from": "2024-06-01", "target": "purchase"})
+    if "session-large" in names:  # 4 times the shoppers: half the standard errors
+        events, items = write(SESSION_LARGE, work / "session-large")
+        shops.append({"shop": "Session shop, 20,000 shoppers", "events": str(events), "items": str(items),
                       "test_from": "2024-06-01", "target": "purchase"})
     if "online-retail" in names:
         cli("prepare", "online-retail", "--input", str(datasets / "online_retail" / "online_retail.csv.gz"),
