@@ -64,17 +64,42 @@ def blend_agent(broker: Broker, blend_bundle: Path, keys: Path, tmp_path: Path) 
 
 def test_blend_trains_both_models_and_chooses_the_weight_on_the_validation_window(blend_run: Path) -> None:
     from cloud_trainer.models.blend import BLEND_WEIGHTS
+    from cloud_trainer.models.blend_choice import chosen_weight
 
     assert (blend_run / "factorized" / "model.keras").exists() and (blend_run / "transformer" / "model.keras").exists()
     assert (blend_run / "factorized" / "tuning.json").exists()  # the factorized part tuned as alone
     config = json.loads((blend_run / "config.json").read_text())
     blend = json.loads((blend_run / "blend.json").read_text())
-    assert config["model"] == "blend" and blend["stopped_by"] == "scored" and blend["shoppers"] >= 50
+    assert config["model"] == "blend" and blend["stopped_by"] != "too few shoppers" and blend["shoppers"] >= 50
     assert blend["validation_from"] < TEST_FROM  # chosen inside the training period
     objectives = {float(a): figures["objective"] for a, figures in blend["recall"].items()}
     assert sorted(objectives) == list(BLEND_WEIGHTS)
-    assert objectives[blend["a"]] == max(objectives.values())
+    assert (blend["a"], blend["stopped_by"]) == chosen_weight(blend["recall"])
+    best = max(BLEND_WEIGHTS, key=lambda a: (objectives[a], -a))
+    assert blend["recall"]["0.0"]["gain"] == 0.0 and blend["recall"][str(best)]["gain"] == pytest.approx(
+        objectives[best] - objectives[0.0], abs=2e-4)
     assert config["history_length"] == max(blend["factorized_history_length"], 50)
+
+
+def test_a_weight_is_kept_only_for_a_clear_gain_over_the_factorized_model() -> None:
+    from cloud_trainer.models.blend_choice import MIN_GAIN_SE, chosen_weight, objective_gain
+
+    # 4 shoppers; mode new counts 2 of them: shares (d_all / 4 + d_new / 2) / 2 per shopper
+    alone = {"all": np.array([0.5, 0.5, 0.0, 1.0]), "new": np.array([0.0, np.nan, 0.5, np.nan])}
+    mine = {"all": np.array([1.0, 0.5, 0.0, 1.0]), "new": np.array([0.5, np.nan, 0.5, np.nan])}
+    gain, se = objective_gain(mine, alone)
+    shares = np.array([(0.5 / 4 + 0.5 / 2) / 2, 0.0, 0.0, 0.0])
+    assert gain == pytest.approx(shares.sum()) and se == pytest.approx(np.sqrt(4 * shares.var(ddof=1)))
+
+    def figures(gain: float, se: float, objective: float) -> dict[str, float]:
+        return {"objective": objective, "gain": gain, "se(gain)": se}
+
+    base = figures(0.0, 0.0, 0.30)
+    clear = {"0.0": base, "0.5": figures(0.05, 0.02, 0.35), "0.7": figures(0.04, 0.01, 0.34)}
+    assert chosen_weight(clear)[0] == 0.5  # the best objective (2.5 standard errors), not the clearest
+    noisy = {"0.0": base, "0.5": figures(0.05, 0.05 / MIN_GAIN_SE, 0.35)}
+    assert chosen_weight(noisy)[0] == 0.0 and "within" in chosen_weight(noisy)[1]
+    assert chosen_weight({"0.0": base, "0.2": figures(-0.01, 0.01, 0.29)})[0] == 0.0
 
 
 def test_the_blend_graph_is_the_standardised_mix_of_the_two_models(blend_run: Path) -> None:

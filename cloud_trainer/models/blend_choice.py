@@ -8,7 +8,9 @@ on the events before the window with the settings ``train`` chose for it, and th
 own early stopping already held the same most recent share of its training examples out (its
 checkpoint never trained on them; its cut is the same share of examples rather than of events,
 a little later in time at most). Every weight in :data:`~cloud_trainer.models.blend.BLEND_WEIGHTS`
-is scored, all figures are recorded; ties go to the smaller weight (the factorized default).
+is scored, all figures are recorded; ties go to the smaller weight. The best weight is kept only if
+its gain over the factorized model alone (weight 0) exceeds :data:`MIN_GAIN_SE` standard errors of
+that gain (paired, shopper by shopper); else the weight is 0 and the factorized model serves alone.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger(__name__)
+#: The best weight must gain more than this many standard errors of the objective over the factorized
+#: model alone, or the factorized model serves alone: the best of 10 weights is a maximum over noisy
+#: figures, and the blend costs both models' training, file and time on the device.
+MIN_GAIN_SE = 2.0
 
 
 @dataclass
@@ -49,7 +55,7 @@ class BlendChoice:
     shoppers: int  # validation shoppers scored
     recall: dict[str, dict[str, float]] = field(default_factory=dict)  # per weight: all, new, objective
     seconds: float = 0.0
-    stopped_by: str = "scored"  # or "too few shoppers" (the weight is then 0: the factorized model alone)
+    stopped_by: str = "scored"  # or why the weight is 0 (the factorized model alone): too few shoppers, no clear gain
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -60,6 +66,39 @@ def _scaled(users: np.ndarray, covariance: np.ndarray) -> np.ndarray:
     v = np.concatenate([users, np.ones((len(users), 1), dtype=users.dtype)], axis=1).astype(np.float64)
     sd = np.sqrt(np.maximum(np.einsum("bi,ij,bj->b", v, covariance, v), VARIANCE_FLOOR))
     return v / sd[:, None]
+
+
+def per_shopper_recall(ranked: np.ndarray, targets: list[set[int]]) -> np.ndarray:
+    """Recall@K of each shopper (NaN for one without targets), as :func:`metrics.recall_ndcg` counts it."""
+    return np.array([len(set(row[:K].tolist()) & wanted) / min(K, len(wanted)) if wanted else np.nan
+                     for row, wanted in zip(ranked, targets, strict=True)])
+
+
+def objective_gain(mine: dict[str, np.ndarray], alone: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(the objective's gain over ``alone``, its standard error), shopper by shopper: each shopper's
+    share of the mean of the two modes' mean Recall@K, summed; a shopper without targets in a mode
+    has no share of it."""
+    shares = np.zeros(len(alone["all"]))
+    for mode in ("all", "new"):
+        d = mine[mode] - alone[mode]
+        counted = np.isfinite(d)
+        if counted.any():
+            shares[counted] += d[counted] / (2 * counted.sum())
+    if len(shares) < 2:
+        return float(shares.sum()), 0.0
+    return float(shares.sum()), float(np.sqrt(len(shares) * shares.var(ddof=1)))
+
+
+def chosen_weight(recall: dict[str, dict[str, float]]) -> tuple[float, str]:
+    """(the weight, why) from each weight's validation figures (``objective``, and ``gain`` and
+    ``se(gain)`` over weight 0): the best objective, ties to the smaller weight, if its gain is
+    clear (over :data:`MIN_GAIN_SE` standard errors); else 0."""
+    best = max(recall, key=lambda a: (recall[a]["objective"], -float(a)))
+    gain, se = recall[best]["gain"], recall[best]["se(gain)"]
+    if float(best) and gain <= MIN_GAIN_SE * se:
+        return 0.0, (f"the best weight, {best}, gains {gain:+.4f} ± {se:.4f}: within {MIN_GAIN_SE:g} standard "
+                     "errors, so the factorized model alone")
+    return float(best), f"the best objective on validation, {gain:+.4f} ± {se:.4f} over the factorized model alone"
 
 
 def transformer_users(weights: TransformerWeights, train: EventTable, histories: list[np.ndarray]) -> np.ndarray:
@@ -132,12 +171,15 @@ def choose_weight(table: EventTable, metadata: dict[str, CatalogItem], factorize
     log.info("blend: choosing the transformer's weight on the validation window from %s: %d shoppers", day, shoppers)
     scorer = ValidationScorer(validation, seed)
     ranked = validation_rankings(validation, scorer, factorized, transformer, transformer_items)
+    alone = {mode: per_shopper_recall(ranked[0.0][mode], scorer.targets[mode]) for mode in ("all", "new")}
     recall = {}
     for a in BLEND_WEIGHTS:
-        modes = {mode: metrics.recall_ndcg(ranked[a][mode], scorer.targets[mode])[f"recall@{K}"] for mode in ranked[a]}
+        mine = {mode: per_shopper_recall(ranked[a][mode], scorer.targets[mode]) for mode in alone}
+        modes = {mode: float(np.nanmean(mine[mode])) if np.isfinite(mine[mode]).any() else 0.0 for mode in mine}
+        gain, se = objective_gain(mine, alone)
         recall[str(a)] = {**{mode: round(value, 4) for mode, value in modes.items()},
-                          "objective": round((modes["all"] + modes["new"]) / 2, 4)}
-    chosen = max(BLEND_WEIGHTS, key=lambda a: (recall[str(a)]["objective"], -a))
-    log.info("blend: weight %.1f (validation Recall@20 all %.4f, new %.4f; the factorized model alone %.4f, %.4f)",
-             chosen, recall[str(chosen)]["all"], recall[str(chosen)]["new"], recall["0.0"]["all"], recall["0.0"]["new"])
-    return BlendChoice(chosen, day, shoppers, recall, round(time.monotonic() - started, 1))
+                          "objective": round((modes["all"] + modes["new"]) / 2, 4),
+                          "gain": round(gain, 5), "se(gain)": round(se, 5)}
+    chosen, stopped_by = chosen_weight(recall)
+    log.info("blend: weight %.1f (%s; every weight's validation figures in blend.json)", chosen, stopped_by)
+    return BlendChoice(chosen, day, shoppers, recall, round(time.monotonic() - started, 1), stopped_by)
