@@ -42,7 +42,7 @@ def train_blend(config: TrainConfig, run_dir: Path, distribution: tf.distribute.
     from cloud_trainer import train
     from cloud_trainer.models.blend_choice import choose_weight
 
-    read = train._read(config)
+    read = train.read_training_data(config)
     table, metadata = read
     parts: dict[str, TrainConfig] = {}
     metrics: dict[str, object] = {}
@@ -52,12 +52,12 @@ def train_blend(config: TrainConfig, run_dir: Path, distribution: tf.distribute.
                               distribute=config.distribute if part == "transformer" else "none")
         log.info("blend: training the %s model", part)
         (run_dir / part).mkdir(parents=True, exist_ok=True)
-        train._seed(config.seed)
-        metrics[part] = train._train(parts[part], run_dir / part, distribution, place, time.monotonic(), read)
+        train.seed_everything(config.seed)
+        metrics[part] = train.train_one(parts[part], run_dir / part, distribution, place, time.monotonic(), read)
     factorized = parts["factorized"]  # with the settings its tuning chose
     transformer = keras.models.load_model(run_dir / "transformer" / "model.keras")
-    choice = choose_weight(table, metadata if config.cold_start else {}, train._candidate(factorized), transformer,
-                           table.item_ids, config.validation_share, config.seed, config.target)
+    choice = choose_weight(table, metadata if config.cold_start else {}, train.factorized_candidate(factorized),
+                           transformer, table.item_ids, config.validation_share, config.seed, config.target)
     assert factorized.history_length is not None
     length = max(factorized.history_length, train.HISTORY_LENGTH["transformer"])
     (run_dir / "blend.json").write_text(json.dumps({**choice.to_json(),
@@ -67,7 +67,7 @@ def train_blend(config: TrainConfig, run_dir: Path, distribution: tf.distribute.
     data = build_training_set(table, length, seed=config.seed, sample=config.calibration_histories, sequence=True)
     # the run's settings: the factorized part's as its tuning chose them (``--settings-from`` reads these)
     blend_config = replace(factorized, model="blend", history_length=length, distribute=config.distribute)
-    train._save_histories(blend_config, data, run_dir)
+    train.save_histories(blend_config, data, run_dir)
     summary = {"model": "blend", "a": choice.a, "users": len(table.user_ids), "items": metrics["factorized"]["items"],
                "new_items": metrics["factorized"]["new_items"], "parts": metrics,
                "calibration_histories": min(config.calibration_histories, len(data.hist_items)),

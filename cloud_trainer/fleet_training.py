@@ -84,13 +84,13 @@ def train_alone(config: TrainConfig, run_dir: Path, started: float) -> dict[str,
     """A run from the aggregates alone (module docstring); writes ``run_dir`` as :func:`train` does."""
     from cloud_trainer.data.events_io import read_items
     from cloud_trainer.models.dot_product import model_from_weights
-    from cloud_trainer.train import _candidate
+    from cloud_trainer.train import factorized_candidate
 
     if config.model != "factorized":
         raise ValueError("--fleet-aggregates trains the factorized model (the Gram matrix is what it needs)")
     fleet = read(config, [])
     assert config.history_length is not None
-    settings = _candidate(config).factorized(config.seed)
+    settings = factorized_candidate(config).factorized(config.seed)
     weights = fleet_gram.fit(fleet, settings)
     metadata = read_items(Path(config.items))[0] if config.items else {}
     known, new = catalogue_items(metadata, fleet.item_ids)

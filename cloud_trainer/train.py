@@ -88,7 +88,7 @@ class TrainConfig:
     settings_from: str | None = None  # the run whose settings were taken (recorded only)
 
 
-def _seed(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     import keras
 
     random.seed(seed)
@@ -104,7 +104,7 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
     if config.history_length is None:
         config.history_length = HISTORY_LENGTH[config.model]
     distribution, place = strategy(config.distribute, config.cpu_devices, os.environ.get("TF_CONFIG"))
-    _seed(config.seed)
+    seed_everything(config.seed)
     with output_directory(run_dir, place) as out:
         if config.fleet_aggregates and not config.events:
             from cloud_trainer.fleet_training import train_alone
@@ -114,13 +114,13 @@ def train(config: TrainConfig, run_dir: Path) -> dict[str, object]:
             from cloud_trainer.blend_training import train_blend
 
             return train_blend(config, out, distribution, place, started)
-        return _train(config, out, distribution, place, started)
+        return train_one(config, out, distribution, place, started)
 
 
-def _train(config: TrainConfig, run_dir: Path, distribution: tf.distribute.Strategy, place: Placement,
-           started: float, read: tuple[EventTable, dict[str, CatalogItem]] | None = None) -> dict[str, object]:
+def train_one(config: TrainConfig, run_dir: Path, distribution: tf.distribute.Strategy, place: Placement,
+              started: float, read: tuple[EventTable, dict[str, CatalogItem]] | None = None) -> dict[str, object]:
     """One model's run directory (``read``: the events and items, when already read)."""
-    table, metadata = read or _read(config)
+    table, metadata = read or read_training_data(config)
     fleet = None
     if config.fleet_aggregates:  # the events' Gram plus the fleet's (cloud_trainer.fleet_training)
         from cloud_trainer import fleet_training
@@ -158,7 +158,7 @@ def _train(config: TrainConfig, run_dir: Path, distribution: tf.distribute.Strat
                       new=tuple(range(len(known), len(known) + len(new))))
     (run_dir / "catalog.json").write_bytes(catalog.to_bytes())
     model.save(run_dir / "model.keras")
-    _save_histories(config, data, run_dir)
+    save_histories(config, data, run_dir)
     metrics = {
         "events_read": table.report.rows,
         "events_kept": table.report.kept,
@@ -207,7 +207,7 @@ def _check(config: TrainConfig) -> None:
                          f"transformer); the {config.model} model is fitted in closed form")
 
 
-def _read(config: TrainConfig) -> tuple[EventTable, dict[str, CatalogItem]]:
+def read_training_data(config: TrainConfig) -> tuple[EventTable, dict[str, CatalogItem]]:
     """The training events (before ``test_from`` when given) and the items file's items."""
     table = read_events(Path(config.events))
     log.info("events: %s", table.report.summary())
@@ -225,7 +225,7 @@ def _choose_settings(config: TrainConfig, table: EventTable, metadata: dict[str,
                      fixed: tuple[str, ...] = ()) -> None:
     """The factorized model's settings chosen on a validation window (:mod:`cloud_trainer.models.tuning`),
     set in ``config`` and recorded in ``tuning.json``; ``fixed`` ones keep their values."""
-    tuning = tune(table, metadata if config.cold_start else {}, _candidate(config), config.tune_budget,
+    tuning = tune(table, metadata if config.cold_start else {}, factorized_candidate(config), config.tune_budget,
                   config.validation_share, config.seed, config.target, fixed)
     (run_dir / "tuning.json").write_text(json.dumps(tuning.to_json(), indent=1))
     for name, value in asdict(tuning.chosen).items():
@@ -241,16 +241,16 @@ def _fit(config: TrainConfig, table: EventTable, data: TrainingSet, num_items: i
     if fleet is not None:
         from cloud_trainer.fleet_training import fit_with_events
 
-        return fit_with_events(table, _candidate(config).factorized(config.seed), fleet), None, []
+        return fit_with_events(table, factorized_candidate(config).factorized(config.seed), fleet), None, []
     if config.model == "factorized":
         from cloud_trainer.models.factorized import fit
 
-        return fit(table, _candidate(config).factorized(config.seed)), None, []
+        return fit(table, factorized_candidate(config).factorized(config.seed)), None, []
     model, loss = _fit_two_tower(config, data, num_items, strategy)
     return extract_weights(model), model, loss
 
 
-def _save_histories(config: TrainConfig, data: TrainingSet, run_dir: Path) -> None:
+def save_histories(config: TrainConfig, data: TrainingSet, run_dir: Path) -> None:
     """A sample of real training histories with their next baskets: ``histories.npz`` (with a
     sequence model's kinds and gaps when the set has them)."""
     rng = np.random.default_rng(config.seed)
@@ -261,7 +261,7 @@ def _save_histories(config: TrainConfig, data: TrainingSet, run_dir: Path) -> No
              targets=next_baskets(data, pick), **sequence)
 
 
-def _candidate(config: TrainConfig) -> Candidate:
+def factorized_candidate(config: TrainConfig) -> Candidate:
     """The factorized model's settings in ``config``."""
     assert config.history_length is not None
     return Candidate(repeat_weight=config.repeat_weight, trend_weight=config.trend_weight, l2=config.ease_l2,
@@ -309,7 +309,7 @@ def _train_transformer(config: TrainConfig, run_dir: Path, table: EventTable, da
     catalog = Catalog(items=tuple(known), popular=tuple(popularity(table, num_items)))
     (run_dir / "catalog.json").write_bytes(catalog.to_bytes())
     model.save(run_dir / "model.keras")
-    _save_histories(config, data, run_dir)
+    save_histories(config, data, run_dir)
     metrics = {"events_read": table.report.rows, "events_kept": table.report.kept,
                "events_skipped": dict(table.report.skipped), "users": len(table.user_ids), "items": num_items,
                "new_items": 0, "examples": len(data), "model": config.model, **record,
