@@ -101,6 +101,7 @@ def served_quality(run: Path, events: Path, day: str, target: str, max_users: in
     from cloud_trainer.data.events_io import read_events
     from cloud_trainer.evaluation import metrics, splits
     from cloud_trainer.evaluation.served import served_modes, stored_shoppers
+    from cloud_trainer.models.blend_choice import per_shopper_recall
 
     served, exported = served_model(run)
     cut = splits.cut_time(day)
@@ -111,9 +112,8 @@ def served_quality(run: Path, events: Path, day: str, target: str, max_users: in
     started = time.monotonic()
     ranked = served_modes(served, shoppers, 20, target)
     figures = metrics.evaluate_ranked(ranked, data)
-    _PER_SHOPPER[run] = {mode: np.array([len(set(row[:20].tolist()) & wanted) / min(20, len(wanted))
-                                         for row, wanted in zip(ranked[mode], data.targets[mode], strict=True)
-                                         if wanted]) for mode in ranked}
+    recalls = {mode: per_shopper_recall(ranked[mode], data.targets[mode]) for mode in ranked}
+    _PER_SHOPPER[run] = {mode: r[np.isfinite(r)] for mode, r in recalls.items()}  # shoppers with targets
     first = _next_purchases(table, data, cut, target, {item.id: n for n, item in enumerate(served.catalog.items)})
     return {"variant": exported.variant, "model_bytes": len(exported.model_bytes),
             "history_length": served.history_length, "serve_seconds": round(time.monotonic() - started, 1),

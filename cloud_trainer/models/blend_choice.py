@@ -25,7 +25,7 @@ import numpy as np
 from cloud_trainer.data.events_io import KINDS_BY_CODE, EventTable
 from cloud_trainer.evaluation import metrics, splits
 from cloud_trainer.models.blend import BATCH, BLEND_WEIGHTS, VARIANCE_FLOOR, TransformerWeights, augmented
-from cloud_trainer.models.served_ranking import K, pooled_histories
+from cloud_trainer.models.served_ranking import K, ban, pooled_histories
 from cloud_trainer.models.transformer import encode
 from cloud_trainer.models.tuning import (
     MAX_VALIDATION_SHOPPERS,
@@ -147,8 +147,7 @@ def validation_rankings(validation: Validation, scorer: ValidationScorer, factor
             scores = (1.0 - a) * s_f + a * s_t
             scores[user[mine] - first, item[mine]] += (1.0 - a) * repeat[mine]
             ranked[a]["all"][rows] = metrics.top_k(scores, ranked[a]["all"].shape[1])
-            scores[np.repeat(np.arange(len(banned)), [len(b) for b in banned]),
-                   np.concatenate(banned).astype(np.int64)] = -np.inf
+            ban(scores, banned)
             ranked[a]["new"][rows] = metrics.top_k(scores, ranked[a]["new"].shape[1])
     return ranked
 

@@ -18,6 +18,12 @@ from cloud_trainer.models.dot_product import ModelWeights
 K = 20
 
 
+def ban(scores: np.ndarray, banned: Sequence[np.ndarray]) -> None:
+    """Set each row's ``banned`` items (row r: ``banned[r]``, item indices; one entry per row) to -inf, in place."""
+    rows = np.repeat(np.arange(len(banned)), [len(b) for b in banned])
+    scores[rows, np.concatenate(banned).astype(np.int64)] = -np.inf
+
+
 def served_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[np.ndarray], history_length: int,
                  exclusions: dict[str, Sequence[np.ndarray] | None], k: int = K) -> dict[str, np.ndarray]:
     """Per name in ``exclusions``, [shoppers, k] catalogue indices as the agent ranks them (float),
@@ -39,7 +45,7 @@ def served_top_k(weights: ModelWeights, train: EventTable, histories: Sequence[n
             if excluded is not None:
                 banned = excluded[first : first + len(pooled)]
                 ranked = scores.copy()
-                ranked[np.repeat(np.arange(len(banned)), [len(b) for b in banned]), np.concatenate(banned)] = -np.inf
+                ban(ranked, banned)
             out[name][first : first + len(pooled)] = metrics.top_k(ranked, min(k, n))
     return out
 
